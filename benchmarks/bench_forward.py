@@ -1,0 +1,97 @@
+"""Speed of our LLaMA decoder next to transformers' LlamaForCausalLM, same random weights, same process.
+
+    PYTHONPATH=. python benchmarks/bench_forward.py                      # CPU, fp32, a small model
+    PYTHONPATH=. python benchmarks/bench_forward.py --device cuda --dtype bfloat16 --hidden 2048 --layers 16 --heads 16 \
+        --kv-heads 16 --vocab 32000 --seq 1024 --batch 4 --new-tokens 64
+
+For each attention backend (eager, sdpa) it times
+- prefill: one forward pass over a (batch, seq) prompt, and
+- decode: greedy generation of --new-tokens tokens with a KV cache (batch 1, the chat case),
+and prints milliseconds for both implementations and the ratio ours / transformers (< 1 means we are faster).
+Our generate() also feeds the last token into the cache so that a chat can continue; that one extra step is
+included in our decode time. Needs `transformers` (requirements-dev.txt). Run from the repository root
+(PYTHONPATH=. is not needed after `pip install -e .`).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from llava_mini.config import TextConfig
+from llava_mini.llama import LlamaForCausalLM
+
+
+def timed(fn, device, repeats):
+    """Median wall time of fn() in milliseconds, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--intermediate", type=int, default=None, help="default: about 2.7 x hidden")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import transformers   # the reference; only needed here and in the tests
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    cfg = TextConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+                     intermediate_size=args.intermediate or (args.hidden * 8 // 3 + 63) // 64 * 64,
+                     num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                     max_position_embeddings=max(4096, args.seq + args.new_tokens + 1))
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg.to_hf())).to(device, dtype).eval()
+    ours = LlamaForCausalLM(cfg).to(device, dtype).eval()
+    ours.load_state_dict(hf.state_dict(), strict=True)
+    n_params = sum(p.numel() for p in ours.parameters())
+    print(f"model: {n_params / 1e6:.1f}M params, {args.layers} layers, hidden {args.hidden}, heads {args.heads}/"
+          f"{args.kv_heads} kv, vocab {args.vocab}; device {device}, {args.dtype}")
+    print(f"prefill: batch {args.batch} x {args.seq} tokens; decode: batch 1, {args.seq}-token prompt, "
+          f"{args.new_tokens} new tokens; median of {args.repeats}")
+
+    prompt = torch.randint(0, args.vocab, (args.batch, args.seq), device=device)
+    single = prompt[:1]
+    print(f"\n{'backend':8s} {'phase':8s} {'ours ms':>10s} {'hf ms':>10s} {'ours/hf':>8s}")
+    for backend in ("eager", "sdpa"):
+        ours.set_attention_backend(backend)
+        hf.set_attn_implementation(backend)
+        with torch.no_grad():
+            diff = (ours(prompt).logits.float() - hf(prompt).logits.float()).abs().max().item()
+            runs = {
+                "prefill": (lambda: ours(prompt), lambda: hf(prompt)),
+                "decode": (lambda: ours.generate(single, max_new_tokens=args.new_tokens, stop_token_ids=()),
+                           lambda: hf.generate(single, attention_mask=torch.ones_like(single), do_sample=False,
+                                               max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                               eos_token_id=None, pad_token_id=0)),
+            }
+            for phase, (ours_fn, hf_fn) in runs.items():
+                t_ours, t_hf = timed(ours_fn, device, args.repeats), timed(hf_fn, device, args.repeats)
+                print(f"{backend:8s} {phase:8s} {t_ours:10.1f} {t_hf:10.1f} {t_ours / t_hf:8.2f}")
+        print(f"{backend:8s} max |logits ours - hf| = {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Chat with a LLaVA model about an image, in the terminal.
+
+    python chat.py                                   # the model `python train.py` leaves + a shapes-world image
+    python chat.py --model checkpoints/tiny/final --image data/shapes/images/test/000000.png
+    python chat.py --model llava-1.5-7b-hf --image photo.jpg --device cuda      # HF llava layout
+    python chat.py --model llava-v1.5-7b --vision-tower clip-vit-large-patch14-336 --image photo.jpg   # original
+    python chat.py --prompt "What shapes do you see?"                            # one question, print, exit
+
+Commands inside the chat: /image PATH (a new image starts a new conversation), /reset, /quit.
+
+The conversation's KV cache is kept across turns: each turn feeds only its own new tokens (for vicuna_v1
+"USER: {question} ASSISTANT:"), and the cached keys/values of everything before are reused, so a turn costs the
+same however long the conversation already is. Tokens are printed as they are generated.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+import torch
+
+from llava_mini.conversation import get_template, tokenize_next_turn, tokenize_prompt
+from llava_mini.data import load_image, preprocess_image
+from llava_mini.evaluate import load_checkpoint, stop_token_ids
+
+DEFAULT_MODEL = "checkpoints/tiny/final"
+DEFAULT_IMAGES = "data/shapes/images/test"
+
+
+class StreamPrinter:
+    """Prints tokens as they arrive. Decoding token by token would break characters split over several tokens
+    (byte pieces) and lose SentencePiece's spaces, so we decode everything so far and print the new suffix,
+    holding back while it ends in an incomplete character (U+FFFD)."""
+
+    def __init__(self, tokenizer, out=sys.stdout):
+        self.tokenizer, self.out = tokenizer, out
+        self.ids, self.printed = [], ""
+
+    def __call__(self, token_id: int):
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return
+        new = text[len(self.printed):] if text.startswith(self.printed) else text
+        self.out.write(new.lstrip() if not self.printed else new)
+        self.out.flush()
+        self.printed = text
+
+    def finish(self) -> str:
+        return self.tokenizer.decode(self.ids).strip()
+
+
+class ChatSession:
+    """One conversation about one image: the token history and the KV cache that holds it."""
+
+    def __init__(self, model, tokenizer, template, *, device="cpu", max_new_tokens=256, temperature=0.0,
+                 top_p=1.0, seed=None):
+        self.model, self.tokenizer = model, tokenizer
+        self.template = get_template(template) if isinstance(template, str) else template
+        self.device, self.max_new_tokens, self.temperature, self.top_p = device, max_new_tokens, temperature, top_p
+        self.generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        self.stop_ids = stop_token_ids(tokenizer, self.template)
+        self.max_positions = model.config.text_config.max_position_embeddings
+        self.image = None
+        self.reset()
+
+    def reset(self):
+        self.cache = None          # KVCache of every token so far (None before the first turn)
+        self.history = []          # the token ids fed so far (the placeholder counts as one)
+        self.turns = 0
+        self.last_stopped = True   # did the last answer end with its stop token (which is then in the cache)?
+
+    def set_image(self, path: str):
+        """Load a new image (raises with a clear message if it cannot) and start a new conversation."""
+        image = load_image(path)
+        self.image = preprocess_image(image, self.model.config.vision_config, self.model.config.image_aspect_ratio)
+        self.reset()
+
+    def _new_ids(self, question: str) -> list[int]:
+        if self.turns == 0:
+            text = ("<image>\n" if self.image is not None else "") + question
+            return tokenize_prompt(self.tokenizer, [text], self.template)
+        ids = tokenize_next_turn(self.tokenizer, question, self.template)
+        # An answer cut off by max_new_tokens has no stop token yet; the template needs one before the next turn.
+        return ids if self.last_stopped else [self.stop_ids[0]] + ids
+
+    def ask(self, question: str, streamer=None) -> list[int]:
+        """Answer one user turn; returns the answer's token ids. Raises ValueError if the conversation would no
+        longer fit in the model's context (then /reset)."""
+        ids = self._new_ids(question)
+        n_image = self.model.config.num_image_tokens if self.turns == 0 and self.image is not None else 0
+        used = len(self.cache or []) + len(ids) - (1 if n_image else 0) + n_image
+        if used + self.max_new_tokens > self.max_positions:
+            raise ValueError(f"this turn needs {used} positions + {self.max_new_tokens} new tokens, more than the "
+                             f"model's context of {self.max_positions}; use /reset (or a shorter question, or a "
+                             f"smaller --max-new-tokens)")
+        pixel_values = self.image[None].to(self.device) if n_image else None
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(next(self.model.vision_tower.parameters()).dtype)
+        out = self.model.generate(torch.tensor([ids], device=self.device), pixel_values,
+                                  max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                                  stop_token_ids=self.stop_ids, streamer=streamer, past_key_values=self.cache,
+                                  generator=self.generator)
+        answer = out.tokens[0]
+        self.cache = out.past_key_values
+        self.last_stopped = len(answer) < self.max_new_tokens
+        self.history += ids + answer + ([self.stop_ids[0]] if self.last_stopped else [])
+        self.turns += 1
+        return answer
+
+
+def default_image() -> str | None:
+    images = sorted(glob.glob(os.path.join(DEFAULT_IMAGES, "*.png")))
+    return images[0] if images else None
+
+
+def run_chat(session: ChatSession, lines, out=sys.stdout) -> None:
+    """The interactive loop over `lines` (stdin): questions and /commands."""
+    print("Type a question about the image; /image PATH, /reset, /quit.", file=out)
+    while True:
+        out.write("\nUSER: ")
+        out.flush()
+        line = lines.readline()
+        if not line:                     # end of input
+            out.write("\n")
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            session.reset()
+            print("(conversation reset; same image)", file=out)
+            continue
+        if line.startswith("/image"):
+            path = line[len("/image"):].strip()
+            try:
+                session.set_image(path)
+                print(f"(new image: {path}; new conversation)", file=out)
+            except (OSError, ValueError) as e:
+                print(f"(could not open the image: {e}; keeping the current one)", file=out)
+            continue
+        if line.startswith("/"):
+            print(f"(unknown command {line.split()[0]}; use /image PATH, /reset or /quit)", file=out)
+            continue
+        out.write("ASSISTANT: ")
+        printer = StreamPrinter(session.tokenizer, out)
+        try:
+            session.ask(line, streamer=printer)
+        except ValueError as e:
+            print(f"\n({e})", file=out)
+            continue
+        out.write("\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Chat with a LLaVA model about an image.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint folder (default {DEFAULT_MODEL})")
+    p.add_argument("--vision-tower", help="CLIP folder, for an original-LLaVA-layout checkpoint")
+    p.add_argument("--image", help=f"image file (default: the first image in {DEFAULT_IMAGES})")
+    p.add_argument("--template", help="conversation template (default: the one stored with the checkpoint)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", help="ask one question, print the answer and exit")
+    args = p.parse_args(argv)
+
+    if not os.path.isdir(args.model):
+        hint = " Train one first: python train.py" if args.model == DEFAULT_MODEL else ""
+        sys.exit(f"error: no model at {args.model}.{hint}")
+    dtype = torch.bfloat16 if str(args.device).startswith("cuda") else None
+    try:
+        model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device, dtype)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: cannot load {args.model}: {e}")
+    session = ChatSession(model, tokenizer, args.template or template, device=args.device,
+                          max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                          seed=args.seed)
+    image = args.image or default_image()
+    if image is None:
+        print(f"(no --image and no images in {DEFAULT_IMAGES}; chatting without an image. "
+              f"Make the shapes world with: python -m llava_mini.world --out data/shapes)", file=sys.stderr)
+    else:
+        try:
+            session.set_image(image)
+        except (OSError, ValueError) as e:
+            sys.exit(f"error: {e}")
+
+    if args.prompt is not None:
+        try:
+            answer = session.ask(args.prompt)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        print(tokenizer.decode(answer).strip())
+        return
+    print(f"model: {args.model} (template {session.template.name}); image: {image}")
+    run_chat(session, sys.stdin)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,401 @@
+"""Data: images -> pixel tensors, LLaVA-JSON files -> samples, samples -> batches (padded or packed).
+
+    ds = LlavaDataset("data/shapes/stage2.json", "data/shapes", tokenizer, "vicuna_v1", config, max_length=512)
+    batch = collate([ds[0], ds[1]], tokenizer.pad_id)       # right padding
+    batch = pack([ds[i] for i in range(8)], max_length=512, pad_id=tokenizer.pad_id)   # several samples per row
+
+A sample (docs/ARCHITECTURE.md) is a dict: `id`, `input_ids` (T,), `labels` (T,), `pixel_values` (n_images, 3, H, W),
+`length` (the length inside the LLM, after each `<image>` placeholder is expanded to num_image_tokens positions).
+Batches carry `attention_mask` as segment ids: 0 padding, 1..k the k-th sample of the row.
+
+Bad data is never silent: a malformed line, a missing or broken image, a conversation that does not alternate, a
+placeholder count that does not match the images, a sample too long to keep its image or left with nothing to train
+on: each is an error naming the file / sample, or, with `skip_bad=True`, skipped, counted and summarised.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from collections import Counter
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from llava_mini.config import LlavaConfig, VisionConfig
+from llava_mini.conversation import IGNORE_INDEX, TokenizationMismatch, get_template, tokenize_conversation
+from llava_mini.tokenizer import IMAGE_TOKEN, Tokenizer
+
+# A truncated file must be an error, not a half-grey image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images
+
+def load_image(path: str, background=(255, 255, 255)) -> Image.Image:
+    """Open an image file as 8-bit RGB, upright. Any PIL mode works: grey (L), palette (P), CMYK, 16-bit (I;16),
+    and transparent ones (RGBA, LA, P with transparency), which are laid over `background`.
+    A missing, truncated or non-image file raises an error naming the file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()                               # decode now: a truncated file fails here, not later
+            im = ImageOps.exif_transpose(im)        # camera photos store "rotate me" in EXIF
+    except UnidentifiedImageError:
+        raise ValueError(f"not an image file: {path}") from None
+    except (OSError, SyntaxError) as e:             # PIL reports truncated / corrupt data as OSError
+        raise ValueError(f"broken image file {path}: {e}") from None
+    return to_rgb(im, background)
+
+
+def to_rgb(im: Image.Image, background=(255, 255, 255)) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit grey: scale to 0..255 instead of clipping (PIL's convert("L") clips 16-bit values at 255).
+        a = np.asarray(im, dtype=np.float64)
+        top = 255.0 if a.max() <= 255 else 65535.0 if a.max() <= 65535 else a.max()
+        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, mode="L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info or im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return im.convert("RGB")                        # RGB, L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def mean_color(vision_config: VisionConfig) -> tuple:
+    """The image mean as 0..255 integers: (122, 116, 104) for CLIP, LLaVA-1.5's padding colour."""
+    return tuple(int(m * 255) for m in vision_config.image_mean)
+
+
+def expand_to_square(im: Image.Image, color) -> Image.Image:
+    """Paste the image centred on a square canvas of `color` (LLaVA-1.5 "pad"), so nothing is cropped away."""
+    w, h = im.size
+    if w == h:
+        return im
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), color)
+    canvas.paste(im, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def preprocess_image(image: Image.Image, vision_config: VisionConfig, aspect: str = "pad") -> torch.Tensor:
+    """RGB PIL image -> normalised (3, S, S) float tensor, S = vision_config.image_size, as CLIP's processor:
+    ("pad": first expand to a square with the mean colour), resize the short side to S (bicubic), centre-crop S x S,
+    scale to [0, 1], subtract the mean and divide by the std."""
+    if aspect not in ("pad", "crop"):
+        raise ValueError(f"aspect must be 'pad' or 'crop', got {aspect!r}")
+    image = to_rgb(image)
+    if aspect == "pad":
+        image = expand_to_square(image, mean_color(vision_config))
+    size = vision_config.image_size
+    w, h = image.size
+    # Short side -> size; the long side keeps the aspect ratio, rounded down (as HF's CLIPImageProcessor does).
+    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    image = image.resize((new_w, new_h), Image.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    x = np.asarray(image, dtype=np.float32) / 255.0                                    # (S, S, 3)
+    x = (x - np.asarray(vision_config.image_mean, np.float32)) / np.asarray(vision_config.image_std, np.float32)
+    return torch.from_numpy(x.transpose(2, 0, 1).copy())                               # (3, S, S)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conversations from LLaVA JSON
+
+def expanded_length(input_ids, image_token_id: int, num_image_tokens: int) -> int:
+    """Length inside the LLM: each placeholder becomes num_image_tokens positions."""
+    ids = torch.as_tensor(input_ids)
+    k = int((ids == image_token_id).sum())
+    return len(ids) - k + k * num_image_tokens
+
+
+def read_records(path: str) -> list:
+    """The entries of a LLaVA JSON file (a list) or JSONL file (one object per line). A bad line is an error
+    naming the file and line number."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".jsonl"):
+            records = []
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+            return records
+        try:
+            records = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of samples, got {type(records).__name__}")
+    return records
+
+
+def conversation_turns(record: dict) -> tuple[str, list[str], list[str]]:
+    """(id, turns, image paths) of one LLaVA-JSON entry, checked and with the placeholder normalised:
+    one image -> the first user turn becomes "<image>\\n" + its text without the placeholder."""
+    sample_id = str(record.get("id", "?"))
+    conv = record.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        raise ValueError(f"sample {sample_id}: 'conversations' must be a non-empty list")
+    turns = []
+    for i, turn in enumerate(conv):
+        expected = "human" if i % 2 == 0 else "gpt"
+        if not isinstance(turn, dict) or turn.get("from") != expected or not isinstance(turn.get("value"), str):
+            got = turn.get("from") if isinstance(turn, dict) else turn
+            raise ValueError(f"sample {sample_id}: turn {i} should be from {expected!r} with a string 'value', "
+                             f"got {got!r} (turns must alternate human, gpt, human, ...)")
+        turns.append(turn["value"])
+    if len(turns) % 2:
+        raise ValueError(f"sample {sample_id}: the conversation ends with a human turn (no answer to train on)")
+    images = record.get("image") or []
+    images = [images] if isinstance(images, str) else list(images)
+    n_placeholders = sum(t.count(IMAGE_TOKEN) for t in turns)
+    if any(IMAGE_TOKEN in t for t in turns[1::2]):
+        raise ValueError(f"sample {sample_id}: {IMAGE_TOKEN} in an answer")
+    if len(images) == 1 and n_placeholders <= 1:
+        # LLaVA data has it before or after the question, or (rarely) not at all; put it in one place.
+        rest = turns[0].replace(IMAGE_TOKEN, "").strip()
+        turns[0] = f"{IMAGE_TOKEN}\n{rest}"
+    elif n_placeholders != len(images):
+        raise ValueError(f"sample {sample_id}: {n_placeholders} {IMAGE_TOKEN} placeholders for {len(images)} images")
+    return sample_id, turns, images
+
+
+class TooLong(ValueError):
+    """A sample that truncation would ruin; `reason` names the kind for the skip summary."""
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class LlavaDataset(torch.utils.data.Dataset):
+    """Samples from a LLaVA JSON / JSONL file, image paths relative to `image_folder`.
+
+    Stage 1 uses template "plain", stage 2 "vicuna_v1" (or another, see conversation.py). All entries are checked
+    and tokenized up front (fast, no images), so `lengths` is known for length-grouped batching and every bad
+    entry is reported before training starts. Images are loaded in __getitem__; with skip_bad=True a broken one
+    makes __getitem__ return None (collate drops it) and is counted.
+    """
+
+    def __init__(self, path: str, image_folder: str, tokenizer: Tokenizer, template: str, config: LlavaConfig,
+                 max_length: int | None = None, skip_bad: bool = False, aspect: str | None = None):
+        self.path, self.image_folder, self.tokenizer = path, image_folder, tokenizer
+        self.template = get_template(template)
+        self.config, self.max_length, self.skip_bad = config, max_length, skip_bad
+        self.aspect = aspect or config.image_aspect_ratio
+        self.skipped: Counter = Counter()      # reason -> count
+        self.examples: list[str] = []          # one example message per reason, for the summary
+        if tokenizer.image_token_id != config.image_token_index:
+            raise ValueError(f"tokenizer's {IMAGE_TOKEN} id {tokenizer.image_token_id} != config.image_token_index "
+                             f"{config.image_token_index}")
+
+        if path.endswith(".jsonl") and skip_bad:
+            records = self._read_jsonl_skipping(path)
+        else:
+            records = read_records(path)
+        self.records, self.lengths = [], []
+        for record in tqdm(records, desc=f"checking {os.path.basename(path)}", disable=len(records) < 5000):
+            try:
+                sample = self._tokenize(record)
+                for image in sample["images"]:
+                    if not os.path.exists(image):
+                        raise FileNotFoundError(f"sample {sample['id']}: image not found: {image}")
+            except (ValueError, FileNotFoundError) as e:
+                self._bad(_reason(e), e)
+                continue
+            self.records.append(record)
+            self.lengths.append(sample["length"])
+        if self.skipped:
+            self.print_summary()
+
+    def _read_jsonl_skipping(self, path):
+        records = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        self._bad("malformed JSON line", ValueError(f"{path}:{n}: not valid JSON ({e})"))
+        return records
+
+    def _bad(self, reason: str, error: Exception):
+        if not self.skip_bad:
+            raise error
+        if reason not in self.skipped:
+            self.examples.append(f"{reason}: {error}")
+        self.skipped[reason] += 1
+
+    def print_summary(self, file=None):
+        """Say what was skipped and why (called after loading, and by the training loop at the end)."""
+        if not self.skipped:
+            return
+        file = file or sys.stderr
+        print(f"{self.path}: skipped {sum(self.skipped.values())} samples: " +
+              ", ".join(f"{n} {reason}" for reason, n in self.skipped.items()), file=file)
+        for example in self.examples:
+            print(f"  e.g. {example}", file=file)
+
+    def _tokenize(self, record: dict) -> dict:
+        sample_id, turns, images = conversation_turns(record)
+        input_ids, labels = tokenize_conversation(self.tokenizer, turns, self.template, sample_id)
+        n_image = self.config.num_image_tokens
+        image_id = self.tokenizer.image_token_id
+        if self.max_length is not None and expanded_length(input_ids, image_id, n_image) > self.max_length:
+            # Cut at the end, counting each placeholder as n_image positions; never through an image.
+            keep, used = 0, 0
+            for t in input_ids:
+                step = n_image if t == image_id else 1
+                if used + step > self.max_length:
+                    break
+                keep, used = keep + 1, used + step
+            if image_id in input_ids[keep:]:
+                raise TooLong("too long to keep its image",
+                              f"sample {sample_id}: max_length {self.max_length} cuts through its image")
+            input_ids, labels = input_ids[:keep], labels[:keep]
+        # The first label never counts (nothing predicts position 0), so look from position 1.
+        if all(label == IGNORE_INDEX for label in labels[1:]):
+            raise TooLong("no trained token left", f"sample {sample_id}: no trained token left after truncation "
+                          f"to max_length {self.max_length}")
+        return {"id": sample_id, "input_ids": input_ids, "labels": labels,
+                "images": [os.path.join(self.image_folder, p) for p in images],
+                "length": expanded_length(input_ids, image_id, n_image)}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict | None:
+        sample = self._tokenize(self.records[index])
+        try:
+            pixels = [preprocess_image(load_image(p), self.config.vision_config, self.aspect) for p in sample["images"]]
+        except (ValueError, FileNotFoundError) as e:
+            if not self.skip_bad:
+                raise ValueError(f"sample {sample['id']}: {e}") from None
+            self._bad("bad image", e)
+            print(f"skipping sample {sample['id']}: {e}", file=sys.stderr)
+            return None
+        size = self.config.vision_config.image_size
+        return {"id": sample["id"],
+                "input_ids": torch.tensor(sample["input_ids"], dtype=torch.long),
+                "labels": torch.tensor(sample["labels"], dtype=torch.long),
+                "pixel_values": torch.stack(pixels) if pixels else torch.zeros(0, 3, size, size),
+                "length": sample["length"]}
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, TooLong):
+        return error.reason
+    if isinstance(error, FileNotFoundError):
+        return "missing image"
+    if isinstance(error, TokenizationMismatch):
+        return "tokenization mismatch"
+    return "malformed sample"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches
+
+def _stack_images(samples):
+    images = [s["pixel_values"] for s in samples if s["pixel_values"].shape[0] > 0]
+    return torch.cat(images) if images else None
+
+
+def collate(samples: list, pad_id: int) -> dict:
+    """One sample per row, right-padded. None samples (skipped bad images) are dropped."""
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        raise ValueError("collate: every sample of the batch was skipped")
+    T = max(len(s["input_ids"]) for s in samples)
+    input_ids = torch.full((len(samples), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), T), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), T), dtype=torch.long)      # segment ids: 1 = the sample, 0 = pad
+    for row, s in enumerate(samples):
+        n = len(s["input_ids"])
+        input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = s["input_ids"], s["labels"], 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
+            "pixel_values": _stack_images(samples), "ids": [s["id"] for s in samples]}
+
+
+def pack_groups(lengths: list[int], max_length: int) -> list[list[int]]:
+    """First-fit decreasing: indices grouped into rows whose total length is at most max_length."""
+    rows, room = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if lengths[i] > max_length:
+            raise ValueError(f"sample {i} has length {lengths[i]} > max_length {max_length}")
+        row = next((r for r in range(len(rows)) if room[r] >= lengths[i]), None)
+        if row is None:
+            rows.append([]); room.append(max_length)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= lengths[i]
+    return rows
+
+
+def pack(samples: list, max_length: int, pad_id: int) -> dict:
+    """Several samples per row (first-fit on their expanded `length`), right-padded to the longest row.
+    attention_mask holds segment ids 1..k within each row, so the model keeps the samples apart and restarts
+    positions at each; the loss is then the same as for the padded batch."""
+    samples = [s for s in samples if s is not None]
+    rows = [[samples[i] for i in sorted(group)] for group in pack_groups([s["length"] for s in samples], max_length)]
+    T = max(sum(len(s["input_ids"]) for s in row) for row in rows)
+    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for segment, s in enumerate(row, 1):
+            n = len(s["input_ids"])
+            input_ids[r, start:start + n] = s["input_ids"]
+            labels[r, start:start + n] = s["labels"]
+            # A sample's first token is never a target (in a padded row nothing precedes it); keep it so here,
+            # where the previous sample's last token would otherwise "predict" it.
+            labels[r, start] = IGNORE_INDEX
+            attention_mask[r, start:start + n] = segment
+            start += n
+    ordered = [s for row in rows for s in row]          # placeholder order: row by row, left to right
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
+            "pixel_values": _stack_images(ordered), "ids": [s["id"] for s in ordered]}
+
+
+class LengthGroupedBatchSampler(torch.utils.data.Sampler):
+    """Batches of similar length (less padding): shuffle, cut into mega-batches of `batch_size * group` indices,
+    sort each by length, split into batches, shuffle the batches. Deterministic given seed and epoch."""
+
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool = True, seed: int = 0, group: int = 50,
+                 drop_last: bool = False):
+        self.lengths, self.batch_size, self.shuffle = list(lengths), batch_size, shuffle
+        self.seed, self.group, self.drop_last, self.epoch = seed, group, drop_last, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.lengths)))
+        if self.shuffle:
+            rng.shuffle(order)
+        mega = self.batch_size * self.group
+        batches = []
+        for m in range(0, len(order), mega):
+            chunk = sorted(order[m:m + mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[b:b + self.batch_size] for b in range(0, len(chunk), self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        if self.shuffle:
+            rng.shuffle(batches)
+        return batches
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())

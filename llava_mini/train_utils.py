@@ -1,0 +1,154 @@
+"""The bookkeeping around train.py's loop: learning-rate schedule, checkpoints, metrics.
+
+Everything here is plain functions over files and tensors, so train.py can stay one readable loop:
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total_steps, warmup_ratio=0.03))
+    save_checkpoint(out_dir, step, model_files, trainer_state)       # atomic: a killed save leaves the last one intact
+    path = latest_checkpoint(out_dir)                                # newest complete checkpoint-NNNNNN folder
+    log = MetricsLog(out_dir); log.write({...}); log.plot()          # metrics.csv and loss.png
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import re
+import shutil
+
+import numpy as np
+import torch
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE = "trainer_state.pt"     # optimizer, scheduler, RNG states, data position
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schedule
+
+def cosine_with_warmup(total_steps: int, warmup_ratio: float = 0.03):
+    """LR multiplier per step, as HF's cosine schedule that LLaVA uses: linear warmup over ceil(ratio * total) steps
+    from 0, then half a cosine down to 0 at the last step."""
+    warmup = math.ceil(warmup_ratio * total_steps)
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return multiplier
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out_dir: str, step: int, write_model, trainer_state: dict, keep: int = 2) -> str:
+    """Write {out_dir}/checkpoint-{step:06d}/ atomically and return its path.
+
+    `write_model(folder)` writes the model files (model.safetensors, config.json, tokenizer.json, llava_mini.json);
+    trainer_state.pt holds what a resume needs. Everything is written into a temporary folder first and renamed
+    in one step, so a save killed half-way leaves only a stray temp folder and the previous checkpoint intact.
+    Older checkpoints beyond `keep` are deleted after the new one is in place."""
+    final = os.path.join(out_dir, f"checkpoint-{step:06d}")
+    tmp = os.path.join(out_dir, f".tmp-checkpoint-{step:06d}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    write_model(tmp)
+    torch.save(trainer_state, os.path.join(tmp, TRAINER_STATE))
+    if os.path.exists(final):           # the same step saved again (e.g. Ctrl-C right after a periodic save)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(out_dir: str) -> list[str]:
+    """Complete checkpoint folders in step order (temp folders of interrupted saves are not listed)."""
+    if not os.path.isdir(out_dir):
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(out_dir) if (m := CHECKPOINT_RE.match(name))
+             and os.path.exists(os.path.join(out_dir, name, TRAINER_STATE))]
+    return [os.path.join(out_dir, name) for _, name in sorted(found)]
+
+
+def latest_checkpoint(out_dir: str) -> str | None:
+    found = list_checkpoints(out_dir)
+    return found[-1] if found else None
+
+
+def load_trainer_state(checkpoint_dir: str) -> dict:
+    path = os.path.join(checkpoint_dir, TRAINER_STATE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{checkpoint_dir}: no {TRAINER_STATE}, not a resumable checkpoint")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics
+
+class MetricsLog:
+    """metrics.csv (one row per optimizer step) and loss.png. On resume the rows after the resumed step are dropped,
+    so the file always describes one consistent run."""
+    FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s"]
+
+    def __init__(self, out_dir: str, resume_step: int | None = None):
+        self.path = os.path.join(out_dir, "metrics.csv")
+        self.png = os.path.join(out_dir, "loss.png")
+        rows = self.read(self.path) if resume_step is not None and os.path.exists(self.path) else []
+        self.rows = [r for r in rows if int(r["step"]) <= resume_step] if resume_step is not None else []
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+    @staticmethod
+    def read(path: str) -> list[dict]:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def write(self, row: dict) -> None:
+        row = {k: row.get(k, "") for k in self.FIELDS}
+        self.rows.append(row)
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.FIELDS).writerow(row)
+
+    def plot(self, title: str = "") -> None:
+        """Loss per step (and a smoothed line) to loss.png; matplotlib with the Agg backend, so no display is needed."""
+        if not self.rows:
+            return
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        steps = [int(r["step"]) for r in self.rows]
+        losses = [float(r["loss"]) for r in self.rows]
+        k = max(1, len(losses) // 50)
+        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(steps, losses, alpha=0.35, label="loss")
+        ax.plot(steps, smooth, label=f"mean of {k}")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("training loss")
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.png + ".tmp.png", dpi=100)
+        plt.close(fig)
+        os.replace(self.png + ".tmp.png", self.png)

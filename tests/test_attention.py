@@ -1,0 +1,74 @@
+"""The attention entry point: backends agree, GQA, segment-id masks, positions, padding never gives NaN."""
+import pytest
+import torch
+
+from llava_mini.attention import attention, build_mask, eager_attention, positions_from_mask
+
+
+def qkv(B=2, H=4, H_kv=2, T=6, S=6, D=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, H, T, D, generator=g), torch.randn(B, H_kv, S, D, generator=g),
+            torch.randn(B, H_kv, S, D, generator=g))
+
+
+def test_build_mask_rule():
+    seg = torch.tensor([[1, 1, 2, 2, 2, 0]])
+    m = build_mask(seg)[0, 0]
+    expected = torch.tensor([[1, 0, 0, 0, 0, 0],
+                             [1, 1, 0, 0, 0, 0],
+                             [0, 0, 1, 0, 0, 0],
+                             [0, 0, 1, 1, 0, 0],
+                             [0, 0, 1, 1, 1, 0],
+                             [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(m, expected)
+    assert positions_from_mask(build_mask(seg)).tolist() == [[0, 1, 0, 1, 2, 0]]
+
+
+def test_build_mask_with_cached_keys():
+    cached, new = torch.tensor([[0, 1, 1]]), torch.tensor([[1, 1]])      # left-padded history, two new tokens
+    mask = build_mask(new, torch.cat([cached, new], 1))
+    assert mask[0, 0].int().tolist() == [[0, 1, 1, 1, 0], [0, 1, 1, 1, 1]]
+    assert positions_from_mask(mask).tolist() == [[2, 3]]
+
+
+@pytest.mark.parametrize("H_kv", [4, 2, 1])
+def test_backends_agree_with_mask_and_gqa(H_kv):
+    q, k, v = qkv(H_kv=H_kv)
+    seg = torch.tensor([[1, 1, 1, 2, 2, 0], [0, 0, 1, 1, 1, 1]])
+    mask = build_mask(seg)
+    eager, sdpa = attention(q, k, v, mask, "eager"), attention(q, k, v, mask, "sdpa")
+    assert not eager.isnan().any() and not sdpa.isnan().any()
+    assert (eager - sdpa).abs().max() < 1e-5
+    # padding queries give exactly zero
+    assert eager[0, :, 5].abs().max() == 0 and sdpa[1, :, :2].abs().max() == 0
+
+
+def test_causal_fast_path_equals_mask():
+    q, k, v = qkv()
+    mask = build_mask(torch.ones(2, 6, dtype=torch.long))
+    for backend in ("eager", "sdpa"):
+        assert (attention(q, k, v, causal=True, backend=backend) - attention(q, k, v, mask, backend)).abs().max() < 1e-6
+
+
+def test_gqa_equals_explicitly_repeated_heads():
+    q, k, v = qkv(H_kv=2)
+    k4, v4 = k[:, [0, 0, 1, 1]], v[:, [0, 0, 1, 1]]       # query heads 0,1 use kv head 0; heads 2,3 use kv head 1
+    assert torch.allclose(attention(q, k, v, backend="eager"), attention(q, k4, v4, backend="eager"))
+
+
+def test_eager_probs_and_no_nan_gradients_through_padding():
+    q, k, v = qkv()
+    q.requires_grad_(True)
+    mask = build_mask(torch.tensor([[1, 1, 1, 1, 0, 0]] * 2))
+    out, probs = eager_attention(q, k, v, mask)
+    assert torch.allclose(probs[:, :, :4].sum(-1), torch.ones(2, 4, 4)) and probs[:, :, 4:].abs().max() == 0
+    for backend in ("eager", "sdpa"):
+        q.grad = None
+        attention(q, k, v, mask, backend).sum().backward()
+        assert not q.grad.isnan().any(), backend
+
+
+def test_unknown_backend_is_an_error():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        attention(q, k, v, backend="flash")

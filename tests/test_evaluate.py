@@ -1,0 +1,152 @@
+"""Evaluation: the scoring layer on hand-made fixtures with known answers, the judges (rule judge on a scene,
+LLM judge against a fake OpenAI-compatible server), ScienceQA letter scoring, and one run through a real model."""
+import http.server
+import json
+import os
+import threading
+
+import pytest
+
+from llava_mini import evaluate as ev
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+SCENE = {"id": "s0", "background": "pale blue", "objects": [
+    {"shape": "circle", "color": "red", "size": "small", "bbox": [0.05, 0.05, 0.30, 0.30]},
+    {"shape": "circle", "color": "red", "size": "large", "bbox": [0.60, 0.10, 0.95, 0.45]},
+    {"shape": "square", "color": "blue", "size": "small", "bbox": [0.10, 0.70, 0.30, 0.90]},
+]}
+
+
+def test_normalize_answer():
+    assert ev.normalize_answer("The Two.") == "2"
+    assert ev.normalize_answer("  a Red   circle! ") == "red circle"
+    assert ev.normalize_answer("Yes") == "yes"
+    assert ev.normalize_answer("don't know") == "dont know"
+    assert ev.normalize_answer("3") == ev.normalize_answer("three")
+
+
+def test_vqa_accuracy_per_type():
+    questions = [{"answer": "2", "question_type": "count"}, {"answer": "3", "question_type": "count"},
+                 {"answer": "red", "question_type": "color"}, {"answer": "yes", "question_type": "exists"}]
+    predictions = ["Two.", "four", "The red", "no"]
+    acc = ev.vqa_accuracy(questions, predictions)
+    assert acc["overall"] == pytest.approx(0.5)
+    assert acc["per_type"] == {"color": 1.0, "count": 0.5, "exists": 0.0}
+    assert acc["count_per_type"] == {"color": 1, "count": 2, "exists": 1}
+    with pytest.raises(ValueError, match="2 questions but 1 predictions"):
+        ev.vqa_accuracy(questions[:2], predictions[:1])
+
+
+def test_relative_scores_arithmetic():
+    records = [{"category": "conv", "score_reference": 8, "score_model": 6},
+               {"category": "conv", "score_reference": 10, "score_model": 9},
+               {"category": "detail", "score_reference": 5, "score_model": 5}]
+    s = ev.relative_scores(records)
+    assert s["conv"]["relative"] == pytest.approx(100 * 7.5 / 9)
+    assert s["detail"]["relative"] == pytest.approx(100.0)
+    assert s["overall"]["relative"] == pytest.approx(100 * (20 / 3) / (23 / 3))
+    assert s["overall"]["n"] == 3 and "complex" not in s
+
+
+def test_claims_are_parsed_and_checked_against_the_scene():
+    claims = ev.extract_claims("There are two red circles and a blue square at the bottom left. No stars.")
+    assert ev.Claim("count", "red", "circle", number=2) in claims
+    assert ev.Claim("position", "blue", "square", where="bottom left") in claims
+    assert ev.Claim("count", None, "star", number=0) in claims
+    assert all(ev.check_claim(c, SCENE) for c in claims)
+    wrong = ev.extract_claims("There are three shapes: a green triangle on the right.")
+    assert {c.kind: ev.check_claim(c, SCENE) for c in wrong} == {"count": True, "object": False, "position": False}
+    assert ev.check_claim(ev.Claim("color", "blue"), {"background": "pale blue", "objects": []})
+
+
+def test_rule_judge_knows_the_worlds_words():
+    world = pytest.importorskip("llava_mini.world")
+    assert set(world.COLORS) <= ev.COLOR_WORDS and set(world.SHAPES) <= ev.SHAPE_WORDS
+
+
+def test_rule_judge_prefers_true_answers():
+    item = {"id": "s0_detail", "category": "detail", "question": "Describe the image.", "scene": SCENE,
+            "reference": "Two red circles at the top and a small blue square at the bottom left."}
+    judge = ev.RuleJudge()
+    ref, good = judge.score(item, "There are two red circles and a blue square.")
+    _, wrong = judge.score(item, "There is one green triangle in the middle.")
+    _, vague = judge.score(item, "It is a nice picture.")
+    assert ref == pytest.approx(10.0)
+    assert 5 < good < 10 and wrong == pytest.approx(1.0) and 1.0 <= vague <= 5.0
+    assert good > vague > wrong - 1e-9
+    with pytest.raises(ValueError, match="no 'scene'"):
+        judge.score({"id": "x", "reference": "r"}, "a")
+
+
+def test_parse_judge_scores():
+    assert ev.parse_judge_scores("8 6\nBecause...") == (8.0, 6.0)
+    assert ev.parse_judge_scores("7.5, 9") == (7.5, 9.0)
+    with pytest.raises(ValueError, match="two scores"):
+        ev.parse_judge_scores("Assistant 1 is better.")
+
+
+class _FakeOpenAI(http.server.BaseHTTPRequestHandler):
+    """Scores by a rule we can predict: 9 for the reference, 3 for an answer containing 'wrong', else 6; one
+    request gets a reply without scores, which must be counted as a judge failure."""
+    requests = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _FakeOpenAI.requests.append(body)
+        prompt = body["messages"][-1]["content"]
+        model_answer = prompt.split("[Assistant 2]\n")[1].split("\n[End of Assistant 2]")[0]
+        text = ("I cannot rate this." if model_answer == "unscorable" else
+                f"9 {3 if 'wrong' in model_answer else 6}\nThe second answer is less precise.")
+        reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_llm_judge_against_fake_server():
+    from llava_mini.llm_client import ChatClient
+    server = http.server.HTTPServer(("127.0.0.1", 0), _FakeOpenAI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = ChatClient(f"http://127.0.0.1:{server.server_port}/v1", "judge", max_retries=0)
+        items = [{"id": str(i), "category": c, "question": "What is there?", "reference": "Two red circles.",
+                  "context": {"captions": ["Two red circles."], "boxes": ["red circle: [0.1, 0.1, 0.3, 0.3]"]}}
+                 for i, c in enumerate(["conv", "conv", "complex", "detail"])]
+        result = ev.score_bench(items, ["good", "wrong", "good", "unscorable"], ev.LLMJudge(client))
+    finally:
+        server.shutdown()
+    scores = result["scores"]
+    assert scores["conv"]["relative"] == pytest.approx(100 * 4.5 / 9)
+    assert scores["complex"]["relative"] == pytest.approx(100 * 6 / 9)
+    assert scores["overall"]["n"] == 3 and "detail" not in scores
+    assert [f["id"] for f in result["judge_failures"]] == ["3"]
+    prompt = _FakeOpenAI.requests[0]["messages"][-1]["content"]
+    assert "[Context]\nTwo red circles.\n\nred circle: [0.1, 0.1, 0.3, 0.3]" in prompt
+    assert _FakeOpenAI.requests[0]["temperature"] == 0
+
+
+def test_parse_letter_like_llava():
+    assert ev.parse_letter("B", "ABC") == "B"
+    assert ev.parse_letter("B. dog", "ABC") == "B"
+    assert ev.parse_letter("Because ... The answer is C.", "ABC") == "C"
+    assert ev.parse_letter("The answer is D.", "ABC") is None          # not an option
+    assert ev.parse_letter("The answer is A. The answer is B.", "ABC") is None
+    assert ev.parse_letter("dog", "ABC") is None
+
+
+def test_scienceqa_fixture_scores():
+    samples = ev.read_scienceqa(os.path.join(FIXTURES, "scienceqa", "test.json"))
+    assert [s["answer"] for s in samples] == ["A", "B", "B", "B", "A", "B"]
+    assert [s["options"] for s in samples] == ["ABC", "AB", "AB", "ABCD", "ABC", "ABC"]
+    assert sum(bool(s["image"]) for s in samples) == 3
+    # Right on 1 (image), 2, 4; wrong on 3 (image), 5 (image, unparsable), 6.
+    predictions = ["A", "The answer is B.", "A", "B. iron", "blue", "C"]
+    acc = ev.scienceqa_accuracy(samples, predictions)
+    assert acc["accuracy"] == pytest.approx(3 / 6) and acc["image_accuracy"] == pytest.approx(1 / 3)
+    assert acc["n"] == 6 and acc["n_image"] == 3 and acc["unparsed"] == 1

@@ -1,0 +1,217 @@
+"""The teachers: the rule teacher's statements are true of the boxes, the COCO route on a hand-made fixture, and the
+LLM teacher + ChatClient (retries, cache, rejections, key hygiene) against a fake OpenAI-compatible server."""
+import json
+import os
+import random
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from llava_mini import world
+from llava_mini.llm_client import ChatClient, ChatError
+from llava_mini.teacher import (AnswerBalancer, LLMTeacher, NUMBER_WORDS, RuleTeacher, check_turns, load_coco,
+                                make_instruct_data, parse_objects, short_answer_questions)
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "coco")
+SECRET = "sk-test-secret-4242"
+
+
+def scenes(n, seed=0):
+    rng, cfg = random.Random(seed), world.WorldConfig()
+    return [world.sample_scene(rng, cfg, f"s{i}", "x.png") for i in range(n)]
+
+
+def test_rule_teacher_statements_are_true_of_the_scene():
+    teacher = RuleTeacher(world.vocabulary(world.WorldConfig()))
+    checked = 0
+    for s in scenes(150):
+        ctx, objs = world.symbolic_context(s), s["objects"]
+        centre = {f"{o['color']} {o['shape']}": ((o["bbox"][0] + o["bbox"][2]) / 2, (o["bbox"][1] + o["bbox"][3]) / 2)
+                  for o in objs}
+        rng = random.Random(s["id"])
+        turns = teacher.conversation(ctx, rng) + teacher.complex(ctx, rng)
+        assert turns[0]["value"].startswith("<image>\n")
+        for q, a in zip([t["value"] for t in turns[::2]], [t["value"] for t in turns[1::2]]):
+            q = q.replace("<image>\n", "")
+            if q == "How many objects are there in the image?":
+                assert f" {NUMBER_WORDS[len(objs)]} object" in a
+            elif q.startswith("Is the ") and " to the left of the " in q:
+                a_name, b_name = q[len("Is the "):-1].split(" to the left of the ")
+                assert a.startswith("Yes" if centre[a_name][0] < centre[b_name][0] else "No"), (q, a)
+            elif q.startswith("Is the ") and " above the " in q:
+                a_name, b_name = q[len("Is the "):-1].split(" above the ")
+                assert a.startswith("Yes" if centre[a_name][1] < centre[b_name][1] else "No"), (q, a)
+            elif q.startswith("Is there "):
+                name = q.removeprefix("Is there ").removesuffix(" in the image?").split(" ", 1)[1]
+                assert a.startswith("Yes" if name in centre else "No"), (q, a)
+            elif q.startswith("If all the ") and " objects were removed" in q:
+                color = q.removeprefix("If all the ").split()[0]
+                left = sum(o["color"] != color for o in objs)
+                assert a.endswith(f"so {NUMBER_WORDS[left]} {'object' if left == 1 else 'objects'} would be left.")
+            elif q.startswith("Which object is closest to the "):
+                corner = q.removeprefix("Which object is closest to the ").split(" corner")[0]
+                x, y = {"top left": (0, 0), "top right": (1, 0), "bottom left": (0, 1), "bottom right": (1, 1)}[corner]
+                best = min(centre, key=lambda n: (centre[n][0] - x) ** 2 + (centre[n][1] - y) ** 2)
+                assert a.endswith(f"the {best} is closest to the {corner} corner."), (q, a)
+            elif q.startswith("Which is bigger, the "):
+                names = q.removeprefix("Which is bigger, the ").removesuffix("?").split(" or the ")
+                area = {f"{o['color']} {o['shape']}": (o["bbox"][2] - o["bbox"][0]) * (o["bbox"][3] - o["bbox"][1])
+                        for o in objs}
+                assert a.endswith(f"the {max(names, key=area.get)} is bigger."), (q, a)
+            else:
+                continue
+            checked += 1
+    assert checked > 300
+
+
+def test_coco_route_on_fixture():
+    items, vocab = load_coco(os.path.join(FIXTURES, "captions.json"), os.path.join(FIXTURES, "instances.json"))
+    assert vocab == ["chair", "dog", "person"]
+    assert [it["id"] for it in items] == ["7", "9"]  # image 12 has no caption: skipped
+    assert items[0]["image"] == "000000000007.jpg" and len(items[0]["context"]["captions"]) == 2
+    assert items[0]["context"]["boxes"] == ["person: [0.10, 0.10, 0.30, 0.60]", "person: [0.70, 0.20, 0.90, 0.80]",
+                                            "dog: [0.40, 0.70, 0.65, 0.90]"]
+    assert items[1]["context"]["boxes"] == ["chair: [0.75, 0.05, 1.00, 0.20]"]  # clipped at the right edge
+
+    balancer = AnswerBalancer(random.Random(0))
+    data = make_instruct_data(items, RuleTeacher(vocab), seed=0, vocabulary=vocab, balancer=balancer, progress=False)
+    assert [e["id"] for e in data] == [f"{i}_{k}" for i in ("7", "9") for k in ("conv", "detail", "complex", "vqa")]
+    truth = {"7": {"person": 2, "dog": 1, "chair": 0}, "9": {"person": 0, "dog": 0, "chair": 1}}
+    for q in balancer.asked:
+        assert q["question_type"] in {"count", "count_shape", "exists", "position"}  # no colours in COCO names
+    vqa = {e["id"].split("_")[0]: e["conversations"] for e in data if e["id"].endswith("_vqa")}
+    for image_id, turns in vqa.items():
+        for human, gpt in zip(turns[::2], turns[1::2]):
+            q = human["value"].replace("<image>\n", "").split("\n")[0]
+            if q == "How many objects are there?":
+                assert gpt["value"] == str(sum(truth[image_id].values()))
+            elif q.startswith("How many "):
+                noun = {"people": "person", "dogs": "dog", "chairs": "chair"}[q.split()[2]]
+                assert gpt["value"] == str(truth[image_id][noun])
+            elif q.startswith("Is there "):
+                assert gpt["value"] == ("yes" if truth[image_id][q.split()[3].rstrip("?")] else "no")
+    detail = next(e for e in data if e["id"] == "7_detail")["conversations"][1]["value"]
+    assert "three objects" in detail and "a dog at the bottom of the image" in detail
+
+
+def test_coco_bad_annotation_names_it(tmp_path):
+    inst = json.load(open(os.path.join(FIXTURES, "instances.json")))
+    inst["annotations"][1]["category_id"] = 999
+    bad = tmp_path / "instances.json"
+    bad.write_text(json.dumps(inst))
+    with pytest.raises(ValueError, match="annotation 102"):
+        load_coco(os.path.join(FIXTURES, "captions.json"), str(bad))
+
+
+# ---------------------------------------------------------------------------- fake OpenAI-compatible server
+
+GOOD_REPLY = json.dumps([{"from": "human", "value": "What is in the image?"},
+                         {"from": "gpt", "value": "Two people and a dog."}])
+
+
+class FakeServer:
+    """Answers POST /v1/chat/completions from a script of (status, content, delay) and records every request."""
+
+    def __init__(self):
+        self.script, self.requests = [], []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                status, content, delay = server.script.pop(0) if server.script else (200, GOOD_REPLY, 0)
+                time.sleep(delay)
+                if status == 200:
+                    payload = {"choices": [{"message": {"role": "assistant", "content": content}}]}
+                else:
+                    payload = {"error": content}
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client already timed out
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def server():
+    s = FakeServer()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+def make_client(server, tmp_path, monkeypatch, **kw):
+    monkeypatch.setenv("LLAVA_MINI_TEST_KEY", SECRET)
+    return ChatClient(server.url, "fake-model", api_key_env="LLAVA_MINI_TEST_KEY", cache_dir=str(tmp_path / "cache"),
+                      backoff=0.01, **kw)
+
+
+def test_llm_teacher_retries_then_caches(server, tmp_path, monkeypatch):
+    client = make_client(server, tmp_path, monkeypatch, max_retries=4, timeout=0.5)
+    server.script = [(429, "slow down", 0), (503, "overloaded", 0), (200, GOOD_REPLY, 1.0), (200, GOOD_REPLY, 0)]
+    teacher = LLMTeacher(client)
+    items, _ = load_coco(os.path.join(FIXTURES, "captions.json"), os.path.join(FIXTURES, "instances.json"))
+    turns = teacher.conversation(items[0]["context"])
+    assert turns == [{"from": "human", "value": "<image>\nWhat is in the image?"},
+                     {"from": "gpt", "value": "Two people and a dog."}]
+    assert len(server.requests) == 4 and client.http_requests == 4  # 429, 503, timeout, success
+    req = server.requests[-1]
+    assert req["path"] == "/v1/chat/completions" and req["auth"] == f"Bearer {SECRET}"
+    messages = req["body"]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert "person: [0.10, 0.10, 0.30, 0.60]" in messages[-1]["content"] and check_turns(messages[2]["content"])
+
+    again = LLMTeacher(make_client(server, tmp_path, monkeypatch))  # a rerun: same requests, new client
+    assert again.conversation(items[0]["context"]) == turns
+    assert len(server.requests) == 4 and again.client.cache_hits == 1  # served from disk, not the server
+
+    cache_files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "cache") for f in fs]
+    assert len(cache_files) == 1
+    for path in cache_files:
+        assert SECRET not in open(path).read() and SECRET not in path
+
+
+def test_llm_teacher_rejects_bad_json_and_gives_up(server, tmp_path, monkeypatch):
+    client = make_client(server, tmp_path, monkeypatch, max_retries=2)
+    teacher = LLMTeacher(client)
+    ctx = {"captions": ["A red circle."], "boxes": ["red circle: [0.10, 0.10, 0.40, 0.40]"]}
+    server.script = [(200, "Sure! Here is a conversation: Q: ...", 0),
+                     (200, json.dumps([{"from": "gpt", "value": "wrong order"}, {"from": "human", "value": "x"}]), 0),
+                     (200, "```json\n" + GOOD_REPLY + "\n```", 0)]
+    assert teacher.detail(ctx) is None and teacher.complex(ctx) is None
+    assert teacher.conversation(ctx)[1]["value"] == "Two people and a dog."  # code fences are tolerated
+    assert dict(teacher.rejected) == {"detail": 1, "complex": 1}
+    assert len(server.requests) == 3
+
+    server.script = [(500, "boom", 0)] * 3
+    with pytest.raises(ChatError, match="gave up after 3 attempts"):
+        client.chat([{"role": "user", "content": "fails"}])
+    assert len(server.requests) == 6
+
+    server.script = [(401, f"invalid key {SECRET}", 0)]  # not retried; the echoed key is redacted
+    with pytest.raises(ChatError, match="HTTP 401") as err:
+        client.chat([{"role": "user", "content": "unauthorised"}])
+    assert SECRET not in str(err.value) and len(server.requests) == 7
+
+
+def test_short_answers_need_no_colour_words():
+    objs = parse_objects(["dog: [0.05, 0.05, 0.20, 0.20]", "dog: [0.70, 0.70, 0.90, 0.90]"])
+    assert [o["color"] for o in objs] == [None, None] and objs[0]["noun"] == "dog"
+    qs = short_answer_questions(["dog: [0.05, 0.05, 0.20, 0.20]", "dog: [0.70, 0.70, 0.90, 0.90]"], ["dog", "cat"],
+                                AnswerBalancer(random.Random(0)))
+    assert {q["question_type"]: q["answer"] for q in qs}["count"] == "2"
+    assert all(q["question_type"] != "position" for q in qs)  # two dogs: "Where is the dog?" would be ambiguous

@@ -1,0 +1,198 @@
+"""The shapes world: determinism, answers true of the scene, boxes that match the pixels, file formats, balance,
+and the easy-VQA importer."""
+import filecmp
+import json
+import os
+import random
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from llava_mini import world
+from llava_mini.teacher import AnswerBalancer, SHORT_ANSWER_PROMPT, short_answer_questions
+
+N_TRAIN, N_TEST = 24, 12
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    stats = world.generate_dataset(str(out), N_TRAIN, N_TEST, seed=3, quiet=True)
+    return str(out), stats
+
+
+def read(root, name):
+    with open(os.path.join(root, name)) as f:
+        return json.load(f)
+
+
+def all_files(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_same_seed_same_bytes_other_seed_differs(dataset, tmp_path):
+    root, _ = dataset
+    world.generate_dataset(str(tmp_path / "again"), N_TRAIN, N_TEST, seed=3, quiet=True)
+    files = all_files(root)
+    assert files == all_files(tmp_path / "again") and len(files) == N_TRAIN + N_TEST + 7
+    _, mismatch, errors = filecmp.cmpfiles(root, tmp_path / "again", files, shallow=False)
+    assert mismatch == [] and errors == []
+    world.generate_dataset(str(tmp_path / "other"), N_TRAIN, N_TEST, seed=4, quiet=True)
+    assert read(root, "scenes_train.json") != read(tmp_path / "other", "scenes_train.json")
+
+
+# An independent oracle: re-derive each answer from the scene's objects (not from the boxes text the teacher read).
+def oracle(question, objects):
+    def pos(o):
+        x1, y1, x2, y2 = o["bbox"]
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        col = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else ""
+        row = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else ""
+        return f"{row} {col}".strip() or "center"
+
+    q = question.removesuffix(SHORT_ANSWER_PROMPT).replace("<image>\n", "")
+    if q == "How many objects are there?":
+        return str(len(objects))
+    if m := re.fullmatch(r"How many (\w+) objects are there\?", q):
+        return str(sum(o["color"] == m[1] for o in objects))
+    if m := re.fullmatch(r"How many (\w+)s are there\?", q):
+        return str(sum(o["shape"] == m[1] for o in objects))
+    if m := re.fullmatch(r"What color is the (\w+)\?", q):
+        matches = [o for o in objects if o["shape"] == m[1]]
+        assert len(matches) == 1, f"ambiguous question {q!r}"
+        return matches[0]["color"]
+    if m := re.fullmatch(r"What shape is the (\w+) object\?", q):
+        matches = [o for o in objects if o["color"] == m[1]]
+        assert len(matches) == 1, f"ambiguous question {q!r}"
+        return matches[0]["shape"]
+    if m := re.fullmatch(r"Is there an? (\w+) (\w+)\?", q):
+        return "yes" if any(o["color"] == m[1] and o["shape"] == m[2] for o in objects) else "no"
+    if m := re.fullmatch(r"Where is the (\w+) (\w+)\?", q):
+        matches = [o for o in objects if o["color"] == m[1] and o["shape"] == m[2]]
+        assert len(matches) == 1, f"ambiguous question {q!r}"
+        return pos(matches[0])
+    raise AssertionError(f"unknown question form {q!r}")
+
+
+def test_every_short_answer_is_true_of_the_scene(dataset):
+    root, _ = dataset
+    scenes = {s["image"]: s for split in ("train", "test") for s in read(root, f"scenes_{split}.json")}
+    test = read(root, "test.json")
+    for q in test:
+        assert oracle(q["question"], scenes[q["image"]]["objects"]) == q["answer"], q
+    vqa = [e for e in read(root, "stage2.json") if e["id"].endswith("_vqa")]
+    assert len(vqa) == N_TRAIN
+    checked = 0
+    for e in vqa:
+        turns = e["conversations"]
+        for human, gpt in zip(turns[::2], turns[1::2]):
+            assert oracle(human["value"], scenes[e["image"]]["objects"]) == gpt["value"], (e["id"], human)
+            checked += 1
+    assert checked >= 5 * N_TRAIN
+    assert {q["question_type"] for q in test} == {"count", "count_color", "count_shape", "color", "shape", "exists",
+                                                  "position"}
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_boxes_inside_image_and_match_pixels(rotate):
+    cfg = world.WorldConfig(image_size=64, rotate=rotate)
+    rng = random.Random(11)
+    for i in range(40):
+        scene = world.sample_scene(rng, cfg, f"s{i}", "x.png")
+        img = np.asarray(world.render(scene)).astype(int)  # (H, W, 3)
+        size = scene["width"]
+        foreground = np.abs(img - np.array(world.BACKGROUND[1])).sum(-1) > 30  # (H, W)
+        covered = np.zeros_like(foreground)
+        for o in scene["objects"]:
+            x1, y1, x2, y2 = o["bbox"]
+            assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
+            # The object's own colour is at the centre of its box (all shapes contain their box centre).
+            px = img[int((y1 + y2) / 2 * size), int((x1 + x2) / 2 * size)]
+            assert np.abs(px - np.array(world.COLORS[o["color"]])).max() < 40, (scene["id"], o)
+            # Its pixels fill the box: the tight extent of foreground inside the (1 px grown) box equals the box.
+            a, b = max(0, int(x1 * size) - 1), min(size, int(np.ceil(x2 * size)) + 1)
+            c, d = max(0, int(y1 * size) - 1), min(size, int(np.ceil(y2 * size)) + 1)
+            covered[c:d, a:b] = True
+            ys, xs = np.nonzero(foreground[c:d, a:b])
+            extent = np.array([xs.min() + a, ys.min() + c, xs.max() + a + 1, ys.max() + c + 1]) / size
+            assert np.abs(extent - np.array(o["bbox"])).max() <= 1.5 / size, (scene["id"], o, extent)
+        assert not (foreground & ~covered).any(), f"{scene['id']}: pixels drawn outside every box"
+
+
+def check_llava_json(entries, root, exact_turns=None):
+    ids = [e["id"] for e in entries]
+    assert len(ids) == len(set(ids)), "duplicate ids"
+    for e in entries:
+        assert set(e) == {"id", "image", "conversations"}, e["id"]
+        assert os.path.isfile(os.path.join(root, e["image"])), e["image"]
+        turns = e["conversations"]
+        assert len(turns) >= 2 and len(turns) % 2 == 0 and (exact_turns is None or len(turns) == exact_turns)
+        for i, t in enumerate(turns):
+            assert set(t) == {"from", "value"} and t["from"] == ("human", "gpt")[i % 2] and t["value"].strip()
+        assert turns[0]["value"].startswith("<image>\n"), e["id"]
+        assert sum(t["value"].count("<image>") for t in turns) == 1, e["id"]
+
+
+def test_files_follow_the_contract(dataset):
+    root, stats = dataset
+    check_llava_json(read(root, "stage1.json"), root, exact_turns=2)
+    stage2 = read(root, "stage2.json")
+    check_llava_json(stage2, root)
+    assert Counter(e["id"].rsplit("_", 1)[1] for e in stage2) == {k: N_TRAIN for k in ("conv", "detail", "complex", "vqa")}
+    for e in stage2:
+        asks = [t["value"] for t in e["conversations"][::2]]
+        answers = [t["value"] for t in e["conversations"][1::2]]
+        if e["id"].endswith("_vqa"):
+            assert all(q.endswith(SHORT_ANSWER_PROMPT) for q in asks)
+            assert all(a == a.lower() and len(a.split()) <= 2 for a in answers)
+        else:
+            assert not any(SHORT_ANSWER_PROMPT in q for q in asks)
+    for q in read(root, "test.json"):
+        assert set(q) == {"id", "image", "question", "answer", "question_type"}
+        assert q["answer"] == q["answer"].lower() and "<image>" not in q["question"]
+        assert not q["question"].endswith(SHORT_ANSWER_PROMPT) and q["image"].startswith("images/test/")
+    bench = read(root, "bench.json")
+    assert Counter(b["category"] for b in bench) == {"conv": 10, "detail": 10, "complex": 10}
+    for b in bench:
+        assert b["reference"] and "<image>" not in b["question"] and b["scene"]["image"] == b["image"]
+        assert len(b["context"]["boxes"]) == len(b["scene"]["objects"]) and b["context"]["captions"]
+    scenes = read(root, "scenes_test.json")
+    for s in scenes:
+        assert {"id", "image", "width", "height", "background", "objects", "captions"} <= set(s)
+        for o, line in zip(s["objects"], world.symbolic_context(s)["boxes"]):
+            assert line.startswith(f"{o['color']} {o['shape']}: [")
+            assert {"shape", "color", "size", "bbox"} <= set(o)
+    assert stats["test"]["exists"]["count"] == N_TEST
+
+
+def test_answers_are_balanced():
+    """A blind model that always gives a type's most common answer stays near chance."""
+    cfg = world.WorldConfig()
+    rng, balancer = random.Random(5), AnswerBalancer(random.Random(6))
+    for i in range(600):
+        scene = world.sample_scene(rng, cfg, f"s{i}", "x.png")
+        short_answer_questions(world.symbolic_context(scene)["boxes"], world.vocabulary(cfg), balancer)
+    stats = world.answer_statistics(balancer.asked)
+    limits = {"exists": 0.51, "color": 0.12, "shape": 0.2, "position": 0.15, "count": 0.3, "count_color": 0.36,
+              "count_shape": 0.36}
+    for qtype, limit in limits.items():
+        assert stats[qtype]["majority_rate"] <= limit, (qtype, stats[qtype])
+        assert stats[qtype]["count"] >= 450, (qtype, stats[qtype]["count"])
+
+
+def test_easyvqa_import(tmp_path):
+    from llava_mini.easyvqa import import_easyvqa
+    stats = import_easyvqa(str(tmp_path), progress=False)
+    assert stats["train"]["images"] == 4000 and stats["test"]["images"] == 1000
+    train, test = read(tmp_path, "easyvqa_train.json"), read(tmp_path, "easyvqa_test.json")
+    check_llava_json(train[:50], str(tmp_path))
+    assert len(train) == 4000 and sum(len(e["conversations"]) // 2 for e in train) == stats["train"]["questions"]
+    assert len(test) == stats["test"]["questions"] == 9673
+    assert Counter(q["question_type"] for q in test) == stats["test"]["per_type"]
+    kinds = {"yes_no": {"yes", "no"}, "shape": {"circle", "rectangle", "triangle"}}
+    for q in test:
+        assert q["answer"] in kinds.get(q["question_type"], {"red", "green", "blue", "yellow", "black", "gray",
+                                                             "teal", "brown"})
+    assert os.path.isfile(tmp_path / test[-1]["image"])

