@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 import numpy as np
 import torch
@@ -105,3 +106,79 @@ def overlay(image: Image.Image, weights: torch.Tensor, aspect: str = "pad", colo
     base = np.asarray(image, np.float32) / 255.0
     blended = (1 - alpha) * base + alpha * colours
     return Image.fromarray((blended * 255).round().clip(0, 255).astype(np.uint8))
+
+
+def answer_attention(model, tokenizer, image: Image.Image, question: str, template, answer: str | None = None,
+                     max_new_tokens: int = 32, layers=None, heads=None) -> tuple[str, torch.Tensor]:
+    """(answer text, (num_patches,) weights summing to 1) for one image and question. With `answer=None` the
+    model answers greedily first; otherwise the given answer is scored (teacher forcing)."""
+    from llava_mini.conversation import get_template, tokenize_prompt
+    from llava_mini.data import preprocess_image
+    from llava_mini.evaluate import stop_token_ids
+
+    template = get_template(template) if isinstance(template, str) else template
+    config = model.config
+    device = next(model.parameters()).device
+    prompt = tokenize_prompt(tokenizer, ["<image>\n" + question], template)
+    pixel_values = preprocess_image(image, config.vision_config, config.image_aspect_ratio)[None]
+    pixel_values = pixel_values.to(device, next(model.vision_tower.parameters()).dtype)
+    if answer is None:
+        out = model.generate(torch.tensor([prompt], device=device), pixel_values, max_new_tokens=max_new_tokens,
+                             stop_token_ids=stop_token_ids(tokenizer, template))
+        answer_ids = out.tokens[0]
+    else:   # the answer follows "ASSISTANT:" after a space, which a SentencePiece tokenizer adds by itself
+        answer_ids = tokenizer.encode(answer if tokenizer.adds_prefix_space else " " + answer)
+    if not answer_ids:
+        raise ValueError("the answer is empty: there are no answer tokens whose attention could be shown")
+
+    with torch.no_grad():
+        out = model(torch.tensor([prompt + answer_ids], device=device), pixel_values, output_attentions=True)
+    # Positions inside the LLM: the placeholder at `p` became num_image_tokens positions p .. p + N - 1.
+    p, n_image = prompt.index(config.image_token_index), config.num_image_tokens
+    image_positions = list(range(p, p + n_image))[-config.vision_config.num_patches:]   # drop CLS ("full")
+    prompt_len = len(prompt) - 1 + n_image
+    queries = list(range(prompt_len - 1, prompt_len - 1 + len(answer_ids)))    # the rows that produced the answer
+    weights = image_patch_weights(out.attentions, queries, image_positions, layers, heads)
+    return tokenizer.decode(answer_ids).strip(), weights
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Overlay on an image where the answer's tokens looked.")
+    p.add_argument("--model", required=True, help="checkpoint folder")
+    p.add_argument("--vision-tower", help="CLIP folder, for an original-LLaVA-layout checkpoint")
+    p.add_argument("--image", required=True)
+    p.add_argument("--question", required=True)
+    p.add_argument("--answer", help="score this answer instead of generating one")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--layers", default="all", help="'all', '-1', '0,2' or '1:3' (default all)")
+    p.add_argument("--heads", default="all", help="same syntax as --layers")
+    p.add_argument("--colormap", default="inferno", help="any matplotlib colour map name (inferno, jet, viridis...)")
+    p.add_argument("--blocky", action="store_true", help="show patches as squares instead of smoothing")
+    p.add_argument("--scale", type=int, default=1, help="enlarge the PNG this many times (for projecting)")
+    p.add_argument("--template", help="override the template stored with the checkpoint")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+
+    from llava_mini.data import load_image
+    from llava_mini.evaluate import load_checkpoint
+    model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device)
+    text_config = model.config.text_config
+    layers = parse_index_list(args.layers, text_config.num_hidden_layers, "layer")
+    heads = parse_index_list(args.heads, text_config.num_attention_heads, "head")
+    image = load_image(args.image)
+    answer, weights = answer_attention(model, tokenizer, image, args.question, args.template or template,
+                                       answer=args.answer, layers=layers, heads=heads)
+    picture = overlay(image, weights, model.config.image_aspect_ratio, args.colormap, not args.blocky, args.scale)
+    tmp = f"{args.out}.tmp.png"
+    picture.save(tmp)
+    os.replace(tmp, args.out)
+    grid = math.isqrt(weights.numel())
+    top = int(weights.argmax())
+    print(f"answer: {answer}")
+    print(f"most attended patch: row {top // grid}, column {top % grid} of {grid}x{grid} "
+          f"({weights.max():.1%} of the image attention; uniform would be {1 / weights.numel():.1%})")
+    print(f"wrote {args.out} ({picture.width}x{picture.height})")
+
+
+if __name__ == "__main__":
+    main()

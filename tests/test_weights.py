@@ -364,8 +364,9 @@ def test_config_that_disagrees_with_weights(llama_dir):
 def test_missing_shard_named(llama_dir, tmp_path):
     model = load_llama(llama_dir)
     save_llama(model, str(tmp_path / "sharded"), max_shard_size="20KB")
-    os.remove(tmp_path / "sharded" / "model-00002-of-00004.safetensors")
-    with pytest.raises(CheckpointError, match="model-00002-of-00004.safetensors"):
+    shard = sorted(set(json.load(open(tmp_path / "sharded" / "model.safetensors.index.json"))["weight_map"].values()))[1]
+    os.remove(tmp_path / "sharded" / shard)
+    with pytest.raises(CheckpointError, match=f"index.json: shard file {shard} is missing"):
         load_llama(str(tmp_path / "sharded"))
 
 
