@@ -449,10 +449,140 @@ def load_optimizer_state(net, optimizer, state: dict, args, world: int) -> None:
         optimizer.load_state_dict(state)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The default job: `python train.py`
+
+# Sizes of the classroom run and of the smoke test. Data and bases are made only when missing.
+FULL = dict(world_train=5000, world_test=500, clip_steps=300, lm_steps=300, stage1_epochs=1, stage2_epochs=2,
+            eval_questions=None, suffix="")
+QUICK = dict(world_train=64, world_test=16, clip_steps=4, lm_steps=4, stage1_epochs=1, stage2_epochs=1,
+             eval_questions=24, suffix="-quick", max_steps=2)
+
+
+@torch.no_grad()
+def mean_loss(model, dataset, pad_id: int, batch_size: int = 32) -> float:
+    """Mean per-token loss of `model` over `dataset` (the held-out caption loss of stage 1)."""
+    model.eval()
+    total = count = 0.0
+    for s in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(s, min(len(dataset), s + batch_size))], pad_id)
+        n = trained_tokens(batch)
+        total += model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"]).loss.item() * n
+        count += n
+    return total / count
+
+
+def heldout_captions(data_dir: str, out_path: str) -> str:
+    """Stage-1 style pairs (<image> + caption) for the held-out test scenes, written as LLaVA JSON."""
+    scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
+    from llava_mini.config import write_json
+    write_json([{"id": f"{s['id']}_caption", "image": s["image"], "conversations": [
+        {"from": "human", "value": "<image>\nDescribe the image concisely."},
+        {"from": "gpt", "value": s["captions"][0]}]} for s in scenes], out_path)
+    return out_path
+
+
+def run_pipeline(args) -> dict:
+    """World data -> tiny bases -> stage 1 -> stage 2 -> evaluation -> report. Each step prints the command that
+    does it alone; steps whose output exists are skipped (delete the folder to redo one)."""
+    import importlib.util
+
+    from llava_mini import easyvqa, world
+    from llava_mini.evaluate import evaluate_vqa
+    size = QUICK if args.quick else FULL
+    t0 = time.time()
+    work = args.workdir
+    data_dir = os.path.join(work, "data", "shapes" + size["suffix"])
+    evqa_dir = os.path.join(work, "data", "easyvqa")
+    base_dir = os.path.join(work, "checkpoints", "base" + size["suffix"])
+    run_dir = os.path.join(work, "checkpoints", "tiny" + size["suffix"])
+    use_evqa = not args.no_easyvqa
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+
+    if not os.path.exists(os.path.join(data_dir, "stats.json")):
+        print(f"[1/6] world data: python -m llava_mini.world --out {data_dir} --train {size['world_train']} "
+              f"--test {size['world_test']}")
+        world.generate_dataset(data_dir, size["world_train"], size["world_test"], seed=0, image_size=64,
+                               quiet=args.quick)
+    if use_evqa and not os.path.exists(os.path.join(evqa_dir, "easyvqa_test.json")):
+        print(f"[1/6] easy-VQA: python -m llava_mini.easyvqa --out {evqa_dir}")
+        easyvqa.import_easyvqa(evqa_dir, progress=not args.quick)
+    evqa_train = [os.path.join(evqa_dir, "easyvqa_train.json")] if use_evqa else []
+
+    base_stats = None
+    if not os.path.exists(os.path.join(base_dir, "tiny-llama", "config.json")):
+        print(f"[2/6] tiny bases: python weights/make_tiny.py --data {data_dir} --out {base_dir} "
+              f"--clip-steps {size['clip_steps']} --lm-steps {size['lm_steps']}" +
+              (f" --extra-text {evqa_train[0]}" if use_evqa else ""))
+        spec = importlib.util.spec_from_file_location(
+            "make_tiny", os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "make_tiny.py"))
+        make_tiny = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(make_tiny)
+        base_stats = make_tiny.make_tiny(data_dir, base_dir, evqa_train, clip_steps=size["clip_steps"],
+                                         lm_steps=size["lm_steps"])
+
+    common = ["--threads", str(threads)] + (["--max-steps", str(size["max_steps"])] if "max_steps" in size else [])
+    common += ["--quiet"] if args.quiet else []
+    stage1 = ["--stage", "1", "--data", os.path.join(data_dir, "stage1.json"), "--image-root", data_dir,
+              "--vision", os.path.join(base_dir, "tiny-clip"), "--llm", os.path.join(base_dir, "tiny-llama"),
+              "--out", os.path.join(run_dir, "stage1"), "--epochs", str(size["stage1_epochs"])] + common
+    print("[3/6] stage 1: python train.py " + " ".join(stage1))
+    stage1_args = parse_args(stage1)
+    model, tokenizer_json = build_model(stage1_args, recipe(stage1_args))
+    tokenizer = Tokenizer.from_file(tokenizer_json)
+    heldout = LlavaDataset(heldout_captions(data_dir, os.path.join(work, "data", f"heldout_captions{size['suffix']}.json")),
+                           data_dir, tokenizer, "plain", model.config)
+    caption_loss_start = mean_loss(model, heldout, tokenizer.pad_id)
+    stage1_final = train(stage1_args)
+    caption_loss_end = mean_loss(weights.load_llava(stage1_final), heldout, tokenizer.pad_id)
+    print(f"stage 1: held-out caption loss {caption_loss_start:.3f} -> {caption_loss_end:.3f}")
+
+    stage2 = ["--stage", "2", "--data", os.path.join(data_dir, "stage2.json")] + evqa_train + \
+             ["--image-root", data_dir] + ([evqa_dir] if use_evqa else []) + \
+             ["--init", stage1_final, "--out", run_dir, "--epochs", str(size["stage2_epochs"]), "--group-by-length"] + common
+    print("[4/6] stage 2: python train.py " + " ".join(stage2))
+    final = train(parse_args(stage2))
+
+    print(f"[5/6] evaluation: python -m llava_mini.evaluate --model {final} --data {data_dir}" +
+          (f" --easyvqa {evqa_dir}" if use_evqa else ""))
+    model = weights.load_llava(final).eval()
+    template = read_json(os.path.join(final, "llava_mini.json"))["template"]
+    sets = [("shapes world", os.path.join(data_dir, "test.json"), data_dir)]
+    if use_evqa:
+        sets.append(("easy-VQA", os.path.join(evqa_dir, "easyvqa_test.json"), evqa_dir))
+    results = {}
+    with torch.no_grad():
+        for name, path, root in sets:
+            questions = read_json(path)[:size["eval_questions"]]
+            results[name] = {blind: evaluate_vqa(model, tokenizer, questions, root, template=template, blind=blind,
+                                                 batch_size=32) for blind in (False, True)}
+
+    minutes = (time.time() - t0) / 60
+    print(f"\n[6/6] report ({minutes:.1f} min wall, {threads} threads)")
+    if base_stats:
+        print(f"  tiny CLIP zero-shot retrieval {base_stats['clip_retrieval_top1']:.1%} (top-1 of "
+              f"{base_stats['clip_retrieval_pool']}); tiny LLaMA held-out loss {base_stats['lm_heldout_loss']:.3f}")
+    print(f"  stage 1 held-out caption loss: {caption_loss_start:.3f} at the start -> {caption_loss_end:.3f} at the end")
+    print(f"  stage 2 mix: {', '.join(stage2[stage2.index('--data') + 1:stage2.index('--image-root')])}")
+    for name, res in results.items():
+        seen, blind = res[False], res[True]
+        print(f"  {name}: accuracy {seen['overall']:.1%} with the image, {blind['overall']:.1%} blind "
+              f"(blank image), n={seen['n']}")
+        for t in seen["per_type"]:
+            print(f"    {t:<12} {seen['per_type'][t]:6.1%}   blind {blind['per_type'][t]:6.1%}   "
+                  f"n={seen['count_per_type'][t]}")
+    print(f"  model saved in {final}")
+    print(f"  chat with it:  python chat.py --model {final}")
+    return {"minutes": minutes, "caption_loss": (caption_loss_start, caption_loss_end), "final": final,
+            "results": {k: {"seen": v[False]["overall"], "blind": v[True]["overall"],
+                            "per_type": v[False]["per_type"], "blind_per_type": v[True]["per_type"]}
+                        for k, v in results.items()}}
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.stage is None:
-        from pipeline import run_pipeline      # the default job lives beside this file
         return run_pipeline(args)
     return train(args)
 

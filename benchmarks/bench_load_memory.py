@@ -8,7 +8,7 @@ like torch.load), build the model normally (which allocates and randomly initial
 load_state_dict copies one into the other. That needs two copies of the model at once. Ours builds the model on
 the meta device and adopts the tensors as they are read, so its peak should be close to one copy.
 
-Each method runs in a fresh subprocess, which reports its own peak resident set size (ru_maxrss). A subprocess that
+Each method runs in a fresh subprocess, which reports its own peak resident set size (VmHWM, Linux). A subprocess that
 only imports torch and llava_mini gives the baseline, subtracted to get what the load itself costs.
 """
 import argparse
@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)          # run from anywhere without installing the package
 
 CHILD = r"""
-import json, resource, sys, time
+import json, re, sys, time
 import torch
 from llava_mini.config import read_config
 from llava_mini.llama import LlamaForCausalLM
@@ -44,8 +44,9 @@ elif method == "naive":
     model.load_state_dict(state)                      # ... then copy one into the other
     del state
 seconds = time.perf_counter() - start
-# Peak RSS in bytes (Linux reports kB).
-print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "seconds": seconds}))
+# Peak RSS of this process in bytes. (Not ru_maxrss: a forked child inherits its parent's high-water mark.)
+peak_kb = int(re.search(r"VmHWM:\s*(\d+) kB", open("/proc/self/status").read())[1])
+print(json.dumps({"peak": peak_kb * 1024, "seconds": seconds}))
 """
 
 

@@ -66,7 +66,7 @@ def image_patch_weights(attentions, query_positions, image_positions, layers=Non
 
 def heat_on_image(weights: torch.Tensor, image_size: tuple[int, int], aspect: str = "pad",
                   smooth: bool = True) -> np.ndarray:
-    """(P,) patch weights -> (H, W) array over the original image, in [0, 1] (scaled by the max).
+    """(P,) patch weights -> (H, W) array over the original image, in [0, 1] (min-max scaled).
 
     The patch grid covers the square the model saw: with "pad" the image sits centred in a square canvas
     (so the canvas's padding is cut away again), with "crop" it is the centred square of the short side
@@ -74,7 +74,10 @@ def heat_on_image(weights: torch.Tensor, image_size: tuple[int, int], aspect: st
     grid = math.isqrt(weights.numel())
     if grid * grid != weights.numel():
         raise ValueError(f"{weights.numel()} patch weights do not form a square grid")
-    heat = (weights / weights.max()).reshape(grid, grid).cpu().numpy().astype(np.float32)
+    # Min-max scaling: the least attended patch is 0, the most attended 1. A nearly flat map therefore still shows
+    # contrast; the CLI prints the peak share next to the uniform one so the viewer can tell how peaked it is.
+    span = (weights.max() - weights.min()).clamp_min(1e-12)
+    heat = ((weights - weights.min()) / span).reshape(grid, grid).cpu().numpy().astype(np.float32)
     w, h = image_size
     side = max(w, h) if aspect == "pad" else min(w, h)
     resample = Image.BICUBIC if smooth else Image.NEAREST

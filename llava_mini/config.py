@@ -236,6 +236,9 @@ def read_config(path: str):
         path = os.path.join(path, "config.json")
     d = read_json(path)
     model_type = d.get("model_type", "")
+    if "text_config" not in d and ("mm_vision_tower" in d or "mm_projector_type" in d):
+        # original LLaVA: a Llama config + mm_* fields, with model_type "llava" too (weights.original_llava_config)
+        return TextConfig.from_hf(d)
     if model_type == "llava" or "vision_config" in d and "text_config" in d and model_type != "clip":
         return LlavaConfig.from_hf(d)
     if model_type == "clip":
@@ -245,8 +248,6 @@ def read_config(path: str):
     if model_type == "clip_text_model":
         return CLIPTextConfig.from_hf(d)
     if model_type in ("llama", "mistral") or "LlamaForCausalLM" in d.get("architectures", []):
-        return TextConfig.from_hf(d)
-    if "mm_vision_tower" in d or "mm_projector_type" in d:   # original LLaVA: a Llama config + mm_* fields
         return TextConfig.from_hf(d)
     raise ValueError(f"{path}: unknown model_type {model_type!r}")
 

@@ -105,6 +105,9 @@ COLOR_WORDS = {"red", "green", "blue", "yellow", "orange", "purple", "pink", "br
 SHAPE_WORDS = {"circle", "square", "triangle", "rectangle", "star", "ellipse", "oval", "hexagon", "pentagon",
                "diamond", "cross", "heart"}
 OBJECT_WORDS = {"shape", "object", "thing", "item"}        # "three shapes": a count over every object
+# A clause with one of these talks about a changed or imagined scene ("adding one more makes 3 circles",
+# "one object would be left"): it is arithmetic, not a statement about this image, so it is not checked.
+HYPOTHETICAL_WORDS = {"would", "could", "if", "adding", "add", "removing", "remove", "makes", "leaves", "after"}
 POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "upper": "top", "above": "top",
                   "bottom": "bottom", "lower": "bottom", "below": "bottom", "center": "center",
                   "centre": "center", "middle": "center"}
@@ -134,6 +137,8 @@ def extract_claims(text: str) -> set[Claim]:
     claims = set()
     for clause in re.split(r"[.;,!?\n]|\band\b|\bbut\b", text.lower()):
         words = [_singular(w) for w in re.findall(r"[a-z0-9]+", clause)]
+        if "=" in clause or HYPOTHETICAL_WORDS & set(words):
+            continue
         objects_here, colors_used = [], set()
         for i, w in enumerate(words):
             if w not in SHAPE_WORDS | OBJECT_WORDS:
@@ -474,6 +479,7 @@ def main(argv=None):
     p.add_argument("--no-projector-baseline", action="store_true",
                    help="also score with the projector's output zeroed (see the module docstring)")
     p.add_argument("--limit", type=int, help="use only the first N questions of each set")
+    p.add_argument("--bench-max-new-tokens", type=int, default=128, help="length limit of the bench answers")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--template", help="override the template stored with the checkpoint")
@@ -505,7 +511,7 @@ def main(argv=None):
         items = read_json(os.path.join(args.data, "bench.json"))[:args.limit]
         images = _load_images([it["image"] for it in items], args.data)
         answers = generate_answers(model, tokenizer, [it["question"] for it in items], images,
-                                   max_new_tokens=128, desc="bench", **common)
+                                   max_new_tokens=args.bench_max_new_tokens, desc="bench", **common)
         if args.judge == "rule":
             judge = RuleJudge()
         else:

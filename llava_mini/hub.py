@@ -258,6 +258,8 @@ def download_file(url: str, dest: str, endpoint: str, retries: int = 3) -> str:
                                    f"{os.path.getsize(partial) if os.path.exists(partial) else 0} bytes") from None
     got = os.path.getsize(partial)
     if meta["size"] is not None and got != meta["size"]:
+        if got > meta["size"]:      # longer than the file itself: not a prefix of it, start over next time
+            os.remove(partial)
         raise RuntimeError(f"{name}: got {got} bytes, the hub announced {meta['size']}; run again to resume")
     digest = _file_hash(partial, meta["etag"])
     if digest is not None and digest[1] != meta["etag"]:

@@ -105,7 +105,8 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
         self.attention_backend = "sdpa"
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, output_attentions=False):
+    def forward(self, x, cos, sin, mask, causal, cache: KVCache | None, output_attentions=False):
+        """mask: bool (B, 1, T, S) or None; causal=True (only with mask None): plain causal over these T tokens."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)       # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)    # (B, H_kv, T, D)
@@ -113,7 +114,6 @@ class LlamaAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)                                    # (B, H_kv, S, D)
-        causal = mask is None           # no mask means: plain causal attention over exactly these T tokens
         probs = None
         if output_attentions:
             out, probs = eager_attention(q, k, v, mask, causal)
@@ -149,8 +149,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, cache=None, output_attentions=False):
-        attn_out, probs = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, output_attentions)
+    def forward(self, x, cos, sin, mask, causal, cache=None, output_attentions=False):
+        attn_out, probs = self.self_attn(self.input_layernorm(x), cos, sin, mask, causal, cache, output_attentions)
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, probs
@@ -197,30 +197,30 @@ class LlamaModel(nn.Module):
         if cache is None and use_cache:
             cache = KVCache(len(self.layers))
 
-        # The mask: None is the fast path (one causal sequence per row, no padding, empty cache).
-        # Otherwise build it from segment ids, including the cached tokens' ids.
-        if attention_mask is None and (cache is None or len(cache) == 0) and not output_attentions:
-            mask = None
-            if cache is not None:
-                cache.add_segment_ids(torch.ones(B, T, dtype=torch.long, device=x.device))
-        else:
-            seg = attention_mask if attention_mask is not None else torch.ones(B, T, dtype=torch.long, device=x.device)
-            if seg.shape != (B, T):
-                raise ValueError(f"attention_mask must be (B, T) = {(B, T)} segment ids of the new tokens, got "
-                                 f"{tuple(seg.shape)}")
-            seg_k = cache.add_segment_ids(seg) if cache is not None else seg
-            mask = build_mask(seg, seg_k)                                                # (B, 1, T, S)
+        # Who may attend whom, from segment ids (all 1 when not given); the cache remembers the ids of its tokens.
+        seg = attention_mask if attention_mask is not None else torch.ones(B, T, dtype=torch.long, device=x.device)
+        if seg.shape != (B, T):
+            raise ValueError(f"attention_mask must be (B, T) = {(B, T)} segment ids of the new tokens, got "
+                             f"{tuple(seg.shape)}")
+        seg_k = cache.add_segment_ids(seg) if cache is not None else seg                # (B, S), S = past + T
+        mask = build_mask(seg, seg_k)                                                    # (B, 1, T, S)
         if position_ids is None:
-            position_ids = (torch.arange(T, device=x.device).expand(B, T) if mask is None
-                            else positions_from_mask(mask))
+            position_ids = positions_from_mask(mask)                                     # restart in each segment
+        # Fused kernels are much faster without an explicit mask, so drop it when it says nothing special:
+        # one sample per row and nothing cached -> plain causal; a decode step that may see every key -> no mask.
+        causal = False
+        if seg_k.shape[1] == T and bool((seg == 1).all()):
+            mask, causal = None, True
+        elif T == 1 and bool(mask.all()):
+            mask = None
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
 
         all_probs = []
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None:
-                x, probs = checkpoint(layer, x, cos, sin, mask, cache, output_attentions, use_reentrant=False)
+                x, probs = checkpoint(layer, x, cos, sin, mask, causal, cache, output_attentions, use_reentrant=False)
             else:
-                x, probs = layer(x, cos, sin, mask, cache, output_attentions)
+                x, probs = layer(x, cos, sin, mask, causal, cache, output_attentions)
             all_probs.append(probs)
         x = self.norm(x)
         return ModelOutput(x, cache if use_cache else None, tuple(all_probs) if output_attentions else None)

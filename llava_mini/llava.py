@@ -142,9 +142,7 @@ class LlavaForConditionalGeneration(nn.Module):
         """input_ids (B, T) with one placeholder per image; attention_mask (B, T) segment ids of these tokens
         (with a KV cache: of the new tokens only); labels (B, T) or None. Logits/labels come back expanded."""
         merged = self.prepare_inputs(input_ids, pixel_values, attention_mask, labels)
-        # All ones (one sample per row, no padding) is plain causal attention: let the LLM take its fast path.
-        seg = None if bool((merged.attention_mask == 1).all()) else merged.attention_mask
-        out = self.language_model(inputs_embeds=merged.inputs_embeds, attention_mask=seg,
+        out = self.language_model(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
                                   past_key_values=past_key_values, use_cache=use_cache, labels=merged.labels,
                                   output_attentions=output_attentions)
         return LlavaOutput(out.loss, out.logits, out.past_key_values, out.attentions, merged.labels,

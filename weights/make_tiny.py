@@ -151,6 +151,20 @@ def encode_captions(tok, captions: list[str], max_len: int) -> tuple[torch.Tenso
     return ids, mask
 
 
+def init_weights(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
+    """GPT-2 / HF-style initialisation: weights N(0, 0.02), biases 0, norms 1. PyTorch's defaults (N(0, 1) for
+    embeddings) would start a tied LM with huge logits and a loss far above log(vocab)."""
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv2d)):
+            torch.nn.init.normal_(m.weight, std=std)
+            if getattr(m, "bias", None) is not None:
+                torch.nn.init.zeros_(m.bias)
+    for name, p in model.named_parameters():
+        if name.endswith("class_embedding"):
+            torch.nn.init.normal_(p, std=std)
+    return model
+
+
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -161,7 +175,7 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
                batch_size: int, lr: float, seed: int) -> CLIPModel:
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = CLIPModel(config)
+    model = init_weights(CLIPModel(config))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 20)))
     max_len = config.text_config.max_position_embeddings
@@ -208,7 +222,7 @@ def pack_text(tokenizer: Tokenizer, texts: list[str], block: int) -> torch.Tenso
 
 def train_llama(config, train_blocks: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int):
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = init_weights(LlamaForCausalLM(config))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 20)))
     gen = torch.Generator().manual_seed(seed)
