@@ -453,10 +453,12 @@ def load_optimizer_state(net, optimizer, state: dict, args, world: int) -> None:
 # The default job: `python train.py`
 
 # Sizes of the classroom run and of the smoke test. Data and bases are made only when missing.
-FULL = dict(world_train=5000, world_test=500, clip_steps=300, lm_steps=300, stage1_epochs=1, stage2_epochs=2,
-            eval_questions=None, suffix="")
-QUICK = dict(world_train=64, world_test=16, clip_steps=4, lm_steps=4, stage1_epochs=1, stage2_epochs=1,
-             eval_questions=24, suffix="-quick", max_steps=2)
+FULL = dict(world_train=5000, world_test=500, image_size=64, stage1_epochs=1, stage2_epochs=2, eval_questions=None,
+            suffix="", tiny=dict(clip_steps=300, lm_steps=300))
+QUICK = dict(world_train=48, world_test=8, image_size=32, stage1_epochs=1, stage2_epochs=1, eval_questions=8,
+             suffix="-quick", max_steps=2,
+             tiny=dict(image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2,
+                       vocab_size=400, clip_steps=2, clip_batch=16, lm_steps=2, lm_batch=4, lm_block=64))
 
 
 @torch.no_grad()
@@ -503,8 +505,8 @@ def run_pipeline(args) -> dict:
     if not os.path.exists(os.path.join(data_dir, "stats.json")):
         print(f"[1/6] world data: python -m llava_mini.world --out {data_dir} --train {size['world_train']} "
               f"--test {size['world_test']}")
-        world.generate_dataset(data_dir, size["world_train"], size["world_test"], seed=0, image_size=64,
-                               quiet=args.quick)
+        world.generate_dataset(data_dir, size["world_train"], size["world_test"], seed=0,
+                               image_size=size["image_size"], quiet=args.quick)
     if use_evqa and not os.path.exists(os.path.join(evqa_dir, "easyvqa_test.json")):
         print(f"[1/6] easy-VQA: python -m llava_mini.easyvqa --out {evqa_dir}")
         easyvqa.import_easyvqa(evqa_dir, progress=not args.quick)
@@ -512,15 +514,13 @@ def run_pipeline(args) -> dict:
 
     base_stats = None
     if not os.path.exists(os.path.join(base_dir, "tiny-llama", "config.json")):
-        print(f"[2/6] tiny bases: python weights/make_tiny.py --data {data_dir} --out {base_dir} "
-              f"--clip-steps {size['clip_steps']} --lm-steps {size['lm_steps']}" +
-              (f" --extra-text {evqa_train[0]}" if use_evqa else ""))
+        print(f"[2/6] tiny bases: python weights/make_tiny.py --data {data_dir} --out {base_dir}" +
+              (f" --extra-text {evqa_train[0]}" if use_evqa else "") + f"  (sizes: {size['tiny']})")
         spec = importlib.util.spec_from_file_location(
             "make_tiny", os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "make_tiny.py"))
         make_tiny = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(make_tiny)
-        base_stats = make_tiny.make_tiny(data_dir, base_dir, evqa_train, clip_steps=size["clip_steps"],
-                                         lm_steps=size["lm_steps"])
+        base_stats = make_tiny.make_tiny(data_dir, base_dir, evqa_train, **size["tiny"])
 
     common = ["--threads", str(threads)] + (["--max-steps", str(size["max_steps"])] if "max_steps" in size else [])
     common += ["--quiet"] if args.quiet else []

@@ -319,13 +319,16 @@ def main(argv=None):
     p.add_argument("--out", default="checkpoints/base")
     p.add_argument("--extra-text", nargs="*", default=[], help="more LLaVA-JSON files whose text the LM learns")
     p.add_argument("--clip-steps", type=int, default=300)
+    p.add_argument("--clip-batch", type=int, default=128)
     p.add_argument("--lm-steps", type=int, default=300)
+    p.add_argument("--lm-batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    make_tiny(args.data, args.out, args.extra_text, clip_steps=args.clip_steps, lm_steps=args.lm_steps, seed=args.seed)
+    make_tiny(args.data, args.out, args.extra_text, clip_steps=args.clip_steps, clip_batch=args.clip_batch,
+              lm_steps=args.lm_steps, lm_batch=args.lm_batch, seed=args.seed)
 
 
 if __name__ == "__main__":

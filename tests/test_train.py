@@ -1,0 +1,186 @@
+"""train.py: the freeze policy, exact resume, atomic checkpoints, the NaN stop, 2-process DDP on gloo, and the default
+pipeline at toy size. Everything runs on a 32 px world with 2-layer, 32-wide models made by weights/make_tiny.py."""
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import train  # noqa: E402
+from llava_mini import weights, world  # noqa: E402
+from llava_mini.train_utils import latest_checkpoint, list_checkpoints, save_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 48-scene world and tiny bases (two training steps each: real files, untrained weights)."""
+    import importlib.util
+    root = tmp_path_factory.mktemp("tiny")
+    data = str(root / "shapes")
+    world.generate_dataset(data, 48, 8, seed=0, image_size=32, quiet=True)
+    spec = importlib.util.spec_from_file_location("make_tiny", os.path.join(ROOT, "weights", "make_tiny.py"))
+    make_tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_tiny)
+    make_tiny.make_tiny(data, str(root / "base"), **train.QUICK["tiny"])
+    return {"root": root, "data": data, "clip": str(root / "base" / "tiny-clip"), "llm": str(root / "base" / "tiny-llama")}
+
+
+def stage1_args(tiny, out, *extra):
+    return ["--stage", "1", "--data", os.path.join(tiny["data"], "stage1.json"), "--image-root", tiny["data"],
+            "--vision", tiny["clip"], "--llm", tiny["llm"], "--out", str(out), "--batch-size", "8",
+            "--micro-batch-size", "4", "--quiet", "--threads", "1", *extra]
+
+
+def stage2_args(tiny, init, out, *extra):
+    return ["--stage", "2", "--data", os.path.join(tiny["data"], "stage2.json"), "--image-root", tiny["data"],
+            "--init", str(init), "--out", str(out), "--batch-size", "8", "--micro-batch-size", "4", "--quiet",
+            "--threads", "1", "--lr", "3e-3", *extra]
+
+
+def read_losses(out) -> list[float]:
+    with open(os.path.join(out, "metrics.csv")) as f:
+        return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def state(path) -> dict:
+    return {k: v.clone() for k, v in weights.load_llava(path).state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def stage1(tiny):
+    torch.manual_seed(0)
+    out = tiny["root"] / "stage1"
+    final = train.train(train.parse_args(stage1_args(tiny, out, "--max-steps", "3")))
+    return final
+
+
+def test_freeze_policy_stage1_trains_only_the_projector(tiny, stage1):
+    args = train.parse_args(stage1_args(tiny, tiny["root"] / "unused"))
+    model, _ = train.build_model(args, train.recipe(args))
+    trainable = train.set_trainable(model, 1)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith("multi_modal_projector.") for n in names)
+    assert len(trainable) == len(names)
+    train.set_train_mode(model)
+    assert model.training and not model.vision_tower.training
+
+    before, after = {k: v for k, v in model.state_dict().items()}, state(stage1)
+    # the towers are the bases, unchanged; the projector moved
+    base_llm = weights.load_llama(tiny["llm"]).state_dict()
+    for k, v in base_llm.items():
+        assert torch.equal(after["language_model." + k], v), k
+    base_clip = weights.load_clip(tiny["clip"], vision_only=True).state_dict()
+    for k, v in base_clip.items():
+        assert torch.equal(after["vision_tower." + k], v), k
+    assert "multi_modal_projector.linear_1.weight" in before
+    assert os.path.exists(os.path.join(stage1, "llava_mini.json"))
+
+
+def test_freeze_policy_stage2_trains_projector_and_llm(tiny, stage1):
+    out = tiny["root"] / "stage2"
+    final = train.train(train.parse_args(stage2_args(tiny, stage1, out, "--max-steps", "2")))
+    before, after = state(stage1), state(final)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert all(not k.startswith("vision_tower.") for k in changed)
+    assert any(k.startswith("multi_modal_projector.") for k in changed)
+    llm = [k for k in before if k.startswith("language_model.")]
+    # every LLM weight that can receive a gradient moved (the embedding rows of unused tokens need not)
+    assert sum(k in changed for k in llm) >= len(llm) - 1, sorted(set(llm) - changed)
+    # the final folder is what chat.py and evaluate load
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "llava_mini.json"):
+        assert os.path.exists(os.path.join(final, name)), name
+
+
+def test_resume_continues_exactly(tiny, stage1, tmp_path):
+    out = tmp_path / "run"
+    args = stage2_args(tiny, stage1, out, "--max-steps", "4", "--save-every", "2")
+    final = train.train(train.parse_args(args))
+    uninterrupted, final_state = read_losses(out), state(final)
+    assert len(uninterrupted) == 4 and os.path.basename(latest_checkpoint(str(out))) == "checkpoint-000002"
+
+    shutil.rmtree(final)          # as if the run had died after step 2's checkpoint
+    final = train.train(train.parse_args(args + ["--resume"]))
+    assert read_losses(out) == uninterrupted              # the same curve, row for row
+    resumed = state(final)
+    for k, v in final_state.items():
+        assert torch.equal(resumed[k], v), k
+
+
+def test_killed_save_leaves_previous_checkpoint_loadable(tiny, stage1, tmp_path):
+    out = str(tmp_path)
+    model = weights.load_llava(stage1)
+    tok = os.path.join(stage1, "tokenizer.json")
+    good = save_checkpoint(out, 1, lambda d: weights.save_llava(model, d, tok), {"step": 1})
+    # A second save dies half-way (SIGKILL in a child process, between the weights and the trainer state).
+    code = (f"import os, signal, sys; sys.path.insert(0, {ROOT!r})\n"
+            "from llava_mini import weights\nfrom llava_mini.train_utils import save_checkpoint\n"
+            f"m = weights.load_llava({stage1!r})\n"
+            "def write(d):\n"
+            f"    weights.save_llava(m, d, {tok!r}); os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"save_checkpoint({out!r}, 2, write, {{'step': 2}})\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -9
+    assert any(name.startswith(".tmp-checkpoint-000002") for name in os.listdir(out))   # the debris of the kill
+    assert latest_checkpoint(out) == good and list_checkpoints(out) == [good]
+    loaded = weights.load_llava(good)
+    assert torch.equal(loaded.multi_modal_projector.linear_1.weight, model.multi_modal_projector.linear_1.weight)
+
+
+def test_nan_loss_stops_with_last_good_checkpoint(tiny, stage1, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    forward = train.LlavaForConditionalGeneration.forward
+
+    def poisoned(self, *a, **kw):
+        out = forward(self, *a, **kw)
+        calls["n"] += 1
+        if calls["n"] > 4:          # steps 1-2 (2 micro-batches each) are fine, step 3 is NaN
+            out.loss = out.loss * float("nan")
+        return out
+    monkeypatch.setattr(train.LlavaForConditionalGeneration, "forward", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 3.*checkpoint-000002"):
+        train.train(train.parse_args(stage2_args(tiny, stage1, out, "--max-steps", "5", "--save-every", "1")))
+    assert os.path.basename(latest_checkpoint(str(out))) == "checkpoint-000002"
+    assert not os.path.exists(out / "final")
+    weights.load_llava(latest_checkpoint(str(out)))       # intact
+
+
+def _ddp_worker(rank: int, port: int, argv: list):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    train.train(train.parse_args(argv))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_match_one(tiny, stage1, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # global batch 8 both times: one process runs 2 micro-batches of 4, two processes 1 micro-batch of 4 each
+    one = stage2_args(tiny, stage1, tmp_path / "one", "--max-steps", "3")
+    two = stage2_args(tiny, stage1, tmp_path / "two", "--max-steps", "3")
+    final_one = train.train(train.parse_args(one))
+    mp.spawn(_ddp_worker, args=(port, two), nprocs=2, join=True)
+    assert read_losses(tmp_path / "two") == pytest.approx(read_losses(tmp_path / "one"), rel=1e-5)
+    a, b = state(final_one), state(tmp_path / "two" / "final")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_default_pipeline_quick(tmp_path):
+    report = train.run_pipeline(train.parse_args(["--quick", "--workdir", str(tmp_path), "--no-easyvqa", "--quiet",
+                                                  "--threads", "1"]))
+    final = tmp_path / "checkpoints" / "tiny-quick" / "final"
+    assert report["final"] == str(final) and os.path.exists(final / "model.safetensors")
+    assert set(report["results"]) == {"shapes world"}
+    loss_start, loss_end = report["caption_loss"]
+    assert loss_end < loss_start            # even two steps of stage 1 lower the held-out caption loss
+    assert os.path.exists(tmp_path / "checkpoints" / "tiny-quick" / "loss.png")
