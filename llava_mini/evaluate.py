@@ -338,8 +338,6 @@ def scienceqa_accuracy(samples: list[dict], predictions: list[str]) -> dict:
 def load_checkpoint(path: str, vision_tower: str | None = None, device: str = "cpu", dtype=None):
     """A checkpoint folder (ours, HF llava, or original LLaVA + `vision_tower`) -> (model, tokenizer, template name).
     The template comes from our llava_mini.json; other layouts get vicuna_v1 (LLaVA-1.5's)."""
-    import torch
-
     from llava_mini.tokenizer import Tokenizer
     from llava_mini.weights import load_llava
     if not os.path.isdir(path):
@@ -353,7 +351,7 @@ def load_checkpoint(path: str, vision_tower: str | None = None, device: str = "c
                          f"image_token_index={model.config.image_token_index}")
     meta_path = os.path.join(path, "llava_mini.json")
     template = read_json(meta_path).get("template", "vicuna_v1") if os.path.exists(meta_path) else "vicuna_v1"
-    torch.set_grad_enabled(False)
+    model.requires_grad_(False)          # inference only: no autograd graph (local, unlike set_grad_enabled)
     return model, tokenizer, template
 
 
