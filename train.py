@@ -42,8 +42,9 @@ from llava_mini.data import LengthGroupedBatchSampler, LlavaDataset, collate, pa
 from llava_mini.llava import LlavaForConditionalGeneration
 from llava_mini.projector import LlavaMultiModalProjector
 from llava_mini.tokenizer import Tokenizer
-from llava_mini.train_utils import (MetricsLog, cosine_with_warmup, latest_checkpoint, load_trainer_state, rng_state,
-                                    save_checkpoint, set_rng_state)
+from llava_mini.train_utils import (MetricsLog, StateView, all_reduce_sum, cosine_with_warmup, full_state,
+                                    latest_checkpoint, load_optimizer_state, load_trainer_state, optimizer_state,
+                                    rng_state, save_checkpoint, set_rng_state, setup_distributed, wrap_for_processes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,30 +154,6 @@ def recipe(args) -> StageRecipe:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Processes and devices
-
-def setup_distributed(args):
-    """Under torchrun (WORLD_SIZE > 1): one process per device; gloo on CPU, nccl on CUDA. Returns (rank, world, device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
-    return rank, world, device
-
-
-def all_reduce_sum(x: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Model
 
 def build_model(args, r: StageRecipe) -> tuple[LlavaForConditionalGeneration, str]:
@@ -217,38 +194,6 @@ def set_trainable(model: LlavaForConditionalGeneration, stage: int) -> list[torc
 def set_train_mode(model: LlavaForConditionalGeneration) -> None:
     model.train()
     model.vision_tower.eval()      # frozen: no dropout or other train-time behaviour, ever
-
-
-def wrap_for_processes(model, args, world: int, device):
-    """DDP (every process holds the whole model) or FSDP2 (each holds a shard) under torchrun; as is otherwise."""
-    if world == 1:
-        return model
-    if args.fsdp:
-        from torch.distributed.fsdp import fully_shard
-        for layer in list(model.language_model.model.layers) + list(model.vision_tower.vision_model.encoder.layers):
-            fully_shard(layer)
-        return fully_shard(model)
-    from torch.nn.parallel import DistributedDataParallel
-    # find_unused_parameters: a micro-batch of text-only samples sends no gradient to the projector.
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=True)
-
-
-def full_state(model, args, world: int) -> dict:
-    """The whole state dict on the CPU (gathered from the shards under FSDP; collective, so every process calls it)."""
-    if args.fsdp and world > 1:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return model.state_dict()
-
-
-class _StateView:
-    """What weights.save_llava needs from a model (`config`, `state_dict()`), for a state gathered from FSDP shards."""
-    def __init__(self, config, state):
-        self.config, self._state = config, state
-
-    def state_dict(self):
-        return self._state
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -359,7 +304,7 @@ def train(args) -> str:
             rngs = [rng_state()]
         path = None
         if rank == 0:
-            view = _StateView(model.config, model_state)
+            view = StateView(model.config, model_state)
             path = save_checkpoint(args.out, at_step, lambda d: weights.save_llava(
                 view, d, tokenizer_json, {"llava_mini.json": {**meta, "step": at_step}}),
                 {"step": at_step, "optimizer": opt_state, "scheduler": scheduler.state_dict(), "rng": rngs})
@@ -425,28 +370,13 @@ def train(args) -> str:
     final = os.path.join(args.out, "final")
     state = full_state(net if args.fsdp else model, args, world)
     if rank == 0:
-        weights.save_llava(_StateView(model.config, state), final, tokenizer_json,
+        weights.save_llava(StateView(model.config, state), final, tokenizer_json,
                            {"llava_mini.json": {**meta, "step": step}})
         log.plot(f"stage {args.stage}")
         print(f"stage {args.stage}: {step} steps in {time.time() - t_start:.0f} s; saved {final}")
     if world > 1:
         dist.barrier()
     return final
-
-
-def optimizer_state(net, optimizer, args, world: int) -> dict:
-    if args.fsdp and world > 1:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-        return get_optimizer_state_dict(net, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return optimizer.state_dict()
-
-
-def load_optimizer_state(net, optimizer, state: dict, args, world: int) -> None:
-    if args.fsdp and world > 1:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        set_optimizer_state_dict(net, optimizer, state, options=StateDictOptions(full_state_dict=True))
-    else:
-        optimizer.load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------------------------------

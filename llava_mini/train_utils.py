@@ -1,4 +1,4 @@
-"""The bookkeeping around train.py's loop: learning-rate schedule, checkpoints, metrics.
+"""The bookkeeping around train.py's loop: learning-rate schedule, checkpoints, processes (DDP/FSDP), metrics.
 
 Everything here is plain functions over files and tensors, so train.py can stay one readable loop:
 
@@ -18,6 +18,7 @@ import shutil
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.pt"     # optimizer, scheduler, RNG states, data position
@@ -97,6 +98,77 @@ def load_trainer_state(checkpoint_dir: str) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{checkpoint_dir}: no {TRAINER_STATE}, not a resumable checkpoint")
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Processes: single, DDP or FSDP under torchrun
+
+def setup_distributed(args):
+    """Under torchrun (WORLD_SIZE > 1): one process per device; gloo on CPU, nccl on CUDA. Returns (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
+    return rank, world, device
+
+
+def all_reduce_sum(x: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def wrap_for_processes(model, args, world: int, device):
+    """DDP (every process holds the whole model) or FSDP2 (each holds a shard) under torchrun; as is otherwise."""
+    if world == 1:
+        return model
+    if args.fsdp:
+        from torch.distributed.fsdp import fully_shard
+        for layer in list(model.language_model.model.layers) + list(model.vision_tower.vision_model.encoder.layers):
+            fully_shard(layer)
+        return fully_shard(model)
+    from torch.nn.parallel import DistributedDataParallel
+    # find_unused_parameters: a micro-batch of text-only samples sends no gradient to the projector.
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
+def full_state(model, args, world: int) -> dict:
+    """The whole state dict on the CPU (gathered from the shards under FSDP; collective, so every process calls it)."""
+    if args.fsdp and world > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return model.state_dict()
+
+
+class StateView:
+    """What weights.save_llava needs from a model (`config`, `state_dict()`), for a state gathered from FSDP shards."""
+    def __init__(self, config, state):
+        self.config, self._state = config, state
+
+    def state_dict(self):
+        return self._state
+
+
+def optimizer_state(net, optimizer, args, world: int) -> dict:
+    if args.fsdp and world > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        return get_optimizer_state_dict(net, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return optimizer.state_dict()
+
+
+def load_optimizer_state(net, optimizer, state: dict, args, world: int) -> None:
+    if args.fsdp and world > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(net, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------------------------------

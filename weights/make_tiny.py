@@ -29,7 +29,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
@@ -249,9 +248,9 @@ def lm_loss(model, blocks: torch.Tensor, batch_size: int = 32) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", extra_text: list[str] = (), *,
-              image_size: int = 64, patch_size: int = 8, vision_hidden: int = 128, vision_layers: int = 4,
+              image_size: int = 64, patch_size: int = 8, vision_hidden: int = 64, vision_layers: int = 3,
               text_hidden: int = 128, text_layers: int = 4, vocab_size: int = 1024,
-              clip_steps: int = 300, clip_batch: int = 128, clip_lr: float = 1e-3,
+              clip_steps: int = 300, clip_batch: int = 64, clip_lr: float = 2e-3,
               lm_steps: int = 300, lm_batch: int = 32, lm_block: int = 128, lm_lr: float = 3e-3,
               seed: int = 0) -> dict:
     """Make tokenizer, tiny CLIP and tiny LLaMA; write them to {out_dir}/tiny-clip and {out_dir}/tiny-llama.
@@ -319,16 +318,24 @@ def main(argv=None):
     p.add_argument("--out", default="checkpoints/base")
     p.add_argument("--extra-text", nargs="*", default=[], help="more LLaVA-JSON files whose text the LM learns")
     p.add_argument("--clip-steps", type=int, default=300)
-    p.add_argument("--clip-batch", type=int, default=128)
+    p.add_argument("--clip-batch", type=int, default=64)
     p.add_argument("--lm-steps", type=int, default=300)
     p.add_argument("--lm-batch", type=int, default=32)
+    p.add_argument("--clip-lr", type=float, default=2e-3)
+    p.add_argument("--lm-lr", type=float, default=3e-3)
+    p.add_argument("--vision-hidden", type=int, default=64)
+    p.add_argument("--vision-layers", type=int, default=3)
+    p.add_argument("--text-hidden", type=int, default=128)
+    p.add_argument("--text-layers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     make_tiny(args.data, args.out, args.extra_text, clip_steps=args.clip_steps, clip_batch=args.clip_batch,
-              lm_steps=args.lm_steps, lm_batch=args.lm_batch, seed=args.seed)
+              clip_lr=args.clip_lr, lm_steps=args.lm_steps, lm_batch=args.lm_batch, lm_lr=args.lm_lr,
+              vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, text_hidden=args.text_hidden,
+              text_layers=args.text_layers, seed=args.seed)
 
 
 if __name__ == "__main__":
