@@ -127,6 +127,7 @@ class TextConfig:
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     tie_word_embeddings: bool = False
+    initializer_range: float = 0.02            # std of the normal initialisation of every matrix (untrained models)
     attention_bias: bool = False
     mlp_bias: bool = False
     bos_token_id: int | None = 1

@@ -243,12 +243,21 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
         if config.tie_word_embeddings:
             self.tie_weights()
             # HF checkpoints of tied models have no `lm_head.weight`: fill it in from the embedding when loading,
             # and re-tie afterwards (load_state_dict(assign=True) would otherwise leave two separate parameters).
             self.register_load_state_dict_pre_hook(self._fill_tied_lm_head)
             self.register_load_state_dict_post_hook(lambda module, incompatible: module.tie_weights())
+
+    def _init_weights(self, module):
+        """HF's LLaMA initialisation, N(0, initializer_range) for every matrix. PyTorch's default N(0, 1) embedding
+        would, tied to lm_head, start an untrained model at a loss near 60 instead of log(vocab_size)."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def tie_weights(self):
         self.lm_head.weight = self.model.embed_tokens.weight

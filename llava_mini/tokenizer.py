@@ -61,8 +61,9 @@ class Tokenizer:
 
         # SentencePiece-style tokenizers (LLaMA) turn "a" into "▁a": they add a space in front of every chunk
         # of text. Byte-level BPE tokenizers (GPT-2, SmolLM2) usually do not: "a" stays "a".
+        # Look only at the first token's first character: a small vocabulary may split "▁a" into "▁", "a".
         first = tokenizer.encode("a", add_special_tokens=False).tokens[0]
-        self.adds_prefix_space: bool = first in ("▁a", "Ġa")
+        self.adds_prefix_space: bool = first.startswith(("▁", "Ġ"))
 
     @classmethod
     def from_file(cls, path: str, **special_tokens) -> "Tokenizer":
