@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from llava_mini.conversation import get_template, tokenize_next_turn, tokenize_prompt
+from llava_mini.conversation import TEMPLATES, get_template, tokenize_next_turn, tokenize_prompt
 from llava_mini.data import load_image, preprocess_image
 from llava_mini.evaluate import load_checkpoint, stop_token_ids
 
@@ -62,6 +62,7 @@ class ChatSession:
         self.device, self.max_new_tokens, self.temperature, self.top_p = device, max_new_tokens, temperature, top_p
         self.generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         self.stop_ids = stop_token_ids(tokenizer, self.template)
+        self.template_stop_id = tokenizer.token_to_id(self.template.stop)   # </s>, <|im_end|>: ends every answer
         self.max_positions = model.config.text_config.max_position_embeddings
         self.image = None
         self.reset()
@@ -84,7 +85,7 @@ class ChatSession:
             return tokenize_prompt(self.tokenizer, [text], self.template)
         ids = tokenize_next_turn(self.tokenizer, question, self.template)
         # An answer cut off by max_new_tokens has no stop token yet; the template needs one before the next turn.
-        return ids if self.last_stopped else [self.stop_ids[0]] + ids
+        return ids if self.last_stopped else [self.template_stop_id] + ids
 
     def ask(self, question: str, streamer=None) -> list[int]:
         """Answer one user turn; returns the answer's token ids. Raises ValueError if the conversation would no
@@ -106,7 +107,7 @@ class ChatSession:
         answer = out.tokens[0]
         self.cache = out.past_key_values
         self.last_stopped = len(answer) < self.max_new_tokens
-        self.history += ids + answer + ([self.stop_ids[0]] if self.last_stopped else [])
+        self.history += ids + answer + ([self.template_stop_id] if self.last_stopped else [])
         self.turns += 1
         return answer
 
@@ -161,12 +162,13 @@ def main(argv=None):
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint folder (default {DEFAULT_MODEL})")
     p.add_argument("--vision-tower", help="CLIP folder, for an original-LLaVA-layout checkpoint")
     p.add_argument("--image", help=f"image file (default: the first image in {DEFAULT_IMAGES})")
-    p.add_argument("--template", help="conversation template (default: the one stored with the checkpoint)")
+    p.add_argument("--template", choices=sorted(TEMPLATES),
+                   help="conversation template (default: the one stored with the checkpoint)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set of tokens with this mass")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="length limit of each answer")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=0, help="for sampling (temperature > 0)")
     p.add_argument("--prompt", help="ask one question, print the answer and exit")
     args = p.parse_args(argv)
 

@@ -29,7 +29,9 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 import time
 
 import torch
@@ -37,7 +39,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from llava_mini import weights
-from llava_mini.config import LlavaConfig, read_json
+from llava_mini.config import LlavaConfig, read_json, write_json
 from llava_mini.data import LengthGroupedBatchSampler, LlavaDataset, collate, pack
 from llava_mini.llava import LlavaForConditionalGeneration
 from llava_mini.projector import LlavaMultiModalProjector
@@ -207,21 +209,21 @@ def build_dataset(args, r: StageRecipe, tokenizer: Tokenizer, config: LlavaConfi
     return torch.utils.data.ConcatDataset(parts), [n for d in parts for n in d.lengths]
 
 
-def micro_batches(samples: list, r: StageRecipe, args, pad_id: int) -> list[dict]:
+def micro_batches(samples: list, r: StageRecipe, args, pad_id: int, image_token_id: int) -> list[dict]:
     """This process's share of a global batch, as model inputs: padded micro-batches, or packed rows."""
     if args.pack:
         # Pack into rows of max_length, then feed micro_batch_size rows at a time.
         rows = pack(samples, r.max_length, pad_id)
         n = rows["input_ids"].shape[0]
-        return [_slice_packed(rows, s, s + r.micro_batch_size) for s in range(0, n, r.micro_batch_size)]
+        return [slice_rows(rows, s, s + r.micro_batch_size, image_token_id) for s in range(0, n, r.micro_batch_size)]
     return [collate(samples[s:s + r.micro_batch_size], pad_id) for s in range(0, len(samples), r.micro_batch_size)]
 
 
-def _slice_packed(rows: dict, start: int, stop: int) -> dict:
-    """Rows start:stop of a packed batch, with their images (pixel_values are in placeholder order, row by row)."""
+def slice_rows(rows: dict, start: int, stop: int, image_token_id: int) -> dict:
+    """Rows start:stop of a batch, with their images (pixel_values are in placeholder order, row by row)."""
     ids = rows["input_ids"]
-    images_before = int((ids[:start] == _slice_packed.image_token).sum())
-    images_in = int((ids[start:stop] == _slice_packed.image_token).sum())
+    images_before = int((ids[:start] == image_token_id).sum())
+    images_in = int((ids[start:stop] == image_token_id).sum())
     pixels = rows["pixel_values"]
     return {"input_ids": ids[start:stop], "labels": rows["labels"][start:stop],
             "attention_mask": rows["attention_mask"][start:stop],
@@ -253,13 +255,12 @@ def train(args) -> str:
     if tokenizer.image_token_id != model.config.image_token_index:
         raise ValueError(f"{tokenizer_json}: <image> id {tokenizer.image_token_id} != the model's image_token_index "
                          f"{model.config.image_token_index}")
-    _slice_packed.image_token = model.config.image_token_index
     params = set_trainable(model, args.stage)
     model.to(device)
     if args.gradient_checkpointing or (args.gradient_checkpointing is None and PRESETS[args.preset].gradient_checkpointing):
         model.language_model.model.gradient_checkpointing = True
     if args.compile:
-        model.language_model = torch.compile(model.language_model, dynamic=True)
+        model.language_model.compile(dynamic=True)        # in place: the state dict keeps its key names
     set_train_mode(model)
     net = wrap_for_processes(model, args, world, device)
     if args.fsdp and world > 1:
@@ -311,6 +312,11 @@ def train(args) -> str:
             log.plot(f"stage {args.stage}")
         return path
 
+    # Ctrl-C (SIGINT) and a scheduler's SIGTERM both end in a resumable checkpoint. Set the handlers explicitly: a
+    # process started in the background by a shell inherits SIGINT as *ignored*.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     bar = tqdm(total=total_steps, initial=step, desc=f"stage {args.stage}", disable=rank != 0 or args.quiet,
                dynamic_ncols=True)
     t_start, tokens_done, last_good = time.time(), 0, resume_from
@@ -320,7 +326,7 @@ def train(args) -> str:
             sampler.set_epoch(epoch)
             global_batch = sampler.batches()[pos]
             mine = [dataset[i] for i in global_batch[rank::world]]            # this process's share
-            batches = micro_batches(mine, r, args, tokenizer.pad_id)
+            batches = micro_batches(mine, r, args, tokenizer.pad_id, model.config.image_token_index)
             n_tokens = all_reduce_sum(torch.tensor(float(sum(trained_tokens(b) for b in batches))), world)
             step_loss = torch.zeros((), dtype=torch.float64)
             for k, batch in enumerate(batches):
@@ -383,9 +389,13 @@ def train(args) -> str:
 # The default job: `python train.py`
 
 # Sizes of the classroom run and of the smoke test. Data and bases are made only when missing.
-FULL = dict(world_train=5000, world_test=500, image_size=64, stage1_epochs=1, stage2_epochs=2, eval_questions=None,
-            suffix="", tiny=dict(clip_steps=300, lm_steps=300))
-QUICK = dict(world_train=48, world_test=8, image_size=32, stage1_epochs=1, stage2_epochs=1, eval_questions=8,
+# stage2_kinds: which of the world's stage-2 samples (conv, detail, complex, vqa) join easy-VQA train in the mix.
+# eval_questions / blind_questions: how many test questions to score (None: all) with the image / blind.
+FULL = dict(world_train=5000, world_test=500, image_size=64, stage1_epochs=1, stage2_epochs=1, stage2_kinds=("vqa",),
+            eval_questions=None, blind_questions=1000, suffix="",
+            tiny=dict(clip_steps=300, lm_steps=200, text_hidden=96))
+QUICK = dict(world_train=48, world_test=8, image_size=32, stage1_epochs=1, stage2_epochs=1,
+             stage2_kinds=("conv", "detail", "complex", "vqa"), eval_questions=8, blind_questions=8,
              suffix="-quick", max_steps=2,
              tiny=dict(image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2,
                        vocab_size=400, clip_steps=2, clip_batch=16, lm_steps=2, lm_batch=4, lm_block=64))
@@ -407,7 +417,6 @@ def mean_loss(model, dataset, pad_id: int, batch_size: int = 32) -> float:
 def heldout_captions(data_dir: str, out_path: str) -> str:
     """Stage-1 style pairs (<image> + caption) for the held-out test scenes, written as LLaVA JSON."""
     scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
-    from llava_mini.config import write_json
     write_json([{"id": f"{s['id']}_caption", "image": s["image"], "conversations": [
         {"from": "human", "value": "<image>\nDescribe the image concisely."},
         {"from": "gpt", "value": s["captions"][0]}]} for s in scenes], out_path)
@@ -468,7 +477,11 @@ def run_pipeline(args) -> dict:
     caption_loss_end = mean_loss(weights.load_llava(stage1_final), heldout, tokenizer.pad_id)
     print(f"stage 1: held-out caption loss {caption_loss_start:.3f} -> {caption_loss_end:.3f}")
 
-    stage2 = ["--stage", "2", "--data", os.path.join(data_dir, "stage2.json")] + evqa_train + \
+    kinds = size["stage2_kinds"]
+    world_mix = os.path.join(data_dir, f"stage2_{'_'.join(kinds)}.json")
+    write_json([e for e in read_json(os.path.join(data_dir, "stage2.json")) if e["id"].rsplit("_", 1)[1] in kinds],
+               world_mix)
+    stage2 = ["--stage", "2", "--data", world_mix] + evqa_train + \
              ["--image-root", data_dir] + ([evqa_dir] if use_evqa else []) + \
              ["--init", stage1_final, "--out", run_dir, "--epochs", str(size["stage2_epochs"]), "--group-by-length"] + common
     print("[4/6] stage 2: python train.py " + " ".join(stage2))
@@ -484,9 +497,11 @@ def run_pipeline(args) -> dict:
     results = {}
     with torch.no_grad():
         for name, path, root in sets:
-            questions = read_json(path)[:size["eval_questions"]]
-            results[name] = {blind: evaluate_vqa(model, tokenizer, questions, root, template=template, blind=blind,
-                                                 batch_size=32) for blind in (False, True)}
+            questions = read_json(path)
+            results[name] = {blind: evaluate_vqa(model, tokenizer, questions[:size[n]], root, template=template,
+                                                 blind=blind, batch_size=64)
+                             for blind, n in ((False, "eval_questions"), (True, "blind_questions"))}
+            results[name]["majority"] = world.answer_statistics(questions[:size["blind_questions"]])
 
     minutes = (time.time() - t0) / 60
     print(f"\n[6/6] report ({minutes:.1f} min wall, {threads} threads)")
@@ -494,14 +509,16 @@ def run_pipeline(args) -> dict:
         print(f"  tiny CLIP zero-shot retrieval {base_stats['clip_retrieval_top1']:.1%} (top-1 of "
               f"{base_stats['clip_retrieval_pool']}); tiny LLaMA held-out loss {base_stats['lm_heldout_loss']:.3f}")
     print(f"  stage 1 held-out caption loss: {caption_loss_start:.3f} at the start -> {caption_loss_end:.3f} at the end")
-    print(f"  stage 2 mix: {', '.join(stage2[stage2.index('--data') + 1:stage2.index('--image-root')])}")
+    print(f"  stage 2 mix: {', '.join(stage2[stage2.index('--data') + 1:stage2.index('--image-root')])} "
+          f"(world samples of kind {', '.join(kinds)})")
     for name, res in results.items():
-        seen, blind = res[False], res[True]
-        print(f"  {name}: accuracy {seen['overall']:.1%} with the image, {blind['overall']:.1%} blind "
-              f"(blank image), n={seen['n']}")
+        seen, blind, majority = res[False], res[True], res["majority"]
+        print(f"  {name}: accuracy {seen['overall']:.1%} with the image (n={seen['n']}); blind (blank image) "
+              f"{blind['overall']:.1%} (first {blind['n']} questions)")
+        print(f"    {'type':<12} {'image':>7} {'blind':>7} {'majority':>9}")
         for t in seen["per_type"]:
-            print(f"    {t:<12} {seen['per_type'][t]:6.1%}   blind {blind['per_type'][t]:6.1%}   "
-                  f"n={seen['count_per_type'][t]}")
+            print(f"    {t:<12} {seen['per_type'][t]:7.1%} {blind['per_type'].get(t, float('nan')):7.1%} "
+                  f"{majority.get(t, {}).get('majority_rate', float('nan')):9.1%}   n={seen['count_per_type'][t]}")
     print(f"  model saved in {final}")
     print(f"  chat with it:  python chat.py --model {final}")
     return {"minutes": minutes, "caption_loss": (caption_loss_start, caption_loss_end), "final": final,

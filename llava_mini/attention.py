@@ -77,6 +77,10 @@ def attention(q, k, v, mask=None, backend="sdpa", causal=False, scale=None):
     the kernels then apply the causal rule themselves."""
     if causal and mask is not None:
         raise ValueError("pass either causal=True or a mask, not both (fold causality into the mask)")
+    if causal and q.shape[2] != k.shape[2]:
+        # the fused kernels align a causal mask top-left, the eager path bottom-right: only T == S means one thing
+        raise ValueError(f"causal=True needs as many queries as keys, got {q.shape[2]} and {k.shape[2]}; "
+                         "with a KV cache pass a mask from build_mask instead")
     if backend == "eager":
         return eager_attention(q, k, v, mask, causal, scale)[0]
     if backend == "sdpa":

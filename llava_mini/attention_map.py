@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from llava_mini.conversation import IGNORE_INDEX, TEMPLATES, get_template, tokenize_conversation, tokenize_prompt
+
 
 def parse_index_list(spec: str | None, n: int, what: str) -> list[int]:
     """'all' / None -> 0..n-1; '-1' -> [n-1]; '0,2' -> [0, 2]; '1:3' -> [1, 2]. Out of range is an error."""
@@ -115,7 +117,6 @@ def answer_attention(model, tokenizer, image: Image.Image, question: str, templa
                      max_new_tokens: int = 32, layers=None, heads=None) -> tuple[str, torch.Tensor]:
     """(answer text, (num_patches,) weights summing to 1) for one image and question. With `answer=None` the
     model answers greedily first; otherwise the given answer is scored (teacher forcing)."""
-    from llava_mini.conversation import get_template, tokenize_prompt
     from llava_mini.data import preprocess_image
     from llava_mini.evaluate import stop_token_ids
 
@@ -129,8 +130,10 @@ def answer_attention(model, tokenizer, image: Image.Image, question: str, templa
         out = model.generate(torch.tensor([prompt], device=device), pixel_values, max_new_tokens=max_new_tokens,
                              stop_token_ids=stop_token_ids(tokenizer, template))
         answer_ids = out.tokens[0]
-    else:   # the answer follows "ASSISTANT:" after a space, which a SentencePiece tokenizer adds by itself
-        answer_ids = tokenizer.encode(answer if tokenizer.adds_prefix_space else " " + answer)
+    else:   # tokenized as the template has it after the prompt (e.g. " red</s>"), without the stop token
+        ids, labels = tokenize_conversation(tokenizer, ["<image>\n" + question, answer], template)
+        assert ids[:len(prompt)] == prompt, "the prompt must be a prefix of the whole conversation"
+        answer_ids = [t for t, label in zip(ids, labels) if label != IGNORE_INDEX][:-1]
     if not answer_ids:
         raise ValueError("the answer is empty: there are no answer tokens whose attention could be shown")
 
@@ -158,7 +161,7 @@ def main(argv=None):
     p.add_argument("--colormap", default="inferno", help="any matplotlib colour map name (inferno, jet, viridis...)")
     p.add_argument("--blocky", action="store_true", help="show patches as squares instead of smoothing")
     p.add_argument("--scale", type=int, default=1, help="enlarge the PNG this many times (for projecting)")
-    p.add_argument("--template", help="override the template stored with the checkpoint")
+    p.add_argument("--template", choices=sorted(TEMPLATES), help="override the template stored with the checkpoint")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 

@@ -94,7 +94,7 @@ class CLIPEncoder(nn.Module):
 
 @dataclass
 class CLIPOutput:
-    last_hidden_state: torch.Tensor               # (B, T, hidden), before any final norm
+    last_hidden_state: torch.Tensor               # (B, T, hidden): vision before post_layernorm, text after final_layer_norm
     pooler_output: torch.Tensor                   # (B, hidden): CLS (vision, post-normed) or EOS token (text)
     hidden_states: tuple | None = None            # num_layers + 1 tensors; [0] is the embedding output
 

@@ -26,6 +26,14 @@ def _known_fields(cls, d: dict) -> dict:
     return {k: v for k, v in d.items() if k in names}
 
 
+# A field missing from an HF config.json means *transformers'* default, not our preset's: transformers 4.x saved the
+# text_config / vision_config of a llava as a diff against LlamaConfig() / CLIPVisionConfig() (llava-hf/llava-1.5-7b-hf
+# lists rms_norm_eps only because 1e-5 differs from Llama's default 1e-6). These are the defaults where ours differ.
+HF_LLAMA_DEFAULTS = {"rms_norm_eps": 1e-6, "max_position_embeddings": 2048}
+HF_CLIP_VISION_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                           "num_attention_heads": 12, "image_size": 224, "patch_size": 32, "projection_dim": 512}
+
+
 @dataclass
 class VisionConfig:
     """CLIP vision tower. Defaults are ViT-L/14 at 336 px (the LLaVA-1.5 tower)."""
@@ -53,7 +61,7 @@ class VisionConfig:
 
     @classmethod
     def from_hf(cls, d: dict) -> "VisionConfig":
-        d = dict(d)
+        d = {**HF_CLIP_VISION_DEFAULTS, **d}
         for k in ("image_mean", "image_std"):
             if k in d:
                 d[k] = tuple(d[k])
@@ -145,7 +153,7 @@ class TextConfig:
 
     @classmethod
     def from_hf(cls, d: dict) -> "TextConfig":
-        d = dict(d)
+        d = {**HF_LLAMA_DEFAULTS, **d}
         # transformers >= 5 nests rope_theta in rope_parameters; older files keep it at the top level.
         rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
         if "rope_theta" not in d and "rope_theta" in rope:
@@ -188,7 +196,8 @@ class LlavaConfig:
         rest = {k: v for k, v in d.items() if k not in ("vision_config", "text_config", "projector_type")}
         if "image_token_index" not in rest and "image_token_id" in rest:
             rest["image_token_index"] = rest["image_token_id"]
-        vision = dict(d.get("vision_config", {}))
+        # no vision_config at all: HF's LlavaConfig then builds ViT-L/14-336, which is our VisionConfig() default
+        vision = dict(d["vision_config"]) if "vision_config" in d else VisionConfig().to_hf()
         for k in ("image_mean", "image_std"):     # we keep preprocessing constants at the top level
             if k in d:
                 vision[k] = d[k]
@@ -217,7 +226,7 @@ def read_json(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
+        raise FileNotFoundError(f"file not found: {path}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 

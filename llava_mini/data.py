@@ -61,7 +61,7 @@ def to_rgb(im: Image.Image, background=(255, 255, 255)) -> Image.Image:
         top = 255.0 if a.max() <= 255 else 65535.0 if a.max() <= 65535 else a.max()
         a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(a, mode="L").convert("RGB")
-    if im.mode == "P" and "transparency" in im.info or im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if (im.mode == "P" and "transparency" in im.info) or im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = im.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, tuple(background) + (255,))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
@@ -142,6 +142,8 @@ def read_records(path: str) -> list:
 def conversation_turns(record: dict) -> tuple[str, list[str], list[str]]:
     """(id, turns, image paths) of one LLaVA-JSON entry, checked and with the placeholder normalised:
     one image -> the first user turn becomes "<image>\\n" + its text without the placeholder."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a sample must be a JSON object with 'conversations', got {str(record)[:80]!r}")
     sample_id = str(record.get("id", "?"))
     conv = record.get("conversations")
     if not isinstance(conv, list) or not conv:
@@ -264,8 +266,8 @@ class LlavaDataset(torch.utils.data.Dataset):
             input_ids, labels = input_ids[:keep], labels[:keep]
         # The first label never counts (nothing predicts position 0), so look from position 1.
         if all(label == IGNORE_INDEX for label in labels[1:]):
-            raise TooLong("no trained token left", f"sample {sample_id}: no trained token left after truncation "
-                          f"to max_length {self.max_length}")
+            cut = f" after truncation to max_length {self.max_length}" if self.max_length is not None else ""
+            raise TooLong("no trained token left", f"sample {sample_id}: no trained token left{cut}")
         return {"id": sample_id, "input_ids": input_ids, "labels": labels,
                 "images": [os.path.join(self.image_folder, p) for p in images],
                 "length": expanded_length(input_ids, image_id, n_image)}

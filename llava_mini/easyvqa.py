@@ -22,7 +22,7 @@ from collections import Counter
 from tqdm import tqdm
 
 from llava_mini.config import write_json
-from llava_mini.teacher import SHORT_ANSWER_PROMPT
+from llava_mini.conversation import SHORT_ANSWER_PROMPT
 
 EASYVQA_SHAPES = {"circle", "rectangle", "triangle"}
 

@@ -21,9 +21,9 @@ model layer (batched greedy generation):
      the projector bias) and is reported next to "blind" so the two can be compared.
 2. LLaVA-Bench relative score. The model answers open questions; a judge that sees only the symbolic context
    (captions and boxes) scores the reference answer and the model's answer 1-10; the score is
-   mean(model) / mean(reference) x 100 per category (conv, detail, complex) and overall. Judges: `RuleJudge`
-   checks the facts it can parse (colours, shapes, counts, positions) against the scene; `LLMJudge` asks any
-   OpenAI-compatible endpoint with a review prompt in the style of the paper.
+   mean(model) / mean(reference) x 100 per category (conv, detail, complex) and overall. The judges are in
+   judges.py: `RuleJudge` checks the facts it can parse (colours, shapes, counts, positions) against the scene;
+   `LLMJudge` asks any OpenAI-compatible endpoint with a review prompt in the style of the paper.
 3. ScienceQA in LLaVA's converted format: multiple choice, the model answers with a letter; accuracy over all
    questions and over those with an image.
 """
@@ -35,10 +35,9 @@ import os
 import re
 import string
 from collections import defaultdict
-from dataclasses import dataclass
 
 from llava_mini.config import read_json, write_json
-from llava_mini.conversation import SHORT_ANSWER_PROMPT   # LLaVA-1.5's "\nAnswer the question using a single word ..."
+from llava_mini.conversation import SHORT_ANSWER_PROMPT, TEMPLATES   # LLaVA-1.5's "\nAnswer the question using ..."
 
 LETTER_PROMPT = "\nAnswer with the option's letter from the given choices directly."
 
@@ -77,212 +76,7 @@ def vqa_accuracy(questions: list[dict], predictions: list[str]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 2. LLaVA-Bench: relative score and judges
-
-CATEGORIES = ("conv", "detail", "complex")
-
-
-def relative_scores(records: list[dict]) -> dict:
-    """records: [{"category", "score_reference", "score_model"}]. Returns per category and "overall":
-    {"relative": mean(model) / mean(reference) x 100, "model": mean, "reference": mean, "n"}."""
-    groups = defaultdict(list)
-    for r in records:
-        groups[r["category"]].append(r)
-        groups["overall"].append(r)
-    out = {}
-    for name in [c for c in CATEGORIES if c in groups] + sorted(set(groups) - set(CATEGORIES) - {"overall"}) + ["overall"]:
-        rs = groups.get(name, [])
-        if not rs:
-            continue
-        model = sum(r["score_model"] for r in rs) / len(rs)
-        ref = sum(r["score_reference"] for r in rs) / len(rs)
-        out[name] = {"relative": 100.0 * model / ref if ref else 0.0, "model": model, "reference": ref, "n": len(rs)}
-    return out
-
-
-COLOR_WORDS = {"red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "black", "white", "gray",
-               "grey", "cyan", "magenta", "violet", "teal"}
-SHAPE_WORDS = {"circle", "square", "triangle", "rectangle", "star", "ellipse", "oval", "hexagon", "pentagon",
-               "diamond", "cross", "heart"}
-OBJECT_WORDS = {"shape", "object", "thing", "item"}        # "three shapes": a count over every object
-# A clause with one of these talks about a changed or imagined scene ("adding one more makes 3 circles",
-# "one object would be left"): it is arithmetic, not a statement about this image, so it is not checked.
-HYPOTHETICAL_WORDS = {"would", "could", "if", "adding", "add", "removing", "remove", "makes", "leaves", "after"}
-POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "upper": "top", "above": "top",
-                  "bottom": "bottom", "lower": "bottom", "below": "bottom", "center": "center",
-                  "centre": "center", "middle": "center"}
-
-
-def _singular(word: str) -> str:
-    if word.endswith("es") and word[:-2] in {"cross"}:
-        return word[:-2]
-    return word[:-1] if word.endswith("s") and word[:-1] in SHAPE_WORDS | OBJECT_WORDS else word
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One checkable statement parsed from an answer. kind: "object" (an object of this colour/shape exists),
-    "color" (something has this colour), "count" (exactly `number` such objects), "position" (such an object
-    lies in region `where`)."""
-    kind: str
-    color: str | None = None
-    shape: str | None = None
-    number: int | None = None
-    where: str | None = None
-
-
-def extract_claims(text: str) -> set[Claim]:
-    """Parse the facts a rule judge can check: "two red circles", "a blue square on the left", "no stars",
-    "the background is white". Deliberately simple: a word window, clause by clause."""
-    claims = set()
-    for clause in re.split(r"[.;,!?\n]|\band\b|\bbut\b", text.lower()):
-        words = [_singular(w) for w in re.findall(r"[a-z0-9]+", clause)]
-        if "=" in clause or HYPOTHETICAL_WORDS & set(words):
-            continue
-        objects_here, colors_used = [], set()
-        for i, w in enumerate(words):
-            if w not in SHAPE_WORDS | OBJECT_WORDS:
-                continue
-            shape = w if w in SHAPE_WORDS else None
-            before = range(i - 1, max(0, i - 3) - 1, -1)            # up to 3 words back: "three small red circles"
-            color_at = next((j for j in before if words[j] in COLOR_WORDS), None)
-            color = words[color_at] if color_at is not None else None
-            colors_used.add(color_at)
-            number_word = next((words[j] for j in before if words[j] in NUMBER_WORDS or words[j].isdigit()
-                                or words[j] == "no"), None)
-            number = None if number_word is None else 0 if number_word == "no" else int(NUMBER_WORDS.get(number_word, number_word))
-            if number is not None:
-                claims.add(Claim("count", color, shape, number=number))
-            if number != 0 and (shape or color):
-                claims.add(Claim("object", color, shape))
-                objects_here.append((color, shape))
-        # A colour not attached to a shape: "it is red", "the background is white".
-        claims |= {Claim("color", w) for i, w in enumerate(words) if w in COLOR_WORDS and i not in colors_used}
-        wheres = {POSITION_WORDS[w] for w in words if w in POSITION_WORDS}
-        if len(objects_here) == 1 and objects_here[0][1] and wheres:      # one object, its place: "top left"
-            color, shape = objects_here[0]
-            claims.add(Claim("position", color, shape, where=" ".join(sorted(wheres))))
-    return claims
-
-
-def _in_region(bbox, where: str) -> bool:
-    """bbox normalised (x1, y1, x2, y2); where: region words joined by spaces, all must hold ("left top")."""
-    cx, cy = (bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2
-    region = {"left": cx < 0.5, "right": cx > 0.5, "top": cy < 0.5, "bottom": cy > 0.5,
-              "center": abs(cx - 0.5) < 0.25 and abs(cy - 0.5) < 0.25}
-    return all(region[w] for w in where.split())
-
-
-def check_claim(claim: Claim, scene: dict) -> bool:
-    """Is the claim true of the scene? (scene: world.py's dict with "objects" and "background")."""
-    def norm_color(c):
-        return "gray" if c == "grey" else c
-    matches = [o for o in scene.get("objects", [])
-               if (claim.shape is None or o["shape"] == claim.shape)
-               and (claim.color is None or norm_color(o["color"]) == norm_color(claim.color))]
-    if claim.kind == "object":
-        return bool(matches)
-    if claim.kind == "count":
-        return len(matches) == claim.number
-    if claim.kind == "color":
-        background = [norm_color(w) for w in str(scene.get("background", "")).split()]    # "pale blue"
-        return bool(matches) or norm_color(claim.color) in background
-    if claim.kind == "position":
-        return any(_in_region(o["bbox"], claim.where) for o in matches)
-    raise ValueError(f"unknown claim kind {claim.kind!r}")
-
-
-def _token_f1(a: str, b: str) -> float:
-    wa, wb = normalize_answer(a).split(), normalize_answer(b).split()
-    common = sum(min(wa.count(w), wb.count(w)) for w in set(wa))
-    if not wa or not wb or not common:
-        return 0.0
-    p, r = common / len(wa), common / len(wb)
-    return 2 * p * r / (p + r)
-
-
-class RuleJudge:
-    """A deterministic judge for the shapes world: it checks what an answer says against the scene.
-
-    score = 1 + 9 x precision x (0.5 + 0.5 x recall), where precision is the share of the answer's claims that
-    are true of the scene (hallucinations cost) and recall the share of the reference's true claims the answer
-    also makes (saying little costs, but less). An answer with no checkable claims gets at most 5, by word
-    overlap with the reference; when the reference has none either (a "why" question), word overlap decides
-    on the full 1-10 scale."""
-
-    def score_answer(self, answer: str, reference: str, scene: dict) -> float:
-        claims, ref_claims = extract_claims(answer), extract_claims(reference)
-        ref_true = {c for c in ref_claims if check_claim(c, scene)}
-        if not claims:
-            return 1.0 + (9.0 if not ref_claims else 4.0) * _token_f1(answer, reference)
-        precision = sum(check_claim(c, scene) for c in claims) / len(claims)
-        recall = len(claims & ref_true) / len(ref_true) if ref_true else 1.0
-        return 1.0 + 9.0 * precision * (0.5 + 0.5 * recall)
-
-    def score(self, item: dict, answer: str) -> tuple[float, float]:
-        """(reference score, model score), the same order as the LLM judge's 'score1 score2'."""
-        if "scene" not in item:
-            raise ValueError(f"bench item {item.get('id')!r} has no 'scene'; the rule judge needs it")
-        return (self.score_answer(item["reference"], item["reference"], item["scene"]),
-                self.score_answer(answer, item["reference"], item["scene"]))
-
-
-JUDGE_SYSTEM = "You are a careful and fair reviewer of answers written by AI assistants."
-JUDGE_INSTRUCTIONS = (
-    "Two AI assistants answered the user's question about an image. You cannot see the image; the text under "
-    "[Context] describes it (captions, and objects with bounding boxes as normalised x1, y1, x2, y2). "
-    "Rate each answer for helpfulness, relevance, accuracy with respect to the context, and level of detail, "
-    "with an overall score from 1 to 10 (higher is better).\n"
-    "On the first line write only the two scores, Assistant 1 then Assistant 2, separated by a space. "
-    "From the second line on, explain your rating; the order in which the answers appear must not affect it.")
-
-
-def format_context(context: dict) -> str:
-    return "\n".join(context.get("captions", [])) + "\n\n" + "\n".join(context.get("boxes", []))
-
-
-def judge_messages(item: dict, answer_1: str, answer_2: str) -> list[dict]:
-    content = (f"[Context]\n{format_context(item.get('context', {}))}\n\n[Question]\n{item['question']}\n\n"
-               f"[Assistant 1]\n{answer_1}\n[End of Assistant 1]\n\n[Assistant 2]\n{answer_2}\n"
-               f"[End of Assistant 2]\n\n[Instructions]\n{JUDGE_INSTRUCTIONS}\n")
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": content}]
-
-
-def parse_judge_scores(text: str) -> tuple[float, float]:
-    """The first line must hold two numbers ("8 6", "8, 6", "8.5 6"); anything else is an error quoting it."""
-    first = text.strip().split("\n")[0]
-    numbers = re.findall(r"\d+(?:\.\d+)?", first)
-    if len(numbers) != 2:
-        raise ValueError(f"judge reply does not start with two scores: {first[:200]!r}")
-    return float(numbers[0]), float(numbers[1])
-
-
-class LLMJudge:
-    """Asks an OpenAI-compatible model (llm_client.ChatClient). Assistant 1 is the reference, 2 the model."""
-
-    def __init__(self, client):
-        self.client = client
-
-    def score(self, item: dict, answer: str) -> tuple[float, float]:
-        return parse_judge_scores(self.client.chat(judge_messages(item, item["reference"], answer), temperature=0))
-
-
-def score_bench(items: list[dict], answers: list[str], judge) -> dict:
-    """Judge every answer; an unparseable judge reply is counted and left out, never scored as 0."""
-    records, failures = [], []
-    for item, answer in zip(items, answers):
-        try:
-            ref_score, model_score = judge.score(item, answer)
-        except ValueError as e:
-            failures.append({"id": item.get("id"), "error": str(e)})
-            continue
-        records.append({"id": item.get("id"), "category": item["category"], "question": item["question"],
-                        "answer": answer, "score_reference": ref_score, "score_model": model_score})
-    return {"scores": relative_scores(records), "records": records, "judge_failures": failures}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# 3. ScienceQA (LLaVA's converted format)
+# 2. ScienceQA (LLaVA's converted format)
 
 _OPTION = re.compile(r"\(([A-Z])\)")
 _ANSWER_IS = re.compile(r"The answer is ([A-Z])\.?")
@@ -292,8 +86,8 @@ def parse_letter(text: str, options: str) -> str | None:
     """The letter a reply chooses, as LLaVA reads it: a bare letter ("B"), a letter then ". " ("B. red"), or
     exactly one "The answer is B." anywhere. None if it names no option."""
     text = text.strip()
-    if text in options:
-        return text or None
+    if len(text) == 1 and text in options:
+        return text
     if len(text) >= 3 and text[0] in options and text[1:3] == ". ":
         return text[0]
     if len(text) == 2 and text[0] in options and text[1] in ".)":
@@ -480,11 +274,18 @@ def main(argv=None):
     p.add_argument("--bench-max-new-tokens", type=int, default=128, help="length limit of the bench answers")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--template", help="override the template stored with the checkpoint")
+    p.add_argument("--template", choices=sorted(TEMPLATES), help="override the template stored with the checkpoint")
     p.add_argument("--out", help="write the JSON report here")
     args = p.parse_args(argv)
+    if not (args.data or args.easyvqa or args.scienceqa):
+        p.error("nothing to evaluate: give --data (with --bench for the judged score), --easyvqa or --scienceqa")
+    if args.bench and not args.data:
+        p.error("--bench needs --data (bench.json lives there)")
 
-    model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device)
+    try:
+        model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device)
+    except (OSError, ValueError) as e:
+        p.exit(1, f"error: cannot load the model: {e}\n")
     template = args.template or template
     common = dict(template=template, batch_size=args.batch_size, device=args.device)
     report = {"model": args.model, "template": template}
@@ -504,8 +305,7 @@ def main(argv=None):
         _print_vqa_table(name, runs)
 
     if args.bench:
-        if not args.data:
-            p.error("--bench needs --data (bench.json lives there)")
+        from llava_mini.judges import LLMJudge, RuleJudge, score_bench
         items = read_json(os.path.join(args.data, "bench.json"))[:args.limit]
         images = _load_images([it["image"] for it in items], args.data)
         answers = generate_answers(model, tokenizer, [it["question"] for it in items], images,
@@ -530,8 +330,6 @@ def main(argv=None):
         print(f"\nScienceQA: accuracy {s['accuracy']:.1%} (n={s['n']}), with images {s['image_accuracy']:.1%} "
               f"(n={s['n_image']}), unparsed replies {s['unparsed']}")
 
-    if not (sets or args.bench or args.scienceqa):
-        p.error("nothing to evaluate: give --data, --easyvqa, --bench or --scienceqa")
     if args.out:
         write_json(report, args.out)
         print(f"\nreport written to {args.out}")

@@ -229,7 +229,11 @@ def download_file(url: str, dest: str, endpoint: str, retries: int = 3) -> str:
     """
     meta = _file_metadata(url, endpoint)
     if os.path.exists(dest) and (meta["size"] is None or os.path.getsize(dest) == meta["size"]):
-        return dest      # only verified files ever get this name
+        # Only verified files ever get this name, but maybe for another revision (the folder is per repo, and a
+        # retrained checkpoint keeps its size): re-hash it against what the hub serves now (seconds per GB).
+        digest = _file_hash(dest, meta["etag"])
+        if digest is None or digest[1] == meta["etag"]:
+            return dest
     partial = dest + ".incomplete"
     name = os.path.basename(dest)
     for attempt in range(retries + 1):

@@ -27,8 +27,8 @@ from collections import Counter
 from tqdm import tqdm
 
 from llava_mini.config import read_json, write_json
+from llava_mini.conversation import SHORT_ANSWER_PROMPT   # "\nAnswer the question using a single word or phrase."
 
-SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
 BRIEF_INSTRUCTIONS = [
     "Describe the image concisely.", "Provide a brief description of the given image.",
     "Offer a succinct explanation of the picture presented.", "Summarize the visual content of the image.",
@@ -41,7 +41,7 @@ DETAIL_INSTRUCTIONS = [
     "What do you see happening in this image? Describe it thoroughly.", "Write a detailed account of the picture.",
 ]
 COLOR_WORDS = {"red", "green", "blue", "yellow", "black", "gray", "grey", "teal", "brown", "white", "purple", "orange",
-               "pink", "cyan", "magenta"}
+               "pink", "cyan", "magenta", "violet"}
 NUMBER_WORDS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "knife": "knives", "sheep": "sheep", "skis": "skis"}
 AMBIGUITY_MARGIN = 0.04  # a box centre this close to a 1/3 or 2/3 line has no clear position name
@@ -94,9 +94,10 @@ def join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def position_name(cx: float, cy: float) -> str | None:
-    """3x3 grid name ('top left', 'left', 'center', ...) or None when the point sits near a grid line."""
-    if min(abs(v - t) for v in (cx, cy) for t in (1 / 3, 2 / 3)) < AMBIGUITY_MARGIN:
+def position_name(cx: float, cy: float, margin: float = AMBIGUITY_MARGIN) -> str | None:
+    """3x3 grid name ('top left', 'left', 'center', ...) or None when the point is closer than `margin` to a grid
+    line (margin=0: always a name)."""
+    if min(abs(v - t) for v in (cx, cy) for t in (1 / 3, 2 / 3)) < margin:
         return None
     col = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else ""
     row = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else ""
@@ -478,6 +479,8 @@ def main(argv=None):
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="name of the environment variable with the key")
     p.add_argument("--cache-dir", default=".cache/llm_teacher")
     args = p.parse_args(argv)
+    if args.llm_base_url and not args.llm_model:
+        p.error("--llm-base-url needs --llm-model (the model name the endpoint serves)")
     items, vocab = load_coco(args.captions, args.instances)
     items = items[:args.limit]
     if args.llm_base_url:

@@ -25,8 +25,8 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from llava_mini.config import write_json
-from llava_mini.teacher import (AnswerBalancer, RuleTeacher, boxes_of, make_instruct_data, short_answer_questions,
-                                stage1_pairs)
+from llava_mini.teacher import (AnswerBalancer, RuleTeacher, article, boxes_of, join, make_instruct_data,
+                                position_name, short_answer_questions, stage1_pairs)
 
 # Colours are far apart in RGB so that an object's interior is unambiguous even after anti-aliasing.
 COLORS = {
@@ -153,28 +153,15 @@ def save_png(img: Image.Image, path: str) -> None:
     os.replace(tmp, path)
 
 
-def position_words(cx: float, cy: float) -> str:
-    """Coarse 3x3 grid name of a point: 'top left', 'top', ..., 'center', ..."""
-    col = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else ""
-    row = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else ""
-    return f"{row} {col}".strip() or "center"
-
-
-def _article(words: str) -> str:
-    return ("an " if words[0] in "aeiou" else "a ") + words
-
-
 def captions(scene: dict, rng: random.Random) -> list[str]:
     """Three captions in varied wording; every one lists each object with its colour and shape."""
     objs = scene["objects"]
-    named = [_article(f"{o['size']} {o['color']} {o['shape']}") for o in objs]
-    plain = [_article(f"{o['color']} {o['shape']}") for o in objs]
-
-    def join(parts):
-        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-    where = [f"{p} {'in the center' if position_words(*o['center']) == 'center' else 'at the ' + position_words(*o['center'])}"
-             for p, o in zip(plain, objs)]
+    named = [article(f"{o['size']} {o['color']} {o['shape']}") for o in objs]
+    plain = [article(f"{o['color']} {o['shape']}") for o in objs]
+    # Where each object is: the 3x3 grid cell of its box centre, the point the teacher's positions use too.
+    places = [position_name((o["bbox"][0] + o["bbox"][2]) / 2, (o["bbox"][1] + o["bbox"][3]) / 2, margin=0)
+              for o in objs]
+    where = [f"{p} {'in the center' if place == 'center' else 'at the ' + place}" for p, place in zip(plain, places)]
     count = f"{len(objs)} {'shape' if len(objs) == 1 else 'shapes'}"
     options = [
         f"{join(named)[0].upper()}{join(named)[1:]} on a {scene['background']} background.",
@@ -289,8 +276,12 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--max-objects", type=int, default=4)
     p.add_argument("--rotate", action="store_true", help="rotate polygons by random angles")
+    p.add_argument("--allow-overlap", action="store_true", help="let objects overlap (default: apart)")
     args = p.parse_args(argv)
-    cfg = WorldConfig(image_size=args.image_size, max_objects=args.max_objects, rotate=args.rotate)
+    if args.train < 0 or args.test < 0 or args.image_size < 8:
+        p.error("--train and --test must be >= 0 and --image-size >= 8")
+    cfg = WorldConfig(image_size=args.image_size, max_objects=args.max_objects, rotate=args.rotate,
+                      allow_overlap=args.allow_overlap)
     generate_dataset(args.out, args.train, args.test, seed=args.seed, cfg=cfg)
 
 

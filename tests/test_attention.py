@@ -50,6 +50,16 @@ def test_causal_fast_path_equals_mask():
         assert (attention(q, k, v, causal=True, backend=backend) - attention(q, k, v, mask, backend)).abs().max() < 1e-6
 
 
+def test_causal_flag_refuses_a_cache_shape():
+    """With cached keys (S > T) the kernels would align causality differently; a mask is required instead."""
+    q, k, v = qkv(T=2, S=6)
+    with pytest.raises(ValueError, match="as many queries as keys"):
+        attention(q, k, v, causal=True)
+    with pytest.raises(ValueError, match="not both"):
+        attention(q, k, v, build_mask(torch.ones(2, 2, dtype=torch.long), torch.ones(2, 6, dtype=torch.long)),
+                  causal=True)
+
+
 def test_gqa_equals_explicitly_repeated_heads():
     q, k, v = qkv(H_kv=2)
     k4, v4 = k[:, [0, 0, 1, 1]], v[:, [0, 0, 1, 1]]       # query heads 0,1 use kv head 0; heads 2,3 use kv head 1

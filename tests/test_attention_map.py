@@ -64,8 +64,9 @@ def test_answer_attention_and_cli_on_a_tiny_model(tmp_path, capsys):
                                  max_new_tokens=4)
     assert w.shape == (model.config.vision_config.num_patches,) and (w >= 0).all()
     assert w.sum().item() == pytest.approx(1.0, abs=1e-5)
-    _, forced = answer_attention(model, tokenizer, Image.open(image_path).convert("RGB"), "What colour?", template,
-                                 answer="blue", layers=[1], heads=[0, 3])
+    forced_text, forced = answer_attention(model, tokenizer, Image.open(image_path).convert("RGB"), "What colour?",
+                                           template, answer="blue", layers=[1], heads=[0, 3])
+    assert forced_text == "blue"
     assert forced.sum().item() == pytest.approx(1.0, abs=1e-5) and not torch.allclose(forced, w)
 
     out = str(tmp_path / "map.png")

@@ -156,7 +156,9 @@ def test_jsonl_and_bad_data(tmp_path, tok, capsys):
     path = write_data(tmp_path, bad, name="data.jsonl")
     with pytest.raises(ValueError, match=r"data.jsonl:2"):
         LlavaDataset(path, str(tmp_path), tok, "vicuna_v1", cfg)
-    for i, pattern in [(2, "zzz.png"), (3, "sample alt: turn 1 should be from 'gpt'"), (4, "sample two: 2 <image>")]:
+    bad.append(json.dumps(["not", "an", "object"]))
+    for i, pattern in [(2, "zzz.png"), (3, "sample alt: turn 1 should be from 'gpt'"), (4, "sample two: 2 <image>"),
+                       (5, "must be a JSON object")]:
         one = write_data(tmp_path, [bad[i]], name=f"one{i}.jsonl")
         with pytest.raises((ValueError, FileNotFoundError), match=pattern):
             LlavaDataset(one, str(tmp_path), tok, "vicuna_v1", cfg)
@@ -225,26 +227,48 @@ def test_collate_and_pack_layout():
         pack_groups([11], 10)
 
 
+def per_sample_token_losses(out, batch) -> dict:
+    """{sample id: [loss of each trained token, in order]} from a forward pass (expanded logits and labels)."""
+    logp = torch.log_softmax(out.logits[:, :-1].double(), dim=-1)              # position t predicts t + 1
+    targets, segments = out.labels[:, 1:], out.attention_mask[:, 1:]
+    ids, losses = iter(batch["ids"]), {}
+    for row in range(targets.shape[0]):
+        for seg in range(1, int(segments[row].max()) + 1):                     # samples in row order
+            at = ((segments[row] == seg) & (targets[row] != IGNORE_INDEX)).nonzero().flatten()
+            losses[next(ids)] = (-logp[row, at, targets[row, at]]).tolist()
+    return losses
+
+
 def test_pack_and_pad_give_same_loss(tok):
-    """A packed batch and the same samples padded: same loss (mean over the same trained tokens) to 1e-6."""
-    from llava_mini.llama import LlamaForCausalLM
+    """A packed batch and the same samples padded (some with an image): the same loss on every trained token
+    (to 1e-6), hence the same mean loss. Packing must keep samples apart, restart positions and keep images in order."""
+    from llava_mini.llava import LlavaForConditionalGeneration
     torch.manual_seed(0)
-    convs = [["Hi", "Hello there."], ["What is two plus two?", "Four.", "And three?", "Five... no, six."],
-             ["Name a colour.", "Blue."], ["Why is the sky blue?", "Rayleigh scattering of sunlight."]]
+    convs = [["Hi", "Hello there."], ["<image>\nWhat is two plus two?", "Four.", "And three?", "Five... no, six."],
+             ["Name a colour.", "Blue."], ["<image>\nWhy is the sky blue?", "Rayleigh scattering of sunlight."]]
     samples = []
     for i, turns in enumerate(convs):
         ids, labels = tokenize_conversation(tok, turns, "vicuna_v1", str(i))
+        n_images = turns[0].count("<image>")
         samples.append({"id": str(i), "input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                        "pixel_values": torch.zeros(0, 3, 4, 4), "length": len(ids)})
-    model = LlamaForCausalLM(TextConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).double()
+                        "pixel_values": torch.randn(n_images, 3, 32, 32), "length": expanded_length(ids, 32000, 16)})
+    cfg = tiny_config()
+    cfg.text_config = TextConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    model = LlavaForConditionalGeneration(cfg).double().eval()
     padded = collate(samples, tok.pad_id)
-    packed = pack(samples, max_length=128, pad_id=tok.pad_id)
+    packed = pack(samples, max_length=160, pad_id=tok.pad_id)
     assert packed["input_ids"].shape[0] < len(samples)            # really packed
+    assert packed["ids"] != padded["ids"]                          # and reordered, so image order matters
     with torch.no_grad():
-        loss_pad = model(padded["input_ids"], attention_mask=padded["attention_mask"], labels=padded["labels"]).loss
-        loss_pack = model(packed["input_ids"], attention_mask=packed["attention_mask"], labels=packed["labels"]).loss
-    assert abs(loss_pad.item() - loss_pack.item()) < 1e-6
+        out_pad, out_pack = (model(b["input_ids"], b["pixel_values"].double(), b["attention_mask"], b["labels"])
+                             for b in (padded, packed))
+    pad_losses, pack_losses = per_sample_token_losses(out_pad, padded), per_sample_token_losses(out_pack, packed)
+    assert set(pad_losses) == {"0", "1", "2", "3"} and pad_losses.keys() == pack_losses.keys()
+    for sample_id, losses in pad_losses.items():
+        assert len(losses) == len(pack_losses[sample_id]) > 0
+        assert max(abs(a - b) for a, b in zip(losses, pack_losses[sample_id])) < 1e-6, sample_id
+    assert abs(out_pad.loss.item() - out_pack.loss.item()) < 1e-6
 
 
 def test_length_grouped_sampler():

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from llava_mini import evaluate as ev
+from llava_mini import judges
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -42,7 +43,7 @@ def test_relative_scores_arithmetic():
     records = [{"category": "conv", "score_reference": 8, "score_model": 6},
                {"category": "conv", "score_reference": 10, "score_model": 9},
                {"category": "detail", "score_reference": 5, "score_model": 5}]
-    s = ev.relative_scores(records)
+    s = judges.relative_scores(records)
     assert s["conv"]["relative"] == pytest.approx(100 * 7.5 / 9)
     assert s["detail"]["relative"] == pytest.approx(100.0)
     assert s["overall"]["relative"] == pytest.approx(100 * (20 / 3) / (23 / 3))
@@ -50,42 +51,42 @@ def test_relative_scores_arithmetic():
 
 
 def test_claims_are_parsed_and_checked_against_the_scene():
-    claims = ev.extract_claims("There are two red circles and a blue square at the bottom left. No stars.")
-    assert ev.Claim("count", "red", "circle", number=2) in claims
-    assert ev.Claim("position", "blue", "square", where="bottom left") in claims
-    assert ev.Claim("count", None, "star", number=0) in claims
-    assert all(ev.check_claim(c, SCENE) for c in claims)
-    wrong = ev.extract_claims("There are three shapes: a green triangle on the right.")
-    assert {c.kind: ev.check_claim(c, SCENE) for c in wrong} == {"count": True, "object": False, "position": False}
-    assert ev.check_claim(ev.Claim("color", "blue"), {"background": "pale blue", "objects": []})
+    claims = judges.extract_claims("There are two red circles and a blue square at the bottom left. No stars.")
+    assert judges.Claim("count", "red", "circle", number=2) in claims
+    assert judges.Claim("position", "blue", "square", where="bottom left") in claims
+    assert judges.Claim("count", None, "star", number=0) in claims
+    assert all(judges.check_claim(c, SCENE) for c in claims)
+    wrong = judges.extract_claims("There are three shapes: a green triangle on the right.")
+    assert {c.kind: judges.check_claim(c, SCENE) for c in wrong} == {"count": True, "object": False, "position": False}
+    assert judges.check_claim(judges.Claim("color", "blue"), {"background": "pale blue", "objects": []})
     # Arithmetic about an imagined scene is not a claim about this one.
-    assert ev.extract_claims("Adding one more makes 2 + 1 = 3 red circles, so one object would be left.") == set()
+    assert judges.extract_claims("Adding one more makes 2 + 1 = 3 red circles, so one object would be left.") == set()
 
 
 def test_rule_judge_knows_the_worlds_words():
     world = pytest.importorskip("llava_mini.world")
-    assert set(world.COLORS) <= ev.COLOR_WORDS and set(world.SHAPES) <= ev.SHAPE_WORDS
+    assert set(world.COLORS) <= judges.COLOR_WORDS and set(world.SHAPES) <= judges.SHAPE_WORDS
 
 
 def test_rule_judge_prefers_true_answers():
     item = {"id": "s0_detail", "category": "detail", "question": "Describe the image.", "scene": SCENE,
             "reference": "Two red circles at the top and a small blue square at the bottom left."}
-    judge = ev.RuleJudge()
+    judge = judges.RuleJudge()
     ref, good = judge.score(item, "There are two red circles and a blue square.")
     _, wrong = judge.score(item, "There is one green triangle in the middle.")
     _, vague = judge.score(item, "It is a nice picture.")
     assert ref == pytest.approx(10.0)
     assert 5 < good < 10 and wrong == pytest.approx(1.0) and 1.0 <= vague <= 5.0
     assert good > vague > wrong - 1e-9
-    with pytest.raises(ValueError, match="no 'scene'"):
-        judge.score({"id": "x", "reference": "r"}, "a")
+    with pytest.raises(ValueError, match="no 'scene'"):      # a bad item is an error, not a "judge failure"
+        judges.score_bench([{"id": "x", "category": "conv", "question": "q", "reference": "r"}], ["a"], judge)
 
 
 def test_parse_judge_scores():
-    assert ev.parse_judge_scores("8 6\nBecause...") == (8.0, 6.0)
-    assert ev.parse_judge_scores("7.5, 9") == (7.5, 9.0)
+    assert judges.parse_judge_scores("8 6\nBecause...") == (8.0, 6.0)
+    assert judges.parse_judge_scores("7.5, 9") == (7.5, 9.0)
     with pytest.raises(ValueError, match="two scores"):
-        ev.parse_judge_scores("Assistant 1 is better.")
+        judges.parse_judge_scores("Assistant 1 is better.")
 
 
 class _FakeOpenAI(http.server.BaseHTTPRequestHandler):
@@ -120,7 +121,7 @@ def test_llm_judge_against_fake_server():
         items = [{"id": str(i), "category": c, "question": "What is there?", "reference": "Two red circles.",
                   "context": {"captions": ["Two red circles."], "boxes": ["red circle: [0.1, 0.1, 0.3, 0.3]"]}}
                  for i, c in enumerate(["conv", "conv", "complex", "detail"])]
-        result = ev.score_bench(items, ["good", "wrong", "good", "unscorable"], ev.LLMJudge(client))
+        result = judges.score_bench(items, ["good", "wrong", "good", "unscorable"], judges.LLMJudge(client))
     finally:
         server.shutdown()
     scores = result["scores"]
@@ -129,7 +130,7 @@ def test_llm_judge_against_fake_server():
     assert scores["overall"]["n"] == 3 and "detail" not in scores
     assert [f["id"] for f in result["judge_failures"]] == ["3"]
     prompt = _FakeOpenAI.requests[0]["messages"][-1]["content"]
-    assert "[Context]\nTwo red circles.\n\nred circle: [0.1, 0.1, 0.3, 0.3]" in prompt
+    assert "[Context]\nCaptions:\nTwo red circles.\n\nObjects:\nred circle: [0.1, 0.1, 0.3, 0.3]" in prompt
     assert _FakeOpenAI.requests[0]["temperature"] == 0
 
 
@@ -140,6 +141,7 @@ def test_parse_letter_like_llava():
     assert ev.parse_letter("The answer is D.", "ABC") is None          # not an option
     assert ev.parse_letter("The answer is A. The answer is B.", "ABC") is None
     assert ev.parse_letter("dog", "ABC") is None
+    assert ev.parse_letter("AB", "ABC") is None and ev.parse_letter("", "ABC") is None   # not one option
 
 
 def test_scienceqa_fixture_scores():
@@ -181,12 +183,18 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path):
         blank = ev.generate_answers(model, tokenizer, ["What colour is it?"] * 2, [Image.open(data / "images" / "0.png"),
                                     Image.open(data / "images" / "1.png")], template=template)
     assert blank[0] == blank[1]            # with the projector zeroed, the image cannot change the answer
+    # blind: every question sees the same blank image, which is all zeros after normalisation
+    same_text = [dict(q, question="What colour is it?") for q in questions[:3]]        # three different images
+    blind = ev.evaluate_vqa(model, tokenizer, same_text, str(data), template=template, blind=True, max_new_tokens=6)
+    assert len({p["prediction"] for p in blind["predictions"]}) == 1
+    from llava_mini.data import preprocess_image
+    assert preprocess_image(ev.blank_image(model.config.vision_config), model.config.vision_config).abs().max() < 0.02
 
     ev.write_json(questions, str(data / "test.json"))
     scene = dict(SCENE, image="images/0.png")
     ev.write_json([{"id": f"b{c}", "image": "images/0.png", "category": c, "question": "Describe the image.",
                     "reference": "Two red circles and a blue square.", "context": {"captions": [], "boxes": []},
-                    "scene": scene} for c in ev.CATEGORIES], str(data / "bench.json"))
+                    "scene": scene} for c in judges.CATEGORIES], str(data / "bench.json"))
     out = tmp_path / "report.json"
     report = ev.main(["--model", model_dir, "--data", str(data), "--bench", "--bench-max-new-tokens", "8",
                       "--no-projector-baseline",

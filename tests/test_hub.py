@@ -4,6 +4,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import threading
 
 import pytest
@@ -27,6 +28,7 @@ class FakeHub:
             "README.md": b"# readme",
         }
         self.lfs = {"model.safetensors", "pytorch_model.bin"}
+        self.revisions = {"main"}   # every revision serves the current `files`
         self.cut_after = None
         self.corrupt = False
         self.requests = []      # (method, path, Range header, Authorization header)
@@ -45,13 +47,14 @@ class FakeHub:
             def respond(self, body):
                 hubself.requests.append((self.command, self.path, self.headers.get("Range"),
                                          self.headers.get("Authorization")))
-                if self.path == f"/api/models/{REPO}/revision/main":
+                api = f"/api/models/{REPO}/revision/"
+                if self.path.startswith(api) and self.path[len(api):] in hubself.revisions:
                     data = json.dumps({"id": REPO, "sha": COMMIT,
                                        "siblings": [{"rfilename": f} for f in hubself.files]}).encode()
                     return self.send(200, data, {"Content-Type": "application/json"}, body)
-                prefix = f"/{REPO}/resolve/main/"
-                if self.path.startswith(prefix) and self.path[len(prefix):] in hubself.files:
-                    name = self.path[len(prefix):]
+                resolve = re.fullmatch(rf"/{REPO}/resolve/([^/]+)/(.+)", self.path)
+                if resolve and resolve[1] in hubself.revisions and resolve[2] in hubself.files:
+                    name = resolve[2]
                     data = hubself.files[name]
                     if name in hubself.lfs:    # the real hub: 302 to the CDN, hash and size on the redirect
                         sha = hashlib.sha256(data).hexdigest()
@@ -131,6 +134,19 @@ def test_download_fetches_needed_files_and_verifies(fake_hub, tmp_path, monkeypa
     n_gets = sum(method == "GET" and path.startswith("/cdn/") for method, path, _, _ in fake_hub.requests)
     hub.download(REPO, cache_dir=str(tmp_path), endpoint=fake_hub.endpoint)
     assert sum(method == "GET" and path.startswith("/cdn/") for method, path, _, _ in fake_hub.requests) == n_gets
+
+
+def test_revision_is_fetched_and_a_stale_same_size_file_replaced(fake_hub, tmp_path):
+    """The folder is per repo: a file cached from one revision is re-checked against another's hash, not trusted
+    because its size matches (a retrained checkpoint keeps its size)."""
+    folder = hub.download(REPO, cache_dir=str(tmp_path), endpoint=fake_hub.endpoint)
+    fake_hub.files["model.safetensors"] = os.urandom(300_000)             # a new commit, same size
+    fake_hub.revisions.add("v2.0")
+    assert hub.download(REPO, revision="v2.0", cache_dir=str(tmp_path), endpoint=fake_hub.endpoint) == folder
+    assert open(os.path.join(folder, "model.safetensors"), "rb").read() == fake_hub.files["model.safetensors"]
+    assert ("HEAD", f"/{REPO}/resolve/v2.0/config.json") in [r[:2] for r in fake_hub.requests]
+    with pytest.raises(RuntimeError, match="404"):
+        hub.download(REPO, revision="no-such-branch", cache_dir=str(tmp_path), endpoint=fake_hub.endpoint)
 
 
 def test_download_resumes_after_cut_connection(fake_hub, tmp_path, monkeypatch):

@@ -3,8 +3,10 @@ LLM teacher + ChatClient (retries, cache, rejections, key hygiene) against a fak
 import json
 import os
 import random
+import re
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -23,20 +25,60 @@ def scenes(n, seed=0):
     return [world.sample_scene(rng, cfg, f"s{i}", "x.png") for i in range(n)]
 
 
+def grid_cell(cx, cy):
+    """The 3x3 grid name of a point, written out independently of the teacher."""
+    col = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else ""
+    row = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else ""
+    return f"{row} {col}".strip() or "center"
+
+
+def place_phrase(cx, cy):
+    cell = grid_cell(cx, cy)
+    return "in the center of the image" if cell == "center" else f"at the {cell} of the image"
+
+
 def test_rule_teacher_statements_are_true_of_the_scene():
     teacher = RuleTeacher(world.vocabulary(world.WorldConfig()))
-    checked = 0
+    checked, forms = 0, set()
     for s in scenes(150):
         ctx, objs = world.symbolic_context(s), s["objects"]
         centre = {f"{o['color']} {o['shape']}": ((o["bbox"][0] + o["bbox"][2]) / 2, (o["bbox"][1] + o["bbox"][3]) / 2)
                   for o in objs}
+        count = Counter(f"{o['color']} {o['shape']}" for o in objs)
         rng = random.Random(s["id"])
         turns = teacher.conversation(ctx, rng) + teacher.complex(ctx, rng)
         assert turns[0]["value"].startswith("<image>\n")
+        # The detailed description: one sentence per object, each at its true place.
+        detail = teacher.detail(ctx, rng)[1]["value"]
+        assert f"contains {NUMBER_WORDS[len(objs)]} object" in detail
+        for name, (cx, cy) in centre.items():
+            if count[name] == 1:      # near a grid line the teacher gives coordinates instead of a cell name
+                near = re.search(rf"{name} near \(([\d.]+), ([\d.]+)\)", detail)
+                assert f"{name} {place_phrase(cx, cy)}." in detail or (
+                    near and abs(float(near[1]) - cx) < 0.011 and abs(float(near[2]) - cy) < 0.011), (name, detail)
         for q, a in zip([t["value"] for t in turns[::2]], [t["value"] for t in turns[1::2]]):
             q = q.replace("<image>\n", "")
+            form = q.split(" the ")[0]
             if q == "How many objects are there in the image?":
                 assert f" {NUMBER_WORDS[len(objs)]} object" in a
+            elif q == "What objects can you see in the image?":
+                assert a.startswith(f"I can see {NUMBER_WORDS[len(objs)]} object")
+                assert all(a.count(f" {name}") == k for name, k in count.items()), (a, count)
+            elif q.startswith("Where is the ") and q.endswith(" located?"):
+                name = q.removeprefix("Where is the ").removesuffix(" located?")
+                assert a == f"The {name} is {place_phrase(*centre[name])}.", (q, a)
+            elif q.startswith("What color is the "):
+                shape = q.removeprefix("What color is the ").removesuffix("?")
+                (color,) = [o["color"] for o in objs if o["shape"] == shape]
+                assert a == f"The {shape} is {color}.", (q, a)
+            elif q.startswith("How many ") and q.endswith(" are there?"):
+                shape = q.removeprefix("How many ").removesuffix("s are there?")
+                k = sum(o["shape"] == shape for o in objs)
+                assert f" {NUMBER_WORDS[k]} {shape}" in a, (q, a)
+            elif q.startswith("If one more "):
+                name = q.removeprefix("If one more ").split(" were added")[0]
+                assert f"makes {count[name]} + 1 = {count[name] + 1} " in a
+                assert f"{len(objs)} + 1 = {len(objs) + 1} objects" in a
             elif q.startswith("Is the ") and " to the left of the " in q:
                 a_name, b_name = q[len("Is the "):-1].split(" to the left of the ")
                 assert a.startswith("Yes" if centre[a_name][0] < centre[b_name][0] else "No"), (q, a)
@@ -63,7 +105,9 @@ def test_rule_teacher_statements_are_true_of_the_scene():
             else:
                 continue
             checked += 1
+            forms.add(form)
     assert checked > 300
+    assert len(forms) >= 10, forms        # every question form above was met and checked
 
 
 def test_coco_route_on_fixture():

@@ -184,3 +184,11 @@ def test_default_pipeline_quick(tmp_path):
     loss_start, loss_end = report["caption_loss"]
     assert loss_end < loss_start            # even two steps of stage 1 lower the held-out caption loss
     assert os.path.exists(tmp_path / "checkpoints" / "tiny-quick" / "loss.png")
+
+
+def test_packing_gives_the_padded_loss(tiny, stage1, tmp_path):
+    padded = stage2_args(tiny, stage1, tmp_path / "padded", "--max-steps", "1")
+    packed = stage2_args(tiny, stage1, tmp_path / "packed", "--max-steps", "1", "--pack")
+    train.train(train.parse_args(padded))
+    train.train(train.parse_args(packed))
+    assert read_losses(tmp_path / "packed") == pytest.approx(read_losses(tmp_path / "padded"), rel=1e-5)

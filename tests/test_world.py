@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from llava_mini import world
-from llava_mini.teacher import AnswerBalancer, SHORT_ANSWER_PROMPT, short_answer_questions
+from llava_mini.conversation import SHORT_ANSWER_PROMPT
+from llava_mini.teacher import AnswerBalancer, short_answer_questions
 
 N_TRAIN, N_TEST = 24, 12
 
@@ -165,6 +166,13 @@ def test_files_follow_the_contract(dataset):
             assert line.startswith(f"{o['color']} {o['shape']}: [")
             assert {"shape", "color", "size", "bbox"} <= set(o)
     assert stats["test"]["exists"]["count"] == N_TEST
+    for s in scenes:        # a caption that says where objects are names the grid cell of each box centre
+        for caption in (c for c in s["captions"] if c.startswith("There is ")):
+            for o in s["objects"]:
+                x1, y1, x2, y2 = o["bbox"]
+                cell = world.position_name((x1 + x2) / 2, (y1 + y2) / 2, margin=0)
+                place = "in the center" if cell == "center" else f"at the {cell}"
+                assert f"{o['color']} {o['shape']} {place}" in caption, (caption, o)
 
 
 def test_answers_are_balanced():

@@ -30,8 +30,8 @@ from llava_mini import hub   # noqa: E402
 OFFLINE = ("smollm2", "llama-tokenizer")
 
 
-def copy_into(files: list[str], out_dir: str) -> None:
-    """Copy files into out_dir, each under a temporary name first so a crash leaves no half file."""
+def copy_into(files: list[tuple[str, str]], out_dir: str) -> None:
+    """Copy (source path, name) pairs into out_dir, each under a temporary name first so a crash leaves no half file."""
     os.makedirs(out_dir, exist_ok=True)
     for src, name in files:
         dest = os.path.join(out_dir, name)
@@ -67,7 +67,7 @@ def main():
         else:
             folder = hub.download(args.repo_id, files=args.files, revision=args.revision, cache_dir=args.cache_dir,
                                   endpoint=args.endpoint, local_dir=args.out)
-    except hub.OfflineError as e:
+    except RuntimeError as e:     # OfflineError, ChecksumError, HTTP errors: their messages say what to do
         sys.exit(f"error: {e}")
     print(folder)
 

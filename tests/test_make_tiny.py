@@ -1,0 +1,80 @@
+"""weights/make_tiny.py: the LLaMA-shaped BPE tokenizer, and tiny bases that the real loaders read back."""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from llava_mini import weights, world
+from llava_mini.config import CLIPConfig, TextConfig, read_config
+from llava_mini.conversation import tokenize_conversation
+from llava_mini.tokenizer import Tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location("make_tiny", os.path.join(ROOT, "weights", "make_tiny.py"))
+make_tiny = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(make_tiny)
+
+TEXTS = ["A red circle at the top left and a blue square in the center.",
+         "A chat between a curious user and an artificial intelligence assistant. USER: How many objects are there?"
+         " ASSISTANT: There are 2 objects in the image.</s>"] * 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer_json(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tok") / "tokenizer.json")
+    make_tiny.train_tokenizer(TEXTS, vocab_size=700).save(path)
+    return path
+
+
+def test_tokenizer_has_llama_specials_and_image_token(tokenizer_json):
+    tok = Tokenizer.from_file(tokenizer_json)
+    assert (tok.unk_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+    assert tok.id_to_token(3) == "<0x00>" and tok.id_to_token(258) == "<0xFF>"      # byte fallback, as LLaMA
+    assert tok.image_token_id == tok.vocab_size - 1                                    # added after the vocabulary
+    assert tok.adds_prefix_space                                                       # "a" -> "▁a", as LLaMA
+    assert tok.encode("<image>\nhi</s>")[0] == tok.image_token_id and tok.encode("x</s>")[-1] == tok.eos_id
+
+
+def test_tokenizer_round_trips_any_text(tokenizer_json):
+    tok = Tokenizer.from_file(tokenizer_json)
+    for text in ["A red circle at the top left.", "Zebra ünïcode 🙂 and\nnewlines\ttabs", "   spaced  out "]:
+        assert tok.decode(tok.encode(text)) == text
+    ids = tok.encode("red circle")
+    assert len(ids) == 2, [tok.id_to_token(i) for i in ids]                            # learned whole words
+
+
+@pytest.mark.parametrize("template", ["plain", "vicuna_v1", "llava_v1"])
+def test_tokenizer_works_with_the_templates(tokenizer_json, template):
+    tok = Tokenizer.from_file(tokenizer_json)
+    turns = ["<image>\nHow many objects are there?", "There are 2 objects.", "What color is the circle?", "Red."]
+    turns = turns[:2] if template == "plain" else turns
+    ids, labels = tokenize_conversation(tok, turns, template, "t0")        # raises on a segment/whole mismatch
+    trained = tok.decode([i for i, label in zip(ids, labels) if label != -100])
+    assert "2 objects" in trained and "How many" not in trained
+
+
+def test_make_tiny_writes_loadable_hf_folders(tmp_path):
+    torch.manual_seed(0)
+    data = str(tmp_path / "shapes")
+    world.generate_dataset(data, 24, 8, seed=0, image_size=32, quiet=True)
+    stats = make_tiny.make_tiny(data, str(tmp_path / "base"), image_size=32, vision_hidden=32, vision_layers=2,
+                                text_hidden=32, text_layers=2, vocab_size=400, clip_steps=3, clip_batch=8,
+                                lm_steps=3, lm_batch=4, lm_block=32)
+    assert 0.0 <= stats["clip_retrieval_top1"] <= 1.0 and stats["lm_heldout_loss"] > 0
+    clip_dir, llama_dir = stats["clip_dir"], stats["llama_dir"]
+    assert isinstance(read_config(clip_dir), CLIPConfig) and isinstance(read_config(llama_dir), TextConfig)
+    clip = weights.load_clip(clip_dir)
+    llama = weights.load_llama(llama_dir)
+    tok = Tokenizer.from_file(llama_dir)
+    assert llama.config.vocab_size == tok.vocab_size and llama.config.eos_token_id == tok.eos_id == 2
+    assert clip.config.vision_config.image_size == 32
+    # the CLIP text tower pools at its own end-of-text token, the last id of its tokenizer (not </s> = 2)
+    clip_tok = Tokenizer.from_file(clip_dir)
+    assert clip.config.text_config.eos_token_id == clip_tok.token_to_id(make_tiny.END_OF_TEXT) == clip_tok.vocab_size - 1
+    # the vision tower alone loads too: LLaVA's view of the checkpoint
+    tower = weights.load_clip(clip_dir, vision_only=True)
+    assert torch.equal(tower.vision_model.embeddings.patch_embedding.weight,
+                       clip.vision_model.embeddings.patch_embedding.weight)
+    # a trained LM: its held-out loss is below the uniform guess
+    assert stats["lm_heldout_loss"] < torch.log(torch.tensor(float(tok.vocab_size))).item()
