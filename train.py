@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import random
 import signal
 import sys
 import threading
@@ -423,6 +424,22 @@ def heldout_captions(data_dir: str, out_path: str) -> str:
     return out_path
 
 
+def shuffled_turns(entry: dict, seed: int) -> dict:
+    """A short-answer sample with its question-answer pairs in random order; `<image>` stays in the first question.
+
+    The teachers ask in a fixed order ("How many objects?" first, "Where is ...?" fifth, ...), and a tiny LLM learns
+    that order as a shortcut, taking the answer type from the turn number instead of the question; evaluation then
+    asks every question as the first turn. Shuffled, every kind of question appears in every turn."""
+    rng = random.Random(f"{seed}:{entry['id']}")
+    turns = entry["conversations"]
+    pairs = [[dict(turns[i]), dict(turns[i + 1])] for i in range(0, len(turns) - 1, 2)]
+    first = pairs[0][0]["value"]
+    pairs[0][0]["value"] = first.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "")
+    rng.shuffle(pairs)
+    pairs[0][0]["value"] = "<image>\n" + pairs[0][0]["value"]
+    return {**entry, "conversations": [t for pair in pairs for t in pair]}
+
+
 def run_pipeline(args) -> dict:
     """World data -> tiny bases -> stage 1 -> stage 2 -> evaluation -> report. Each step prints the command that
     does it alone; steps whose output exists are skipped (delete the folder to redo one)."""
@@ -477,10 +494,16 @@ def run_pipeline(args) -> dict:
     caption_loss_end = mean_loss(weights.load_llava(stage1_final), heldout, tokenizer.pad_id)
     print(f"stage 1: held-out caption loss {caption_loss_start:.3f} -> {caption_loss_end:.3f}")
 
+    # The stage-2 mix, with the turns of the short-answer samples shuffled (see shuffled_turns).
     kinds = size["stage2_kinds"]
-    world_mix = os.path.join(data_dir, f"stage2_{'_'.join(kinds)}.json")
-    write_json([e for e in read_json(os.path.join(data_dir, "stage2.json")) if e["id"].rsplit("_", 1)[1] in kinds],
+    world_mix = os.path.join(data_dir, f"stage2_{'_'.join(kinds)}_shuffled.json")
+    write_json([shuffled_turns(e, seed=0) if e["id"].endswith("_vqa") else e
+                for e in read_json(os.path.join(data_dir, "stage2.json")) if e["id"].rsplit("_", 1)[1] in kinds],
                world_mix)
+    if use_evqa:
+        evqa_train = [os.path.join(evqa_dir, "easyvqa_train_shuffled.json")]
+        write_json([shuffled_turns(e, seed=0) for e in read_json(os.path.join(evqa_dir, "easyvqa_train.json"))],
+                   evqa_train[0])
     stage2 = ["--stage", "2", "--data", world_mix] + evqa_train + \
              ["--image-root", data_dir] + ([evqa_dir] if use_evqa else []) + \
              ["--init", stage1_final, "--out", run_dir, "--epochs", str(size["stage2_epochs"]), "--group-by-length"] + common

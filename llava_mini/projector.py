@@ -24,8 +24,7 @@ class LlavaMultiModalProjector(nn.Module):
             return
         if not config.projector_type.startswith("mlp2x_"):
             raise ValueError(f"unknown projector_type {config.projector_type!r}: use 'linear' or 'mlp2x_<act>'")
-        self.act_name = config.projector_type.removeprefix("mlp2x_")
-        self.act = get_activation(self.act_name)
+        self.act = get_activation(config.projector_type.removeprefix("mlp2x_"))
         self.linear_2 = nn.Linear(text, text)
 
     def forward(self, image_features):

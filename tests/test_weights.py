@@ -205,9 +205,14 @@ def test_save_llama_sharded_round_trip(tmp_path):
 
 LOAD_MEMORY_CHILD = r"""
 import re, sys, torch
-from llava_mini.weights import load_llama
+from llava_mini.config import TextConfig
+from llava_mini.llama import LlamaForCausalLM
+from llava_mini.weights import load_llama, parameters_on_meta
 def kb(field):
     return int(re.search(field + r":\s*(\d+) kB", open("/proc/self/status").read())[1])
+with parameters_on_meta():   # torch's meta-device machinery costs ~65 MB once per process, whatever the model size
+    LlamaForCausalLM(TextConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                num_attention_heads=1))
 open("/proc/self/clear_refs", "w").write("5")          # reset the peak (VmHWM) to what is resident now
 before = kb("VmRSS")
 model = load_llama(sys.argv[1])
