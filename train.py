@@ -1,11 +1,11 @@
 """Train LLaVA: stage 1 (feature alignment) and stage 2 (instruction tuning) in one readable loop.
 
     python train.py                 # the whole classroom pipeline on a CPU: world data, tiny bases, stage 1, stage 2,
-                                    # evaluation and a report (see pipeline() below); then chat with the result:
+                                    # evaluation and a report (run_pipeline below); then chat with the result:
                                     #   python chat.py --model checkpoints/tiny/final
-    python train.py --quick         # the same at toy size (a smoke test: a minute or two)
+    python train.py --quick         # the same at toy size (a smoke test, seconds)
 
-One stage at a time (the pipeline runs exactly these):
+One stage at a time (the pipeline prints the exact commands it runs):
     python train.py --stage 1 --data data/shapes/stage1.json --image-root data/shapes \\
         --vision checkpoints/base/tiny-clip --llm checkpoints/base/tiny-llama --out checkpoints/tiny/stage1
     python train.py --stage 2 --data data/shapes/stage2.json data/easyvqa/easyvqa_train.json \\
@@ -29,25 +29,28 @@ import contextlib
 import dataclasses
 import math
 import os
-import random
 import signal
 import sys
 import threading
 import time
 
-import torch
-import torch.distributed as dist
-from tqdm import tqdm
+# OpenMP threads that busy-wait for work turn a shared CPU into a crawl (measured here: 2 threads on 2 cores next to one
+# other busy process ran 15x slower than with passive waiting). Must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
-from llava_mini import weights
-from llava_mini.config import LlavaConfig, read_json, write_json
-from llava_mini.data import LengthGroupedBatchSampler, LlavaDataset, collate, pack
-from llava_mini.llava import LlavaForConditionalGeneration
-from llava_mini.projector import LlavaMultiModalProjector
-from llava_mini.tokenizer import Tokenizer
-from llava_mini.train_utils import (MetricsLog, StateView, all_reduce_sum, cosine_with_warmup, full_state,
-                                    latest_checkpoint, load_optimizer_state, load_trainer_state, optimizer_state,
-                                    rng_state, save_checkpoint, set_rng_state, setup_distributed, wrap_for_processes)
+from llava_mini import weights  # noqa: E402
+from llava_mini.config import LlavaConfig, read_json, write_json  # noqa: E402
+from llava_mini.data import LengthGroupedBatchSampler, LlavaDataset, collate, pack  # noqa: E402
+from llava_mini.llava import LlavaForConditionalGeneration  # noqa: E402
+from llava_mini.projector import LlavaMultiModalProjector  # noqa: E402
+from llava_mini.tokenizer import Tokenizer  # noqa: E402
+from llava_mini.train_utils import (  # noqa: E402
+    MetricsLog, StateView, all_reduce_sum, cosine_with_warmup, full_state, latest_checkpoint, load_optimizer_state,
+    load_trainer_state, optimizer_state, rng_state, save_checkpoint, set_rng_state, setup_distributed, shuffled_turns,
+    wrap_for_processes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +77,7 @@ PRESETS = {
     # Classroom size on a CPU (tuned so `python train.py` finishes in minutes and the model sees).
     "tiny": Preset("mlp2x_gelu", "pad",
                    StageRecipe(lr=2e-3, batch_size=32, epochs=1, template="plain", max_length=512, micro_batch_size=32),
-                   StageRecipe(lr=1e-3, batch_size=32, epochs=2, template="vicuna_v1", max_length=512,
+                   StageRecipe(lr=1e-3, batch_size=16, epochs=3, template="vicuna_v1", max_length=512,
                                micro_batch_size=16)),
     # LLaVA-1 (CLIP-224, linear projector): CC3M-595K batch 128 lr 2e-3 1 epoch; 158K instructions batch 32 lr 2e-5
     # 3 epochs. Global batches; micro_batch_size is per GPU (8 GPUs x 4 x accumulation = 128 in stage 1).
@@ -392,9 +395,9 @@ def train(args) -> str:
 # Sizes of the classroom run and of the smoke test. Data and bases are made only when missing.
 # stage2_kinds: which of the world's stage-2 samples (conv, detail, complex, vqa) join easy-VQA train in the mix.
 # eval_questions / blind_questions: how many test questions to score (None: all) with the image / blind.
-FULL = dict(world_train=5000, world_test=500, image_size=64, stage1_epochs=1, stage2_epochs=1, stage2_kinds=("vqa",),
+FULL = dict(world_train=5000, world_test=500, image_size=64, stage1_epochs=1, stage2_epochs=3, stage2_kinds=("vqa",),
             eval_questions=None, blind_questions=1000, suffix="",
-            tiny=dict(clip_steps=300, lm_steps=200, text_hidden=96))
+            tiny=dict(clip_steps=600, lm_steps=200, text_hidden=96))
 QUICK = dict(world_train=48, world_test=8, image_size=32, stage1_epochs=1, stage2_epochs=1,
              stage2_kinds=("conv", "detail", "complex", "vqa"), eval_questions=8, blind_questions=8,
              suffix="-quick", max_steps=2,
@@ -424,25 +427,10 @@ def heldout_captions(data_dir: str, out_path: str) -> str:
     return out_path
 
 
-def shuffled_turns(entry: dict, seed: int) -> dict:
-    """A short-answer sample with its question-answer pairs in random order; `<image>` stays in the first question.
-
-    The teachers ask in a fixed order ("How many objects?" first, "Where is ...?" fifth, ...), and a tiny LLM learns
-    that order as a shortcut, taking the answer type from the turn number instead of the question; evaluation then
-    asks every question as the first turn. Shuffled, every kind of question appears in every turn."""
-    rng = random.Random(f"{seed}:{entry['id']}")
-    turns = entry["conversations"]
-    pairs = [[dict(turns[i]), dict(turns[i + 1])] for i in range(0, len(turns) - 1, 2)]
-    first = pairs[0][0]["value"]
-    pairs[0][0]["value"] = first.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "")
-    rng.shuffle(pairs)
-    pairs[0][0]["value"] = "<image>\n" + pairs[0][0]["value"]
-    return {**entry, "conversations": [t for pair in pairs for t in pair]}
-
-
 def run_pipeline(args) -> dict:
     """World data -> tiny bases -> stage 1 -> stage 2 -> evaluation -> report. Each step prints the command that
-    does it alone; steps whose output exists are skipped (delete the folder to redo one)."""
+    does it alone. The data and the bases are made only when missing (delete the folder to redo them); the two
+    stages always run."""
     import importlib.util
 
     from llava_mini import easyvqa, world

@@ -41,6 +41,25 @@ def cosine_with_warmup(total_steps: int, warmup_ratio: float = 0.03):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Data order
+
+def shuffled_turns(entry: dict, seed: int) -> dict:
+    """A short-answer sample with its question-answer pairs in random order; `<image>` stays in the first question.
+
+    The teachers ask in a fixed order ("How many objects?" first, "Where is ...?" fifth, ...), and a tiny LLM learns
+    that order as a shortcut, taking the answer type from the turn number instead of the question; evaluation then
+    asks every question as the first turn. Shuffled, every kind of question appears in every turn."""
+    rng = random.Random(f"{seed}:{entry['id']}")
+    turns = entry["conversations"]
+    pairs = [[dict(turns[i]), dict(turns[i + 1])] for i in range(0, len(turns) - 1, 2)]
+    first = pairs[0][0]["value"]
+    pairs[0][0]["value"] = first.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "")
+    rng.shuffle(pairs)
+    pairs[0][0]["value"] = "<image>\n" + pairs[0][0]["value"]
+    return {**entry, "conversations": [t for pair in pairs for t in pair]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Checkpoints
 
 def rng_state() -> dict:

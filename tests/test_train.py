@@ -192,3 +192,17 @@ def test_packing_gives_the_padded_loss(tiny, stage1, tmp_path):
     train.train(train.parse_args(padded))
     train.train(train.parse_args(packed))
     assert read_losses(tmp_path / "packed") == pytest.approx(read_losses(tmp_path / "padded"), rel=1e-5)
+
+
+def test_two_gloo_processes_with_fsdp_match_one(tiny, stage1, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    one = stage2_args(tiny, stage1, tmp_path / "one", "--max-steps", "2")
+    two = stage2_args(tiny, stage1, tmp_path / "two", "--max-steps", "2", "--fsdp")
+    train.train(train.parse_args(one))
+    mp.spawn(_ddp_worker, args=(port, two), nprocs=2, join=True)
+    assert read_losses(tmp_path / "two") == pytest.approx(read_losses(tmp_path / "one"), rel=1e-5)
+    a, b = state(tmp_path / "one" / "final"), state(tmp_path / "two" / "final")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -40,6 +40,7 @@ from llava_mini.conversation import get_template                                
 from llava_mini.data import load_image, preprocess_image                          # noqa: E402
 from llava_mini.llama import LlamaForCausalLM                                     # noqa: E402
 from llava_mini.tokenizer import IMAGE_TOKEN, Tokenizer                           # noqa: E402
+from llava_mini.train_utils import shuffled_turns                                 # noqa: E402
 
 SPACE = "\u2581"                      # SentencePiece's visible space, as in LLaMA's tokenizer
 SPECIALS = ["<unk>", "<s>", "</s>"]   # ids 0, 1, 2, as in LLaMA
@@ -97,23 +98,37 @@ def strip_image(turns: list[dict]) -> list[dict]:
              .replace(IMAGE_TOKEN, "").strip()} for t in turns]
 
 
-def render_chat(turns: list[dict], template) -> str:
-    return "".join(seg.text for seg in template.render([t["value"] for t in strip_image(turns)]))
+def render_chat(turns: list[dict], template, context: str | None = None) -> str:
+    """A conversation as chat text without its image. With `context` (the scene in words), the description takes
+    the image's place at the start of the first user turn."""
+    values = [t["value"] for t in strip_image(turns)]
+    if context:
+        values[0] = f"{context}\n{values[0]}"
+    return "".join(seg.text for seg in template.render(values))
 
 
 def read_world_text(data_dir: str, extra_files: list[str]) -> dict:
-    """Training and held-out text. Train: captions of the train scenes, stage-2 conversations (+ extra LLaVA-JSON
-    files). Held out: captions of the test scenes and the test questions as one-turn chats."""
+    """Training and held-out text for the tokenizer and the LM.
+
+    Train: the train scenes' captions, and every stage-2 conversation preceded by its scene's captions where the
+    image would be. So the LM learns to answer questions about a scene described before the question (as Vicuna
+    answers about a text in its prompt); LLaVA later replaces that description by image tokens, and stage 1 teaches
+    the projector to make image tokens the LM can read the same way. Extra LLaVA-JSON files (easy-VQA) join as
+    plain chats. Held out: the test scenes' captions and test questions, in the same form."""
     template = get_template(CHAT_TEMPLATE)
     train_scenes = read_json(os.path.join(data_dir, "scenes_train.json"))
     test_scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
-    chats = [render_chat(e["conversations"], template) for e in read_json(os.path.join(data_dir, "stage2.json"))]
+    described = {s["id"]: " ".join(s["captions"]) for s in train_scenes + test_scenes}
+    chats = [render_chat(shuffled_turns(e, seed=0)["conversations"] if e["id"].endswith("_vqa") else e["conversations"],
+                         template, described.get(e["id"].rsplit("_", 1)[0]))
+             for e in read_json(os.path.join(data_dir, "stage2.json"))]
     for path in extra_files:
         chats += [render_chat(e["conversations"], template) for e in read_json(path)]
-    held_out_chats = [render_chat([{"from": "human", "value": q["question"]}, {"from": "gpt", "value": q["answer"]}],
-                                  template) for q in read_json(os.path.join(data_dir, "test.json"))]
+    held_out = [render_chat([{"from": "human", "value": q["question"]}, {"from": "gpt", "value": q["answer"]}],
+                            template, described[q["id"].rsplit("_", 1)[0]])
+                for q in read_json(os.path.join(data_dir, "test.json"))]
     return {"train": [c for s in train_scenes for c in s["captions"]] + chats,
-            "test": [c for s in test_scenes for c in s["captions"]] + held_out_chats,
+            "test": [c for s in test_scenes for c in s["captions"]] + held_out,
             "train_scenes": train_scenes, "test_scenes": test_scenes}
 
 
