@@ -133,6 +133,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard parameters/grads/optimizer (FSDP2)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip (and count) broken samples and images instead of stopping at the first one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads per process (default: cores / processes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -208,8 +210,8 @@ def set_train_mode(model: LlavaForConditionalGeneration) -> None:
 def build_dataset(args, r: StageRecipe, tokenizer: Tokenizer, config: LlavaConfig):
     """One dataset over all --data files (each with its image root), and every sample's length for batching."""
     roots = args.image_root * len(args.data) if len(args.image_root) == 1 else args.image_root
-    parts = [LlavaDataset(path, root, tokenizer, r.template, config, max_length=r.max_length)
-             for path, root in zip(args.data, roots)]
+    parts = [LlavaDataset(path, root, tokenizer, r.template, config, max_length=r.max_length,
+                          skip_bad=args.skip_bad) for path, root in zip(args.data, roots)]
     return torch.utils.data.ConcatDataset(parts), [n for d in parts for n in d.lengths]
 
 
@@ -384,6 +386,8 @@ def train(args) -> str:
                            {"llava_mini.json": {**meta, "step": step}})
         log.plot(f"stage {args.stage}")
         print(f"stage {args.stage}: {step} steps in {time.time() - t_start:.0f} s; saved {final}")
+        for part in dataset.datasets:      # what --skip-bad left out, said again at the end where it is seen
+            part.print_summary()
     if world > 1:
         dist.barrier()
     return final

@@ -206,3 +206,19 @@ def test_two_gloo_processes_with_fsdp_match_one(tiny, stage1, tmp_path):
     a, b = state(tmp_path / "one" / "final"), state(tmp_path / "two" / "final")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_skip_bad_trains_on_and_reports_the_broken_images_at_the_end(tiny, tmp_path, capsys):
+    """--skip-bad: a sample whose image file is gone is left out, counted, and reported when training ends."""
+    from llava_mini.config import read_json, write_json
+    entries = read_json(os.path.join(tiny["data"], "stage1.json"))[:16]
+    entries[0] = {**entries[0], "id": "broken-sample", "image": "images/train/does-not-exist.png"}
+    data = tmp_path / "stage1_broken.json"
+    write_json(entries, str(data))
+    args = stage1_args(tiny, tmp_path / "out", "--max-steps", "1", "--skip-bad")
+    args[args.index("--data") + 1] = str(data)
+    train.train(train.parse_args(args))
+    err = capsys.readouterr().err
+    assert "skipped 1 samples" in err and "does-not-exist.png" in err
+    with pytest.raises(Exception, match="does-not-exist.png"):     # without --skip-bad the same file is an error
+        train.train(train.parse_args([a for a in args if a != "--skip-bad"]))
