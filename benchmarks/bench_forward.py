@@ -1,7 +1,7 @@
 """Speed of our LLaMA decoder next to transformers' LlamaForCausalLM, same random weights, same process.
 
-    PYTHONPATH=. python benchmarks/bench_forward.py                      # CPU, fp32, a small model
-    PYTHONPATH=. python benchmarks/bench_forward.py --device cuda --dtype bfloat16 --hidden 2048 --layers 16 --heads 16 \
+    python benchmarks/bench_forward.py                      # CPU, fp32, a small model
+    python benchmarks/bench_forward.py --device cuda --dtype bfloat16 --hidden 2048 --layers 16 --heads 16 \
         --kv-heads 16 --vocab 32000 --seq 1024 --batch 4 --new-tokens 64
 
 For each attention backend (eager, sdpa) it times
@@ -9,19 +9,22 @@ For each attention backend (eager, sdpa) it times
 - decode: greedy generation of --new-tokens tokens with a KV cache (batch 1, the chat case),
 and prints milliseconds for both implementations and the ratio ours / transformers (< 1 means we are faster).
 Our generate() also feeds the last token into the cache so that a chat can continue; that one extra step is
-included in our decode time. Needs `transformers` (requirements-dev.txt). Run from the repository root
-(PYTHONPATH=. is not needed after `pip install -e .`).
+included in our decode time. Needs `transformers` (requirements-dev.txt). Runs from anywhere.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
 
-from llava_mini.config import TextConfig
-from llava_mini.llama import LlamaForCausalLM
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # run from anywhere
+
+from llava_mini.config import TextConfig  # noqa: E402
+from llava_mini.llama import LlamaForCausalLM  # noqa: E402
 
 
 def timed(fn, device, repeats):
