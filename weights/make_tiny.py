@@ -185,6 +185,15 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def optimizer_step(model, opt, sched, loss) -> None:
+    """Backward, clip the gradient norm to 1, step the optimizer and the schedule (both stage-0 loops)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+
+
 def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tokenizer, *, steps: int,
                batch_size: int, lr: float, seed: int) -> CLIPModel:
     torch.manual_seed(seed)
@@ -198,11 +207,7 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
         idx = rng.sample(range(len(scenes)), min(batch_size, len(scenes)))
         ids, mask = encode_captions(tokenizer, [rng.choice(scenes[i]["captions"]) for i in idx], max_len)
         loss = clip_loss(model(images[idx], ids, mask))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(model, opt, sched, loss)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return model.eval()
 
@@ -244,11 +249,7 @@ def train_llama(config, train_blocks: torch.Tensor, *, steps: int, batch_size: i
     for _ in bar:
         batch = train_blocks[torch.randint(len(train_blocks), (batch_size,), generator=gen)]
         loss = model(batch, labels=batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(model, opt, sched, loss)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return model.eval()
 
