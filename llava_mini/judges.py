@@ -14,7 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from llava_mini.evaluate import NUMBER_WORDS, normalize_answer
-from llava_mini.teacher import COLOR_WORDS, format_context
+from llava_mini.llm_teacher import format_context
+from llava_mini.teacher import COLOR_WORDS
 
 CATEGORIES = ("conv", "detail", "complex")
 

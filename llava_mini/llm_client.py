@@ -1,6 +1,6 @@
 """A small client for OpenAI-compatible chat endpoints, on the standard library only (urllib).
 
-Used by the LLM teacher (teacher.py) and the LLM judge (judges.py). Any server that speaks
+Used by the LLM teacher (llm_teacher.py) and the LLM judge (judges.py). Any server that speaks
 `POST {base_url}/chat/completions` works: OpenAI, vLLM, llama.cpp's server, Ollama's OpenAI route.
 
     client = ChatClient("http://127.0.0.1:8000/v1", "my-model", api_key_env="OPENAI_API_KEY", cache_dir=".cache/llm")

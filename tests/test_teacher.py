@@ -13,8 +13,9 @@ import pytest
 
 from llava_mini import world
 from llava_mini.llm_client import ChatClient, ChatError
-from llava_mini.teacher import (AnswerBalancer, LLMTeacher, NUMBER_WORDS, RuleTeacher, check_turns, load_coco,
-                                make_instruct_data, parse_objects, short_answer_questions)
+from llava_mini.llm_teacher import LLMTeacher, check_turns
+from llava_mini.teacher import (AnswerBalancer, NUMBER_WORDS, RuleTeacher, load_coco, make_instruct_data, parse_objects,
+                                short_answer_questions)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "coco")
 SECRET = "sk-test-secret-4242"
