@@ -1,7 +1,7 @@
 """Train LLaVA: stage 1 (feature alignment) and stage 2 (instruction tuning) in one readable loop.
 
     python train.py                 # the whole classroom pipeline on a CPU: world data, tiny bases, stage 1, stage 2,
-                                    # evaluation and a report (run_pipeline below); then chat with the result:
+                                    # evaluation and a report (pipeline.py); then chat with the result:
                                     #   python chat.py --model checkpoints/tiny/final
     python train.py --quick         # the same at toy size (a smoke test, seconds)
 
@@ -42,15 +42,14 @@ import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from llava_mini import weights  # noqa: E402
-from llava_mini.config import LlavaConfig, read_json, write_json  # noqa: E402
+from llava_mini.config import LlavaConfig  # noqa: E402
 from llava_mini.data import LengthGroupedBatchSampler, LlavaDataset, collate, pack  # noqa: E402
 from llava_mini.llava import LlavaForConditionalGeneration  # noqa: E402
 from llava_mini.projector import LlavaMultiModalProjector  # noqa: E402
 from llava_mini.tokenizer import Tokenizer  # noqa: E402
 from llava_mini.train_utils import (  # noqa: E402
     MetricsLog, StateView, all_reduce_sum, cosine_with_warmup, full_state, latest_checkpoint, load_optimizer_state,
-    load_trainer_state, optimizer_state, rng_state, save_checkpoint, set_rng_state, setup_distributed, shuffled_turns,
-    wrap_for_processes)
+    load_trainer_state, optimizer_state, rng_state, save_checkpoint, set_rng_state, setup_distributed, wrap_for_processes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,158 +392,10 @@ def train(args) -> str:
     return final
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The default job: `python train.py`
-
-# Sizes of the classroom run and of the smoke test. Data and bases are made only when missing.
-# stage2_kinds: which of the world's stage-2 samples (conv, detail, complex, vqa) join easy-VQA train in the mix.
-# eval_questions / blind_questions: how many test questions to score (None: all) with the image / blind.
-FULL = dict(world_train=5000, world_test=500, image_size=64, stage1_epochs=1, stage2_epochs=3, stage2_kinds=("vqa",),
-            eval_questions=None, blind_questions=1000, suffix="",
-            tiny=dict(clip_steps=600, lm_steps=200, text_hidden=96))
-QUICK = dict(world_train=48, world_test=8, image_size=32, stage1_epochs=1, stage2_epochs=1,
-             stage2_kinds=("conv", "detail", "complex", "vqa"), eval_questions=8, blind_questions=8,
-             suffix="-quick", max_steps=2,
-             tiny=dict(image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2,
-                       vocab_size=400, clip_steps=2, clip_batch=16, lm_steps=2, lm_batch=4, lm_block=64))
-
-
-@torch.no_grad()
-def mean_loss(model, dataset, pad_id: int, batch_size: int = 32) -> float:
-    """Mean per-token loss of `model` over `dataset` (the held-out caption loss of stage 1)."""
-    model.eval()
-    total = count = 0.0
-    for s in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(s, min(len(dataset), s + batch_size))], pad_id)
-        n = trained_tokens(batch)
-        total += model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"]).loss.item() * n
-        count += n
-    return total / count
-
-
-def heldout_captions(data_dir: str, out_path: str) -> str:
-    """Stage-1 style pairs (<image> + caption) for the held-out test scenes, written as LLaVA JSON."""
-    scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
-    write_json([{"id": f"{s['id']}_caption", "image": s["image"], "conversations": [
-        {"from": "human", "value": "<image>\nDescribe the image concisely."},
-        {"from": "gpt", "value": s["captions"][0]}]} for s in scenes], out_path)
-    return out_path
-
-
-def run_pipeline(args) -> dict:
-    """World data -> tiny bases -> stage 1 -> stage 2 -> evaluation -> report. Each step prints the command that
-    does it alone. The data and the bases are made only when missing (delete the folder to redo them); the two
-    stages always run."""
-    import importlib.util
-
-    from llava_mini import easyvqa, world
-    from llava_mini.evaluate import evaluate_vqa
-    size = QUICK if args.quick else FULL
-    t0 = time.time()
-    work = args.workdir
-    data_dir = os.path.join(work, "data", "shapes" + size["suffix"])
-    evqa_dir = os.path.join(work, "data", "easyvqa")
-    base_dir = os.path.join(work, "checkpoints", "base" + size["suffix"])
-    run_dir = os.path.join(work, "checkpoints", "tiny" + size["suffix"])
-    use_evqa = not args.no_easyvqa
-    threads = args.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
-
-    if not os.path.exists(os.path.join(data_dir, "stats.json")):
-        print(f"[1/6] world data: python -m llava_mini.world --out {data_dir} --train {size['world_train']} "
-              f"--test {size['world_test']}")
-        world.generate_dataset(data_dir, size["world_train"], size["world_test"], seed=0,
-                               image_size=size["image_size"], quiet=args.quick)
-    if use_evqa and not os.path.exists(os.path.join(evqa_dir, "easyvqa_test.json")):
-        print(f"[1/6] easy-VQA: python -m llava_mini.easyvqa --out {evqa_dir}")
-        easyvqa.import_easyvqa(evqa_dir, progress=not args.quick)
-    evqa_train = [os.path.join(evqa_dir, "easyvqa_train.json")] if use_evqa else []
-
-    base_stats = None
-    if not os.path.exists(os.path.join(base_dir, "tiny-llama", "config.json")):
-        print(f"[2/6] tiny bases: python weights/make_tiny.py --data {data_dir} --out {base_dir}" +
-              (f" --extra-text {evqa_train[0]}" if use_evqa else "") + f"  (sizes: {size['tiny']})")
-        spec = importlib.util.spec_from_file_location(
-            "make_tiny", os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "make_tiny.py"))
-        make_tiny = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(make_tiny)
-        base_stats = make_tiny.make_tiny(data_dir, base_dir, evqa_train, **size["tiny"])
-
-    common = ["--threads", str(threads)] + (["--max-steps", str(size["max_steps"])] if "max_steps" in size else [])
-    common += ["--quiet"] if args.quiet else []
-    stage1 = ["--stage", "1", "--data", os.path.join(data_dir, "stage1.json"), "--image-root", data_dir,
-              "--vision", os.path.join(base_dir, "tiny-clip"), "--llm", os.path.join(base_dir, "tiny-llama"),
-              "--out", os.path.join(run_dir, "stage1"), "--epochs", str(size["stage1_epochs"])] + common
-    print("[3/6] stage 1: python train.py " + " ".join(stage1))
-    stage1_args = parse_args(stage1)
-    model, tokenizer_json = build_model(stage1_args, recipe(stage1_args))
-    tokenizer = Tokenizer.from_file(tokenizer_json)
-    heldout = LlavaDataset(heldout_captions(data_dir, os.path.join(work, "data", f"heldout_captions{size['suffix']}.json")),
-                           data_dir, tokenizer, "plain", model.config)
-    caption_loss_start = mean_loss(model, heldout, tokenizer.pad_id)
-    stage1_final = train(stage1_args)
-    caption_loss_end = mean_loss(weights.load_llava(stage1_final), heldout, tokenizer.pad_id)
-    print(f"stage 1: held-out caption loss {caption_loss_start:.3f} -> {caption_loss_end:.3f}")
-
-    # The stage-2 mix, with the turns of the short-answer samples shuffled (see shuffled_turns).
-    kinds = size["stage2_kinds"]
-    world_mix = os.path.join(data_dir, f"stage2_{'_'.join(kinds)}_shuffled.json")
-    write_json([shuffled_turns(e, seed=0) if e["id"].endswith("_vqa") else e
-                for e in read_json(os.path.join(data_dir, "stage2.json")) if e["id"].rsplit("_", 1)[1] in kinds],
-               world_mix)
-    if use_evqa:
-        evqa_train = [os.path.join(evqa_dir, "easyvqa_train_shuffled.json")]
-        write_json([shuffled_turns(e, seed=0) for e in read_json(os.path.join(evqa_dir, "easyvqa_train.json"))],
-                   evqa_train[0])
-    stage2 = ["--stage", "2", "--data", world_mix] + evqa_train + \
-             ["--image-root", data_dir] + ([evqa_dir] if use_evqa else []) + \
-             ["--init", stage1_final, "--out", run_dir, "--epochs", str(size["stage2_epochs"]), "--group-by-length"] + common
-    print("[4/6] stage 2: python train.py " + " ".join(stage2))
-    final = train(parse_args(stage2))
-
-    print(f"[5/6] evaluation: python -m llava_mini.evaluate --model {final} --data {data_dir}" +
-          (f" --easyvqa {evqa_dir}" if use_evqa else ""))
-    model = weights.load_llava(final).eval()
-    template = read_json(os.path.join(final, "llava_mini.json"))["template"]
-    sets = [("shapes world", os.path.join(data_dir, "test.json"), data_dir)]
-    if use_evqa:
-        sets.append(("easy-VQA", os.path.join(evqa_dir, "easyvqa_test.json"), evqa_dir))
-    results = {}
-    with torch.no_grad():
-        for name, path, root in sets:
-            questions = read_json(path)
-            results[name] = {blind: evaluate_vqa(model, tokenizer, questions[:size[n]], root, template=template,
-                                                 blind=blind, batch_size=64)
-                             for blind, n in ((False, "eval_questions"), (True, "blind_questions"))}
-            results[name]["majority"] = world.answer_statistics(questions[:size["blind_questions"]])
-
-    minutes = (time.time() - t0) / 60
-    print(f"\n[6/6] report ({minutes:.1f} min wall, {threads} threads)")
-    if base_stats:
-        print(f"  tiny CLIP zero-shot retrieval {base_stats['clip_retrieval_top1']:.1%} (top-1 of "
-              f"{base_stats['clip_retrieval_pool']}); tiny LLaMA held-out loss {base_stats['lm_heldout_loss']:.3f}")
-    print(f"  stage 1 held-out caption loss: {caption_loss_start:.3f} at the start -> {caption_loss_end:.3f} at the end")
-    print(f"  stage 2 mix: {', '.join(stage2[stage2.index('--data') + 1:stage2.index('--image-root')])} "
-          f"(world samples of kind {', '.join(kinds)})")
-    for name, res in results.items():
-        seen, blind, majority = res[False], res[True], res["majority"]
-        print(f"  {name}: accuracy {seen['overall']:.1%} with the image (n={seen['n']}); blind (blank image) "
-              f"{blind['overall']:.1%} (first {blind['n']} questions)")
-        print(f"    {'type':<12} {'image':>7} {'blind':>7} {'majority':>9}")
-        for t in seen["per_type"]:
-            print(f"    {t:<12} {seen['per_type'][t]:7.1%} {blind['per_type'].get(t, float('nan')):7.1%} "
-                  f"{majority.get(t, {}).get('majority_rate', float('nan')):9.1%}   n={seen['count_per_type'][t]}")
-    print(f"  model saved in {final}")
-    print(f"  chat with it:  python chat.py --model {final}")
-    return {"minutes": minutes, "caption_loss": (caption_loss_start, caption_loss_end), "final": final,
-            "results": {k: {"seen": v[False]["overall"], "blind": v[True]["overall"],
-                            "per_type": v[False]["per_type"], "blind_per_type": v[True]["per_type"]}
-                        for k, v in results.items()}}
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.stage is None:
+        from pipeline import run_pipeline     # the default job (pipeline.py, next to this file)
         return run_pipeline(args)
     return train(args)
 

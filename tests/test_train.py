@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import pipeline  # noqa: E402
 import train  # noqa: E402
 from llava_mini import weights, world  # noqa: E402
 from llava_mini.train_utils import latest_checkpoint, list_checkpoints, save_checkpoint  # noqa: E402
@@ -29,7 +30,7 @@ def tiny(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("make_tiny", os.path.join(ROOT, "weights", "make_tiny.py"))
     make_tiny = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_tiny)
-    make_tiny.make_tiny(data, str(root / "base"), **train.QUICK["tiny"])
+    make_tiny.make_tiny(data, str(root / "base"), **pipeline.QUICK["tiny"])
     return {"root": root, "data": data, "clip": str(root / "base" / "tiny-clip"), "llm": str(root / "base" / "tiny-llama")}
 
 
@@ -176,7 +177,7 @@ def test_two_gloo_processes_match_one(tiny, stage1, tmp_path):
 
 
 def test_default_pipeline_quick(tmp_path):
-    report = train.run_pipeline(train.parse_args(["--quick", "--workdir", str(tmp_path), "--no-easyvqa", "--quiet",
+    report = pipeline.run_pipeline(train.parse_args(["--quick", "--workdir", str(tmp_path), "--no-easyvqa", "--quiet",
                                                   "--threads", "1"]))
     final = tmp_path / "checkpoints" / "tiny-quick" / "final"
     assert report["final"] == str(final) and os.path.exists(final / "model.safetensors")
