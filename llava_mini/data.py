@@ -183,8 +183,8 @@ class LlavaDataset(torch.utils.data.Dataset):
     """Samples from a LLaVA JSON / JSONL file, image paths relative to `image_folder`.
 
     Stage 1 uses template "plain", stage 2 "vicuna_v1" (or another, see conversation.py). All entries are checked
-    and tokenized up front (fast, no images), so `lengths` is known for length-grouped batching and every bad
-    entry is reported before training starts. Images are loaded in __getitem__; with skip_bad=True a broken one
+    and tokenized once, up front (fast, no images), so `lengths` is known for length-grouped batching and every bad
+    entry is reported before training starts; the token ids are kept (int32) and reused every epoch. Images are loaded in __getitem__; with skip_bad=True a broken one
     makes __getitem__ return None (collate drops it) and is counted.
     """
 
@@ -204,7 +204,7 @@ class LlavaDataset(torch.utils.data.Dataset):
             records = self._read_jsonl_skipping(path)
         else:
             records = read_records(path)
-        self.records, self.lengths = [], []
+        self.samples, self.lengths = [], []
         for record in tqdm(records, desc=f"checking {os.path.basename(path)}", disable=len(records) < 5000):
             try:
                 sample = self._tokenize(record)
@@ -214,7 +214,9 @@ class LlavaDataset(torch.utils.data.Dataset):
             except (ValueError, FileNotFoundError) as e:
                 self._bad(_reason(e), e)
                 continue
-            self.records.append(record)
+            sample["input_ids"] = torch.tensor(sample["input_ids"], dtype=torch.int32)
+            sample["labels"] = torch.tensor(sample["labels"], dtype=torch.int32)
+            self.samples.append(sample)
             self.lengths.append(sample["length"])
         if self.skipped:
             self.print_summary()
@@ -273,10 +275,10 @@ class LlavaDataset(torch.utils.data.Dataset):
                 "length": expanded_length(input_ids, image_id, n_image)}
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.samples)
 
     def __getitem__(self, index: int) -> dict | None:
-        sample = self._tokenize(self.records[index])
+        sample = self.samples[index]
         try:
             pixels = [preprocess_image(load_image(p), self.config.vision_config, self.aspect) for p in sample["images"]]
         except (ValueError, FileNotFoundError) as e:
@@ -287,8 +289,8 @@ class LlavaDataset(torch.utils.data.Dataset):
             return None
         size = self.config.vision_config.image_size
         return {"id": sample["id"],
-                "input_ids": torch.tensor(sample["input_ids"], dtype=torch.long),
-                "labels": torch.tensor(sample["labels"], dtype=torch.long),
+                "input_ids": sample["input_ids"].long(),
+                "labels": sample["labels"].long(),
                 "pixel_values": torch.stack(pixels) if pixels else torch.zeros(0, 3, size, size),
                 "length": sample["length"]}
 
