@@ -115,9 +115,9 @@ def expanded_length(input_ids, image_token_id: int, num_image_tokens: int) -> in
     return len(ids) - k + k * num_image_tokens
 
 
-def read_records(path: str) -> list:
-    """The entries of a LLaVA JSON file (a list) or JSONL file (one object per line). A bad line is an error
-    naming the file and line number."""
+def read_records(path: str, on_bad_line=None) -> list:
+    """The entries of a LLaVA JSON file (a list) or JSONL file (one object per line). A bad JSONL line is an error
+    naming the file and line number, or, given `on_bad_line(error)`, handed to it and left out."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file not found: {path}")
     with open(path, encoding="utf-8") as f:
@@ -128,7 +128,10 @@ def read_records(path: str) -> list:
                     try:
                         records.append(json.loads(line))
                     except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+                        error = ValueError(f"{path}:{n}: not valid JSON ({e})")
+                        if on_bad_line is None:
+                            raise error from None
+                        on_bad_line(error)
             return records
         try:
             records = json.load(f)
@@ -200,10 +203,7 @@ class LlavaDataset(torch.utils.data.Dataset):
             raise ValueError(f"tokenizer's {IMAGE_TOKEN} id {tokenizer.image_token_id} != config.image_token_index "
                              f"{config.image_token_index}")
 
-        if path.endswith(".jsonl") and skip_bad:
-            records = self._read_jsonl_skipping(path)
-        else:
-            records = read_records(path)
+        records = read_records(path, (lambda e: self._bad("malformed JSON line", e)) if skip_bad else None)
         self.samples, self.lengths = [], []
         for record in tqdm(records, desc=f"checking {os.path.basename(path)}", disable=len(records) < 5000):
             try:
@@ -220,17 +220,6 @@ class LlavaDataset(torch.utils.data.Dataset):
             self.lengths.append(sample["length"])
         if self.skipped:
             self.print_summary()
-
-    def _read_jsonl_skipping(self, path):
-        records = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        self._bad("malformed JSON line", ValueError(f"{path}:{n}: not valid JSON ({e})"))
-        return records
 
     def _bad(self, reason: str, error: Exception):
         if not self.skip_bad:
