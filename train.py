@@ -257,9 +257,7 @@ def train(args) -> str:
         args.init = resume_from                       # the model weights come from the checkpoint
     model, tokenizer_json = build_model(args, r)
     tokenizer = Tokenizer.from_file(tokenizer_json)
-    if tokenizer.image_token_id != model.config.image_token_index:
-        raise ValueError(f"{tokenizer_json}: <image> id {tokenizer.image_token_id} != the model's image_token_index "
-                         f"{model.config.image_token_index}")
+    tokenizer.check_image_token(model.config.image_token_index, tokenizer_json)
     params = set_trainable(model, args.stage)
     model.to(device)
     if args.gradient_checkpointing or (args.gradient_checkpointing is None and PRESETS[args.preset].gradient_checkpointing):

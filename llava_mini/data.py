@@ -199,9 +199,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         self.aspect = aspect or config.image_aspect_ratio
         self.skipped: Counter = Counter()      # reason -> count
         self.examples: list[str] = []          # one example message per reason, for the summary
-        if tokenizer.image_token_id != config.image_token_index:
-            raise ValueError(f"tokenizer's {IMAGE_TOKEN} id {tokenizer.image_token_id} != config.image_token_index "
-                             f"{config.image_token_index}")
+        tokenizer.check_image_token(config.image_token_index, path)
 
         records = read_records(path, (lambda e: self._bad("malformed JSON line", e)) if skip_bad else None)
         self.samples, self.lengths = [], []

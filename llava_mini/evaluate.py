@@ -140,9 +140,7 @@ def load_checkpoint(path: str, vision_tower: str | None = None, device: str = "c
     if not os.path.exists(os.path.join(path, "tokenizer.json")):
         raise FileNotFoundError(f"{path} has no tokenizer.json (needed to turn text into token ids)")
     tokenizer = Tokenizer.from_file(path)
-    if tokenizer.image_token_id != model.config.image_token_index:
-        raise ValueError(f"{path}: the tokenizer's <image> id is {tokenizer.image_token_id} but config.json says "
-                         f"image_token_index={model.config.image_token_index}")
+    tokenizer.check_image_token(model.config.image_token_index, path)
     meta_path = os.path.join(path, "llava_mini.json")
     template = read_json(meta_path).get("template", "vicuna_v1") if os.path.exists(meta_path) else "vicuna_v1"
     model.requires_grad_(False)          # inference only: no autograd graph (local, unlike set_grad_enabled)

@@ -130,6 +130,13 @@ class Tokenizer:
         self._tok.save(tmp)
         os.replace(tmp, path)
 
+    def check_image_token(self, image_token_index: int, where: str) -> None:
+        """The model splices image features at `image_token_index`; the tokenizer must write that very id for
+        `<image>`, or every image would silently land nowhere. `where` names the checkpoint or file for the error."""
+        if self.image_token_id != image_token_index:
+            raise ValueError(f"{where}: the tokenizer's {IMAGE_TOKEN} id is {self.image_token_id} but the model's "
+                             f"image_token_index is {image_token_index}")
+
     def __len__(self) -> int:
         return self.vocab_size
 

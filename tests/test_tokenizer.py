@@ -43,3 +43,10 @@ def test_errors(tmp_path, tok):
         Tokenizer.from_file(str(bad))
     with pytest.raises(ValueError, match="<eos>"):
         Tokenizer(tok._tok, eos_token="<eos>")
+
+
+def test_image_token_must_match_the_model(tok):
+    tok.check_image_token(32000, "ckpt")                                # the id llava-hf uses: fine
+    with pytest.raises(ValueError, match=r"ckpt: the tokenizer's <image> id is 32000 but the model's "
+                                         r"image_token_index is 32001"):
+        tok.check_image_token(32001, "ckpt")
