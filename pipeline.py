@@ -27,7 +27,7 @@ from train import build_model, parse_args, recipe, train, trained_tokens
 # eval_questions / blind_questions: how many test questions to score (None: all) with the image / blind.
 FULL = dict(world_train=5000, world_test=500, image_size=64, stage1_epochs=1, stage2_epochs=3, stage2_kinds=("vqa",),
             eval_questions=None, blind_questions=1000, suffix="",
-            tiny=dict(clip_steps=600, lm_steps=200, text_hidden=96))
+            tiny=dict(clip_steps=2000, lm_steps=200, text_hidden=96))
 QUICK = dict(world_train=48, world_test=8, image_size=32, stage1_epochs=1, stage2_epochs=1,
              stage2_kinds=("conv", "detail", "complex", "vqa"), eval_questions=8, blind_questions=8,
              suffix="-quick", max_steps=2,

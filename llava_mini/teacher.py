@@ -132,11 +132,13 @@ class AnswerBalancer:
         return picked
 
 
-def short_answer_questions(boxes: list[str], vocabulary: list[str], balancer: AnswerBalancer) -> list[dict]:
+def short_answer_questions(boxes: list[str], vocabulary: list[str], balancer: AnswerBalancer,
+                           exclude: frozenset = frozenset()) -> list[dict]:
     """At most one question per type for this image, each unambiguous and answerable from the boxes alone.
 
     Types: count, count_color, count_shape, color, shape, exists, position. Answers are lower case, numbers as digits.
-    `vocabulary` (all object names the source can produce) supplies absent colours, nouns and names for negatives."""
+    `vocabulary` (all object names the source can produce) supplies absent colours, nouns and names for negatives.
+    Questions in `exclude` (already asked about this image) are not asked again."""
     objs = parse_objects(boxes)
     rng = balancer.rng
     names, nouns, colors = Counter(o["name"] for o in objs), Counter(o["noun"] for o in objs), \
@@ -160,7 +162,7 @@ def short_answer_questions(boxes: list[str], vocabulary: list[str], balancer: An
     negatives = hard if hard and rng.random() < 0.5 else absent
     candidates["exists"] = [(f"Is there {article(n)}?", "yes") for n in sorted(names)] + \
                            [(f"Is there {article(n)}?", "no") for n in negatives]
-    picked = [balancer.pick(qtype, c) for qtype, c in candidates.items()]
+    picked = [balancer.pick(qtype, [(q, a) for q, a in c if q not in exclude]) for qtype, c in candidates.items()]
     return [p for p in picked if p is not None]
 
 
@@ -323,9 +325,13 @@ def stage1_pairs(items: list[dict], seed: int) -> list[dict]:
 
 
 def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[str] | None = None,
-                       balancer: AnswerBalancer | None = None, progress: bool = True) -> list[dict]:
+                       balancer: AnswerBalancer | None = None, progress: bool = True, vqa_rounds: int = 1) -> list[dict]:
     """LLaVA JSON for items {id, image, context}: conv, detail, complex per image (rejected replies are skipped),
-    plus, with a balancer, one multi-turn short-answer VQA sample per image (ids end in _conv/_detail/_complex/_vqa)."""
+    plus, with a balancer, one multi-turn short-answer VQA sample per image (ids end in _conv/_detail/_complex/_vqa).
+
+    The VQA sample asks `vqa_rounds` rounds of short_answer_questions (at most one question per type per round,
+    none twice), as LLaVA-1.5 puts all of an image's VQA questions in one conversation: each extra answer costs a
+    dozen tokens, while the image costs its patches once."""
     out = []
     for it in tqdm(items, desc="teacher", disable=not progress):
         for kind, write in (("conv", teacher.conversation), ("detail", teacher.detail),
@@ -334,7 +340,10 @@ def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[s
             if turns:
                 out.append({"id": f"{it['id']}_{kind}", "image": it["image"], "conversations": turns})
         if balancer is not None:
-            qs = short_answer_questions(it["context"]["boxes"], vocabulary, balancer)
+            qs = []
+            for _ in range(vqa_rounds):
+                qs += short_answer_questions(it["context"]["boxes"], vocabulary, balancer,
+                                             exclude=frozenset(q["question"] for q in qs))
             if qs:
                 out.append({"id": f"{it['id']}_vqa", "image": it["image"],
                             "conversations": _turns([(q["question"] + SHORT_ANSWER_PROMPT, q["answer"]) for q in qs])})

@@ -206,8 +206,9 @@ def print_statistics(name: str, stats: dict) -> None:
 
 
 def generate_dataset(out_dir: str, n_train: int, n_test: int, seed: int = 0, image_size: int = 64,
-                     cfg: WorldConfig | None = None, quiet: bool = False) -> dict:
+                     cfg: WorldConfig | None = None, quiet: bool = False, vqa_rounds: int = 3) -> dict:
     """Sample, render and annotate n_train + n_test scenes; write the files listed in the module docstring.
+    Each train image's short-answer sample asks `vqa_rounds` rounds of questions (see teacher.make_instruct_data).
 
     Returns the statistics dict that is also written to `stats.json`."""
     cfg = cfg or WorldConfig(image_size=image_size)
@@ -228,7 +229,8 @@ def generate_dataset(out_dir: str, n_train: int, n_test: int, seed: int = 0, ima
     teacher = RuleTeacher(vocab)
     stage1 = stage1_pairs(items, seed)
     train_balancer = AnswerBalancer(random.Random(f"{seed}:train-questions"))
-    stage2 = make_instruct_data(items, teacher, seed, vocabulary=vocab, balancer=train_balancer, progress=not quiet)
+    stage2 = make_instruct_data(items, teacher, seed, vocabulary=vocab, balancer=train_balancer, progress=not quiet,
+                                vqa_rounds=vqa_rounds)
     write_json(stage1, os.path.join(out_dir, "stage1.json"))
     write_json(stage2, os.path.join(out_dir, "stage2.json"))
 
@@ -275,6 +277,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--max-objects", type=int, default=4)
+    p.add_argument("--vqa-rounds", type=int, default=3, help="rounds of short-answer questions per train image")
     p.add_argument("--rotate", action="store_true", help="rotate polygons by random angles")
     p.add_argument("--allow-overlap", action="store_true", help="let objects overlap (default: apart)")
     args = p.parse_args(argv)
@@ -282,7 +285,7 @@ def main(argv=None):
         p.error("--train and --test must be >= 0 and --image-size >= 8")
     cfg = WorldConfig(image_size=args.image_size, max_objects=args.max_objects, rotate=args.rotate,
                       allow_overlap=args.allow_overlap)
-    generate_dataset(args.out, args.train, args.test, seed=args.seed, cfg=cfg)
+    generate_dataset(args.out, args.train, args.test, seed=args.seed, cfg=cfg, vqa_rounds=args.vqa_rounds)
 
 
 if __name__ == "__main__":

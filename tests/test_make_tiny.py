@@ -78,3 +78,40 @@ def test_make_tiny_writes_loadable_hf_folders(tmp_path):
                        clip.vision_model.embeddings.patch_embedding.weight)
     # a trained LM: its held-out loss is below the uniform guess
     assert stats["lm_heldout_loss"] < torch.log(torch.tensor(float(tok.vocab_size))).item()
+
+
+def test_object_regions_cover_the_patches_inside_each_box():
+    scene = {"objects": [
+        {"shape": "star", "color": "red", "size": "large", "bbox": [0.0, 0.0, 0.5, 0.5], "center": [0.25, 0.25]},
+        # a box that holds no patch centre (grid 4: centres at 1/8, 3/8, 5/8, 7/8) falls back to its centre patch
+        {"shape": "circle", "color": "blue", "size": "small", "bbox": [0.52, 0.52, 0.6, 0.6], "center": [0.56, 0.56]}]}
+    masks, phrases = make_tiny.object_regions(scene, grid=4)
+    assert masks.shape == (2, 16)
+    assert masks[0].view(4, 4).nonzero().tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    assert masks[1].view(4, 4).nonzero().tolist() == [[2, 2]]
+    assert phrases == ["large red star at the top left", "small blue circle in the center"]
+
+
+def test_region_logits_target_each_objects_own_phrase(tokenizer_json):
+    from tokenizers import Tokenizer as HFTokenizer
+    clip_tok = make_tiny.clip_tokenizer(HFTokenizer.from_file(tokenizer_json))
+    eot = clip_tok.token_to_id(make_tiny.END_OF_TEXT)
+    from llava_mini.config import CLIPTextConfig, VisionConfig
+    config = CLIPConfig(vision_config=VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                   num_attention_heads=1, image_size=32, patch_size=8, projection_dim=32),
+                        text_config=CLIPTextConfig(vocab_size=clip_tok.get_vocab_size(), hidden_size=32,
+                                                   intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
+                                                   max_position_embeddings=32, projection_dim=32, pad_token_id=eot,
+                                                   bos_token_id=1, eos_token_id=eot), projection_dim=32)
+    model = make_tiny.init_weights(make_tiny.CLIPModel(config))
+    one = ({"shape": "star", "color": "red", "size": "large", "bbox": [0, 0, .5, .5], "center": [.25, .25]})
+    two = ({"shape": "circle", "color": "blue", "size": "small", "bbox": [.5, .5, 1, 1], "center": [.75, .75]})
+    regions = [make_tiny.object_regions({"objects": [one, two]}, 4), make_tiny.object_regions({"objects": [one]}, 4)]
+    hidden = torch.randn(2, 17, 32)
+    logits, targets = make_tiny.region_logits(model, hidden, regions, clip_tok, 32)
+    assert logits.shape == (3, 2)                      # 3 objects, 2 distinct phrases (the repeated one counted once)
+    assert targets.tolist() == [0, 1, 0]               # sorted phrases: "large red star ..." < "small blue circle ..."
+    # each region is the mean of its own patches: moving a patch outside every box changes nothing
+    hidden2 = hidden.clone()
+    hidden2[:, 1 + 2] += 100.0                         # patch (0, 2) lies in no box
+    assert torch.allclose(make_tiny.region_logits(model, hidden2, regions, clip_tok, 32)[0], logits)

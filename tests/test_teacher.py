@@ -260,3 +260,18 @@ def test_short_answers_need_no_colour_words():
                                 AnswerBalancer(random.Random(0)))
     assert {q["question_type"]: q["answer"] for q in qs}["count"] == "2"
     assert all(q["question_type"] != "position" for q in qs)  # two dogs: "Where is the dog?" would be ambiguous
+
+
+def test_vqa_rounds_ask_more_questions_never_the_same_twice():
+    items, vocab = load_coco(os.path.join(FIXTURES, "captions.json"), os.path.join(FIXTURES, "instances.json"))
+    asked = {}
+    for rounds in (1, 3):
+        data = make_instruct_data(items, RuleTeacher(vocab), seed=0, vocabulary=vocab,
+                                  balancer=AnswerBalancer(random.Random(0)), progress=False, vqa_rounds=rounds)
+        turns = next(e for e in data if e["id"] == "7_vqa")["conversations"]
+        questions = [t["value"].replace("<image>\n", "") for t in turns[::2]]
+        assert len(questions) == len(set(questions)), questions          # no question twice about one image
+        assert turns[0]["value"].startswith("<image>\n") and all("<image>" not in t["value"] for t in turns[1:])
+        asked[rounds] = questions
+    assert set(asked[1]) < set(asked[3])                                  # round 1 is the same; later rounds add
+    assert sum(q.startswith("How many objects") for q in asked[3]) == 1   # only one such question exists

@@ -29,6 +29,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
@@ -39,6 +40,7 @@ from llava_mini.config import CLIPConfig, CLIPTextConfig, read_json, tiny_text, 
 from llava_mini.conversation import get_template                                  # noqa: E402
 from llava_mini.data import load_image, preprocess_image                          # noqa: E402
 from llava_mini.llama import LlamaForCausalLM                                     # noqa: E402
+from llava_mini.teacher import position_name                                      # noqa: E402
 from llava_mini.tokenizer import IMAGE_TOKEN, Tokenizer                           # noqa: E402
 from llava_mini.train_utils import shuffled_turns                                 # noqa: E402
 
@@ -153,7 +155,7 @@ def clip_tokenizer(llama_tokenizer):
 
 def encode_captions(tok, captions: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP text input: <s> caption <|endoftext|>, right-padded with <|endoftext|>; returns (ids, attention_mask),
-    both (N, max_len). The text tower pools the hidden state at the first <|endoftext|>."""
+    both (N, longest <= max_len). The text tower pools the hidden state at the first <|endoftext|>."""
     bos, eot = tok.token_to_id("<s>"), tok.token_to_id(END_OF_TEXT)
     ids = torch.full((len(captions), max_len), eot, dtype=torch.long)
     mask = torch.zeros(len(captions), max_len, dtype=torch.long)
@@ -162,7 +164,8 @@ def encode_captions(tok, captions: list[str], max_len: int) -> tuple[torch.Tenso
         t[-1] = eot
         ids[i, :len(t)] = torch.tensor(t)
         mask[i, :len(t)] = 1
-    return ids, mask
+    longest = int(mask.sum(1).max()) if len(captions) else 0
+    return ids[:, :longest], mask[:, :longest]           # no columns of padding only: they would cost compute
 
 
 def init_weights(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
@@ -194,22 +197,81 @@ def optimizer_step(model, opt, sched, loss) -> None:
     sched.step()
 
 
+def object_regions(scene: dict, grid: int) -> tuple[torch.Tensor, list[str]]:
+    """Each object's patches and its phrase: masks (n_objects, grid*grid), 1 for the patches whose centre lies in
+    the object's box (its centre patch if none does), and phrases like "small red star at the top left"."""
+    masks = torch.zeros(len(scene["objects"]), grid, grid)
+    phrases = []
+    for k, o in enumerate(scene["objects"]):
+        x0, y0, x1, y1 = (v * grid - 0.5 for v in o["bbox"])   # box in patch-centre coordinates
+        rows = [r for r in range(grid) if y0 <= r <= y1] or [min(grid - 1, int(o["center"][1] * grid))]
+        cols = [c for c in range(grid) if x0 <= c <= x1] or [min(grid - 1, int(o["center"][0] * grid))]
+        masks[k, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = 1
+        where = position_name(*o["center"], margin=0)
+        phrases.append(f"{o['size']} {o['color']} {o['shape']} " + ("in the center" if where == "center" else f"at the {where}"))
+    return masks.flatten(1), phrases
+
+
+def region_logits(model: CLIPModel, hidden: torch.Tensor, regions: list, tokenizer, max_len: int):
+    """Region-phrase similarities. hidden: (B, 1 + P, H), the layer LLaVA reads; regions[b] = object_regions of
+    scene b. Each region is its patches' mean, through the same post-LayerNorm and projection as the CLS token.
+    Returns (logits (R, n_phrases), targets (R,)): each region should pick its own phrase among the batch's."""
+    masks = torch.cat([m for m, _ in regions])                                           # (R, P)
+    owner = torch.cat([torch.full((len(m),), b) for b, (m, _) in enumerate(regions)])    # (R,)
+    pooled = torch.einsum("rp,rph->rh", masks, hidden[owner, 1:]) / masks.sum(1, keepdim=True)   # (R, H)
+    region = F.normalize(model.visual_projection(model.vision_model.post_layernorm(pooled)), dim=-1)
+    names = [p for _, ps in regions for p in ps]
+    unique = sorted(set(names))
+    text = F.normalize(model.get_text_features(*encode_captions(tokenizer, unique, max_len)), dim=-1)
+    return region @ text.t() * model.logit_scale.exp(), torch.tensor([unique.index(p) for p in names])
+
+
 def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tokenizer, *, steps: int,
-               batch_size: int, lr: float, seed: int) -> CLIPModel:
+               batch_size: int, lr: float, seed: int, feature_layer: int = -2, region_weight: float = 1.0) -> CLIPModel:
+    """CLIP's contrastive loss on (image, caption) pairs, plus the same loss on (object region, phrase) pairs.
+
+    Why the second term: in a batch of world scenes the colours alone tell the captions apart, so the image-level
+    loss is solved without shape or position, and LLaVA's patch features (layer `feature_layer`) then carry colour
+    only. Contrasting each object's patches with its phrase ("small red star at the top left"), as region-level
+    CLIPs do, puts shape and position into exactly the features the LLM will read."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = init_weights(CLIPModel(config))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 20)))
     max_len = config.text_config.max_position_embeddings
+    grid = config.vision_config.image_size // config.vision_config.patch_size
+    regions = [object_regions(s, grid) for s in scenes]
     bar = tqdm(range(steps), desc="tiny CLIP")
     for _ in bar:
         idx = rng.sample(range(len(scenes)), min(batch_size, len(scenes)))
         ids, mask = encode_captions(tokenizer, [rng.choice(scenes[i]["captions"]) for i in idx], max_len)
-        loss = clip_loss(model(images[idx], ids, mask))
-        optimizer_step(model, opt, sched, loss)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        out = model.vision_model(images[idx], output_hidden_states=True)
+        image = F.normalize(model.visual_projection(out.pooler_output), dim=-1)
+        text = F.normalize(model.get_text_features(ids, mask), dim=-1)
+        image_loss = clip_loss(image @ text.t() * model.logit_scale.exp())
+        logits, targets = region_logits(model, out.hidden_states[feature_layer], [regions[i] for i in idx],
+                                        tokenizer, max_len)
+        region_loss = F.cross_entropy(logits, targets)
+        optimizer_step(model, opt, sched, image_loss + region_weight * region_loss)
+        bar.set_postfix(image=f"{image_loss.item():.3f}", region=f"{region_loss.item():.3f}")
     return model.eval()
+
+
+@torch.no_grad()
+def region_accuracy(model: CLIPModel, images: torch.Tensor, scenes: list[dict], tokenizer, max_len: int,
+                    feature_layer: int = -2, pool: int = 100) -> float:
+    """Zero-shot object->phrase retrieval: does each held-out object's region pick its own phrase among all the
+    phrases of `pool` scenes? This is the check that the patch features know shape and position, not just colour."""
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    hits = total = 0
+    for start in range(0, len(scenes) - pool + 1, pool):
+        hidden = model.vision_model(images[start:start + pool], output_hidden_states=True).hidden_states[feature_layer]
+        logits, targets = region_logits(model, hidden, [object_regions(s, grid) for s in scenes[start:start + pool]],
+                                        tokenizer, max_len)
+        hits += (logits.argmax(1) == targets).sum().item()
+        total += len(targets)
+    return hits / max(1, total)
 
 
 @torch.no_grad()
@@ -300,8 +362,10 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     pool = min(100, len(text["test_scenes"]))
     retrieval = retrieval_accuracy(clip, test_images, text["test_scenes"], clip_tok, text_tower.max_position_embeddings,
                                    pool=pool)
+    objects = region_accuracy(clip, test_images, text["test_scenes"], clip_tok, text_tower.max_position_embeddings,
+                              pool=pool)
     print(f"tiny CLIP: zero-shot image->caption retrieval on held-out scenes, top-1 among {pool}: "
-          f"{retrieval:.1%} (chance {1 / pool:.1%})")
+          f"{retrieval:.1%} (chance {1 / pool:.1%}); object->phrase retrieval {objects:.1%}")
     clip_dir = os.path.join(out_dir, "tiny-clip")
     clip_tok_path = os.path.join(out_dir, "clip-tokenizer.json")
     clip_tok.save(clip_tok_path)
@@ -324,7 +388,7 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     llama_dir = os.path.join(out_dir, "tiny-llama")
     weights.save_llama(llama, llama_dir, tokenizer_json=tok_path)
     print(f"wrote {clip_dir} and {llama_dir} in {time.time() - t0:.0f} s")
-    return {"clip_retrieval_top1": retrieval, "clip_retrieval_pool": pool, "lm_heldout_loss": held_out,
+    return {"clip_retrieval_top1": retrieval, "clip_retrieval_pool": pool, "clip_region_top1": objects, "lm_heldout_loss": held_out,
             "vocab_size": tokenizer.vocab_size, "clip_dir": clip_dir, "llama_dir": llama_dir}
 
 
