@@ -73,11 +73,11 @@ class Preset:
 
 
 PRESETS = {
-    # Classroom size on a CPU: `python train.py` takes about 12 minutes on 2 cores (README has the measured results).
+    # Classroom size on a CPU: `python train.py` takes about 13.5 minutes on 2 cores (README has the measured results).
     "tiny": Preset("mlp2x_gelu", "pad",
                    StageRecipe(lr=2e-3, batch_size=32, epochs=1, template="plain", max_length=512, micro_batch_size=32),
-                   StageRecipe(lr=1e-3, batch_size=16, epochs=3, template="vicuna_v1", max_length=512,
-                               micro_batch_size=16)),
+                   StageRecipe(lr=1e-3, batch_size=8, epochs=3, template="vicuna_v1", max_length=512,
+                               micro_batch_size=8)),
     # LLaVA-1 (CLIP-224, linear projector): CC3M-595K batch 128 lr 2e-3 1 epoch; 158K instructions batch 32 lr 2e-5
     # 3 epochs. Global batches; micro_batch_size is per GPU (8 GPUs x 4 x accumulation = 128 in stage 1).
     "llava-1": Preset("linear", "crop",

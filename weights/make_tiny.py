@@ -2,19 +2,20 @@
 downloaded here.
 
     python weights/make_tiny.py                                   # data/shapes -> checkpoints/base/{tiny-clip,tiny-llama}
-    python weights/make_tiny.py --data data/shapes --out checkpoints/base --clip-steps 300 --lm-steps 400
+    python weights/make_tiny.py --data data/shapes --out checkpoints/base --clip-steps 500 --lm-steps 100   # quicker, weaker
     python weights/make_tiny.py --extra-text data/easyvqa/train.json    # more LLaVA-JSON text for the tokenizer and LM
 
 It makes three things, in the order LLaVA's bases were made (on a much smaller scale):
 1. a BPE tokenizer shaped like LLaMA's (`<unk>`=0, `<s>`=1, `</s>`=2, 256 byte-fallback tokens, "▁" for spaces),
    with `<image>` added as a special token at the end of the vocabulary;
-2. a tiny CLIP (vision + text tower), trained contrastively on the shapes world's image-caption pairs;
+2. a tiny CLIP (vision + text tower), trained contrastively on the shapes world's image-caption pairs and on
+   object-phrase pairs (each object's patches against "small red star at the top left"; see train_clip for why);
 3. a tiny LLaMA, trained on next-token prediction over the world's text without images: captions and the stage-2
    conversations rendered with the chat template (like Vicuna, it has seen chats before it sees images).
 Each is written in the Hugging Face layout (config.json, model.safetensors, tokenizer.json) through the same
 weights.save_* functions, so the real loaders read them exactly as they read openai/clip-vit-large-patch14 or Vicuna.
-It prints the tiny CLIP's zero-shot image->caption retrieval accuracy and the tiny LM's held-out loss: both are real
-models, just small.
+It prints the tiny CLIP's zero-shot image->caption and object->phrase retrieval accuracy and the tiny LM's held-out
+loss: both are real models, just small.
 """
 from __future__ import annotations
 
@@ -327,9 +328,9 @@ def lm_loss(model, blocks: torch.Tensor, batch_size: int = 32) -> float:
 
 def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", extra_text: list[str] = (), *,
               image_size: int = 64, patch_size: int = 8, vision_hidden: int = 64, vision_layers: int = 3,
-              text_hidden: int = 128, text_layers: int = 4, vocab_size: int = 1024,
-              clip_steps: int = 300, clip_batch: int = 64, clip_lr: float = 2e-3,
-              lm_steps: int = 300, lm_batch: int = 32, lm_block: int = 128, lm_lr: float = 3e-3,
+              text_hidden: int = 96, text_layers: int = 4, vocab_size: int = 1024,
+              clip_steps: int = 2000, clip_batch: int = 64, clip_lr: float = 2e-3,
+              lm_steps: int = 200, lm_batch: int = 32, lm_block: int = 128, lm_lr: float = 3e-3,
               seed: int = 0) -> dict:
     """Make tokenizer, tiny CLIP and tiny LLaMA; write them to {out_dir}/tiny-clip and {out_dir}/tiny-llama.
     Returns the measurements (retrieval accuracy, LM losses) as a dict."""
@@ -397,15 +398,15 @@ def main(argv=None):
     p.add_argument("--data", default="data/shapes")
     p.add_argument("--out", default="checkpoints/base")
     p.add_argument("--extra-text", nargs="*", default=[], help="more LLaVA-JSON files whose text the LM learns")
-    p.add_argument("--clip-steps", type=int, default=300)
+    p.add_argument("--clip-steps", type=int, default=2000)
     p.add_argument("--clip-batch", type=int, default=64)
-    p.add_argument("--lm-steps", type=int, default=300)
+    p.add_argument("--lm-steps", type=int, default=200)
     p.add_argument("--lm-batch", type=int, default=32)
     p.add_argument("--clip-lr", type=float, default=2e-3)
     p.add_argument("--lm-lr", type=float, default=3e-3)
     p.add_argument("--vision-hidden", type=int, default=64)
     p.add_argument("--vision-layers", type=int, default=3)
-    p.add_argument("--text-hidden", type=int, default=128)
+    p.add_argument("--text-hidden", type=int, default=96)
     p.add_argument("--text-layers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
