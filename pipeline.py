@@ -25,12 +25,13 @@ from train import build_model, parse_args, recipe, train, trained_tokens
 # Sizes of the classroom run and of the smoke test. Data and bases are made only when missing.
 # stage2_kinds: which of the world's stage-2 samples (conv, detail, complex, vqa) join easy-VQA train in the mix.
 # eval_questions / blind_questions: how many test questions to score (None: all) with the image / blind.
+# stage2_max_steps: stop stage 2 early (the smoke test); stage 1 of the smoke test runs its 8 epochs (16 steps).
 FULL = dict(world_train=5000, world_test=500, image_size=64, stage1_epochs=1, stage2_epochs=3, stage2_kinds=("vqa",),
             eval_questions=None, blind_questions=1000, suffix="",
             tiny=dict(clip_steps=2000, lm_steps=200, text_hidden=96))
-QUICK = dict(world_train=48, world_test=8, image_size=32, stage1_epochs=1, stage2_epochs=1,
+QUICK = dict(world_train=48, world_test=8, image_size=32, stage1_epochs=8, stage2_epochs=1,
              stage2_kinds=("conv", "detail", "complex", "vqa"), eval_questions=8, blind_questions=8,
-             suffix="-quick", max_steps=2,
+             suffix="-quick", stage2_max_steps=2,
              tiny=dict(image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2,
                        vocab_size=400, clip_steps=2, clip_batch=16, lm_steps=2, lm_batch=4, lm_block=64))
 
@@ -96,8 +97,7 @@ def run_pipeline(args) -> dict:
         spec.loader.exec_module(make_tiny)
         base_stats = make_tiny.make_tiny(data_dir, base_dir, evqa_train, **size["tiny"])
 
-    common = ["--threads", str(threads)] + (["--max-steps", str(size["max_steps"])] if "max_steps" in size else [])
-    common += ["--quiet"] if args.quiet else []
+    common = ["--threads", str(threads)] + (["--quiet"] if args.quiet else [])
     stage1 = ["--stage", "1", "--data", os.path.join(data_dir, "stage1.json"), "--image-root", data_dir,
               "--vision", os.path.join(base_dir, "tiny-clip"), "--llm", os.path.join(base_dir, "tiny-llama"),
               "--out", os.path.join(run_dir, "stage1"), "--epochs", str(size["stage1_epochs"])] + common
@@ -125,6 +125,7 @@ def run_pipeline(args) -> dict:
     stage2 = ["--stage", "2", "--data", world_mix] + evqa_train + \
              ["--image-root", data_dir] + ([evqa_dir] if use_evqa else []) + \
              ["--init", stage1_final, "--out", run_dir, "--epochs", str(size["stage2_epochs"]), "--group-by-length"] + common
+    stage2 += ["--max-steps", str(size["stage2_max_steps"])] if "stage2_max_steps" in size else []
     print("[4/6] stage 2: python train.py " + " ".join(stage2))
     final = train(parse_args(stage2))
 
