@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llava_mini import weights, world
-from llava_mini.config import CLIPConfig, TextConfig, read_config
+from llava_mini.config import CLIPConfig, TextConfig, read_config, read_json
 from llava_mini.conversation import tokenize_conversation
 from llava_mini.tokenizer import Tokenizer
 
@@ -115,3 +115,25 @@ def test_region_logits_target_each_objects_own_phrase(tokenizer_json):
     hidden2 = hidden.clone()
     hidden2[:, 1 + 2] += 100.0                         # patch (0, 2) lies in no box
     assert torch.allclose(make_tiny.region_logits(model, hidden2, regions, clip_tok, 32)[0], logits)
+
+
+def test_probe_tower_reads_colour_even_from_an_untrained_tower(tmp_path):
+    """benchmarks/probe_tower.py: per-object linear probes. Colour is linear in the raw pixels, so even an untrained
+    tower's patch features give it far above chance (1/11); the probe's labels line up with the objects."""
+    spec = importlib.util.spec_from_file_location("probe_tower", os.path.join(ROOT, "benchmarks", "probe_tower.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    data = str(tmp_path / "shapes")
+    world.generate_dataset(data, 120, 40, seed=0, image_size=32, quiet=True)
+    from llava_mini.clip import CLIPVisionModel
+    from llava_mini.config import VisionConfig
+    torch.manual_seed(0)
+    tower = make_tiny.init_weights(CLIPVisionModel(VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                                num_attention_heads=1, image_size=32, patch_size=8)))
+    scenes = read_json(os.path.join(data, "scenes_test.json"))
+    x, y = probe.object_features(tower, make_tiny.load_images(data, scenes, tower.config), scenes, layer=-2)
+    assert x.shape == (sum(len(s["objects"]) for s in scenes), 32)
+    assert y["colour"][0] == list(world.COLORS).index(scenes[0]["objects"][0]["color"])
+    result = probe.probe_tower(tower, data, n_train=120)
+    assert set(result) == {"shape", "colour", "position"}
+    assert result["colour"] > 0.5, result

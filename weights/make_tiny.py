@@ -331,7 +331,7 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
               text_hidden: int = 96, text_layers: int = 4, vocab_size: int = 1024,
               clip_steps: int = 2000, clip_batch: int = 64, clip_lr: float = 2e-3,
               lm_steps: int = 200, lm_batch: int = 32, lm_block: int = 128, lm_lr: float = 3e-3,
-              seed: int = 0) -> dict:
+              region_weight: float = 1.0, seed: int = 0) -> dict:
     """Make tokenizer, tiny CLIP and tiny LLaMA; write them to {out_dir}/tiny-clip and {out_dir}/tiny-llama.
     Returns the measurements (retrieval accuracy, LM losses) as a dict."""
     t0 = time.time()
@@ -359,7 +359,7 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     train_images = load_images(data_dir, text["train_scenes"], vision)
     test_images = load_images(data_dir, text["test_scenes"], vision)
     clip = train_clip(clip_config, train_images, text["train_scenes"], clip_tok, steps=clip_steps,
-                      batch_size=clip_batch, lr=clip_lr, seed=seed)
+                      batch_size=clip_batch, lr=clip_lr, seed=seed, region_weight=region_weight)
     pool = min(100, len(text["test_scenes"]))
     retrieval = retrieval_accuracy(clip, test_images, text["test_scenes"], clip_tok, text_tower.max_position_embeddings,
                                    pool=pool)
@@ -408,6 +408,8 @@ def main(argv=None):
     p.add_argument("--vision-layers", type=int, default=3)
     p.add_argument("--text-hidden", type=int, default=96)
     p.add_argument("--text-layers", type=int, default=4)
+    p.add_argument("--region-weight", type=float, default=1.0,
+                   help="weight of the object-phrase term of the CLIP loss (0: image-caption pairs only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = p.parse_args(argv)
@@ -416,7 +418,7 @@ def main(argv=None):
     make_tiny(args.data, args.out, args.extra_text, clip_steps=args.clip_steps, clip_batch=args.clip_batch,
               clip_lr=args.clip_lr, lm_steps=args.lm_steps, lm_batch=args.lm_batch, lm_lr=args.lm_lr,
               vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, text_hidden=args.text_hidden,
-              text_layers=args.text_layers, seed=args.seed)
+              text_layers=args.text_layers, region_weight=args.region_weight, seed=args.seed)
 
 
 if __name__ == "__main__":
