@@ -5,7 +5,7 @@
 
 LLaVA reads the tower's patch features at `--layer` (-2) and never trains the tower, so whatever these features do not
 carry, stage 2 cannot learn. For each object of a scene we average the patch features inside its box (the patches that
-`make_tiny.object_regions` picks), then fit one linear classifier per attribute on train scenes and score it on the
+`tiny_clip.object_regions` picks), then fit one linear classifier per attribute on train scenes and score it on the
 held-out scenes. Chance: shape 1/6, colour 1/11, position 1/9 (the 3x3 grid the teacher names, every object labelled).
 """
 import argparse
@@ -21,7 +21,8 @@ from llava_mini import weights, world  # noqa: E402
 from llava_mini.clip import CLIPVisionModel  # noqa: E402
 from llava_mini.config import read_json  # noqa: E402
 from llava_mini.teacher import position_name  # noqa: E402
-from weights.make_tiny import init_weights, load_images, object_regions  # noqa: E402
+from weights.make_tiny import init_weights, load_images  # noqa: E402
+from weights.tiny_clip import object_regions  # noqa: E402
 
 POSITIONS = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"]
 

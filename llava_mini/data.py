@@ -187,8 +187,9 @@ class LlavaDataset(torch.utils.data.Dataset):
 
     Stage 1 uses template "plain", stage 2 "vicuna_v1" (or another, see conversation.py). All entries are checked
     and tokenized once, up front (fast, no images), so `lengths` is known for length-grouped batching and every bad
-    entry is reported before training starts; the token ids are kept (int32) and reused every epoch. Images are loaded in __getitem__; with skip_bad=True a broken one
-    makes __getitem__ return None (collate drops it) and is counted.
+    entry is reported before training starts; the token ids are kept (int32) and reused every epoch. Images are
+    loaded in __getitem__; with skip_bad=True a broken one makes __getitem__ return None (collate drops it) and is
+    counted.
     """
 
     def __init__(self, path: str, image_folder: str, tokenizer: Tokenizer, template: str, config: LlavaConfig,

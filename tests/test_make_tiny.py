@@ -1,4 +1,5 @@
-"""weights/make_tiny.py: the LLaMA-shaped BPE tokenizer, and tiny bases that the real loaders read back."""
+"""weights/make_tiny.py and weights/tiny_clip.py: the LLaMA-shaped BPE tokenizer, the tiny CLIP's pairs, and tiny bases
+that the real loaders read back."""
 import importlib.util
 import os
 
@@ -13,7 +14,8 @@ from llava_mini.tokenizer import Tokenizer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("make_tiny", os.path.join(ROOT, "weights", "make_tiny.py"))
 make_tiny = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(make_tiny)
+spec.loader.exec_module(make_tiny)          # puts the repository root on sys.path
+import weights.tiny_clip as tiny_clip  # noqa: E402
 
 TEXTS = ["A red circle at the top left and a blue square in the center.",
          "A chat between a curious user and an artificial intelligence assistant. USER: How many objects are there?"
@@ -71,7 +73,7 @@ def test_make_tiny_writes_loadable_hf_folders(tmp_path):
     assert clip.config.vision_config.image_size == 32
     # the CLIP text tower pools at its own end-of-text token, the last id of its tokenizer (not </s> = 2)
     clip_tok = Tokenizer.from_file(clip_dir)
-    assert clip.config.text_config.eos_token_id == clip_tok.token_to_id(make_tiny.END_OF_TEXT) == clip_tok.vocab_size - 1
+    assert clip.config.text_config.eos_token_id == clip_tok.token_to_id(tiny_clip.END_OF_TEXT) == clip_tok.vocab_size - 1
     # the vision tower alone loads too: LLaVA's view of the checkpoint
     tower = weights.load_clip(clip_dir, vision_only=True)
     assert torch.equal(tower.vision_model.embeddings.patch_embedding.weight,
@@ -85,7 +87,7 @@ def test_object_regions_cover_the_patches_inside_each_box():
         {"shape": "star", "color": "red", "size": "large", "bbox": [0.0, 0.0, 0.5, 0.5], "center": [0.25, 0.25]},
         # a box that holds no patch centre (grid 4: centres at 1/8, 3/8, 5/8, 7/8) falls back to its centre patch
         {"shape": "circle", "color": "blue", "size": "small", "bbox": [0.52, 0.52, 0.6, 0.6], "center": [0.56, 0.56]}]}
-    masks, phrases = make_tiny.object_regions(scene, grid=4)
+    masks, phrases = tiny_clip.object_regions(scene, grid=4)
     assert masks.shape == (2, 16)
     assert masks[0].view(4, 4).nonzero().tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
     assert masks[1].view(4, 4).nonzero().tolist() == [[2, 2]]
@@ -94,8 +96,8 @@ def test_object_regions_cover_the_patches_inside_each_box():
 
 def test_region_logits_target_each_objects_own_phrase(tokenizer_json):
     from tokenizers import Tokenizer as HFTokenizer
-    clip_tok = make_tiny.clip_tokenizer(HFTokenizer.from_file(tokenizer_json))
-    eot = clip_tok.token_to_id(make_tiny.END_OF_TEXT)
+    clip_tok = tiny_clip.clip_tokenizer(HFTokenizer.from_file(tokenizer_json))
+    eot = clip_tok.token_to_id(tiny_clip.END_OF_TEXT)
     from llava_mini.config import CLIPTextConfig, VisionConfig
     config = CLIPConfig(vision_config=VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                    num_attention_heads=1, image_size=32, patch_size=8, projection_dim=32),
@@ -106,15 +108,15 @@ def test_region_logits_target_each_objects_own_phrase(tokenizer_json):
     model = make_tiny.init_weights(make_tiny.CLIPModel(config))
     one = ({"shape": "star", "color": "red", "size": "large", "bbox": [0, 0, .5, .5], "center": [.25, .25]})
     two = ({"shape": "circle", "color": "blue", "size": "small", "bbox": [.5, .5, 1, 1], "center": [.75, .75]})
-    regions = [make_tiny.object_regions({"objects": [one, two]}, 4), make_tiny.object_regions({"objects": [one]}, 4)]
+    regions = [tiny_clip.object_regions({"objects": [one, two]}, 4), tiny_clip.object_regions({"objects": [one]}, 4)]
     hidden = torch.randn(2, 17, 32)
-    logits, targets = make_tiny.region_logits(model, hidden, regions, clip_tok, 32)
+    logits, targets = tiny_clip.region_logits(model, hidden, regions, clip_tok, 32)
     assert logits.shape == (3, 2)                      # 3 objects, 2 distinct phrases (the repeated one counted once)
     assert targets.tolist() == [0, 1, 0]               # sorted phrases: "large red star ..." < "small blue circle ..."
     # each region is the mean of its own patches: moving a patch outside every box changes nothing
     hidden2 = hidden.clone()
     hidden2[:, 1 + 2] += 100.0                         # patch (0, 2) lies in no box
-    assert torch.allclose(make_tiny.region_logits(model, hidden2, regions, clip_tok, 32)[0], logits)
+    assert torch.allclose(tiny_clip.region_logits(model, hidden2, regions, clip_tok, 32)[0], logits)
 
 
 def test_probe_tower_reads_colour_even_from_an_untrained_tower(tmp_path):

@@ -41,14 +41,14 @@ from llava_mini.config import CLIPConfig, CLIPTextConfig, read_json, tiny_text, 
 from llava_mini.conversation import get_template                                  # noqa: E402
 from llava_mini.data import load_image, preprocess_image                          # noqa: E402
 from llava_mini.llama import LlamaForCausalLM                                     # noqa: E402
-from llava_mini.teacher import position_name                                      # noqa: E402
 from llava_mini.tokenizer import IMAGE_TOKEN, Tokenizer                           # noqa: E402
 from llava_mini.train_utils import shuffled_turns                                 # noqa: E402
+from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, encode_captions, object_regions,  # noqa: E402
+                               region_accuracy, region_logits, retrieval_accuracy)
 
 SPACE = "\u2581"                      # SentencePiece's visible space, as in LLaMA's tokenizer
 SPECIALS = ["<unk>", "<s>", "</s>"]   # ids 0, 1, 2, as in LLaMA
 CHAT_TEMPLATE = "vicuna_v1"           # the LM learns the stage-2 chat format from text alone
-END_OF_TEXT = "<|endoftext|>"         # the tiny CLIP text tower's pooling token (see clip_tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -144,31 +144,6 @@ def load_images(data_dir: str, scenes: list[dict], vision_config) -> torch.Tenso
                         for s in tqdm(scenes, desc="images", leave=False)])
 
 
-def clip_tokenizer(llama_tokenizer):
-    """CLIP's text tower gets its own end-of-text token, the last id, as in OpenAI's CLIP (<|endoftext|> = 49407).
-    It cannot reuse </s> = 2: HF CLIP configs with eos_token_id == 2 pool at argmax(input_ids), an old quirk that
-    only works when the end-of-text token has the largest id."""
-    from tokenizers import Tokenizer as HFTokenizer
-    tok = HFTokenizer.from_str(llama_tokenizer.to_str())
-    tok.add_special_tokens([END_OF_TEXT])
-    return tok
-
-
-def encode_captions(tok, captions: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP text input: <s> caption <|endoftext|>, right-padded with <|endoftext|>; returns (ids, attention_mask),
-    both (N, longest <= max_len). The text tower pools the hidden state at the first <|endoftext|>."""
-    bos, eot = tok.token_to_id("<s>"), tok.token_to_id(END_OF_TEXT)
-    ids = torch.full((len(captions), max_len), eot, dtype=torch.long)
-    mask = torch.zeros(len(captions), max_len, dtype=torch.long)
-    for i, c in enumerate(captions):
-        t = ([bos] + tok.encode(c, add_special_tokens=False).ids + [eot])[:max_len]
-        t[-1] = eot
-        ids[i, :len(t)] = torch.tensor(t)
-        mask[i, :len(t)] = 1
-    longest = int(mask.sum(1).max()) if len(captions) else 0
-    return ids[:, :longest], mask[:, :longest]           # no columns of padding only: they would cost compute
-
-
 def init_weights(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
     """GPT-2 / HF-style initialisation: weights N(0, 0.02), biases 0, norms 1. PyTorch's defaults (N(0, 1) for
     embeddings) would start a tied LM with huge logits and a loss far above log(vocab)."""
@@ -198,35 +173,6 @@ def optimizer_step(model, opt, sched, loss) -> None:
     sched.step()
 
 
-def object_regions(scene: dict, grid: int) -> tuple[torch.Tensor, list[str]]:
-    """Each object's patches and its phrase: masks (n_objects, grid*grid), 1 for the patches whose centre lies in
-    the object's box (its centre patch if none does), and phrases like "small red star at the top left"."""
-    masks = torch.zeros(len(scene["objects"]), grid, grid)
-    phrases = []
-    for k, o in enumerate(scene["objects"]):
-        x0, y0, x1, y1 = (v * grid - 0.5 for v in o["bbox"])   # box in patch-centre coordinates
-        rows = [r for r in range(grid) if y0 <= r <= y1] or [min(grid - 1, int(o["center"][1] * grid))]
-        cols = [c for c in range(grid) if x0 <= c <= x1] or [min(grid - 1, int(o["center"][0] * grid))]
-        masks[k, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = 1
-        where = position_name(*o["center"], margin=0)
-        phrases.append(f"{o['size']} {o['color']} {o['shape']} " + ("in the center" if where == "center" else f"at the {where}"))
-    return masks.flatten(1), phrases
-
-
-def region_logits(model: CLIPModel, hidden: torch.Tensor, regions: list, tokenizer, max_len: int):
-    """Region-phrase similarities. hidden: (B, 1 + P, H), the layer LLaVA reads; regions[b] = object_regions of
-    scene b. Each region is its patches' mean, through the same post-LayerNorm and projection as the CLS token.
-    Returns (logits (R, n_phrases), targets (R,)): each region should pick its own phrase among the batch's."""
-    masks = torch.cat([m for m, _ in regions])                                           # (R, P)
-    owner = torch.cat([torch.full((len(m),), b) for b, (m, _) in enumerate(regions)])    # (R,)
-    pooled = torch.einsum("rp,rph->rh", masks, hidden[owner, 1:]) / masks.sum(1, keepdim=True)   # (R, H)
-    region = F.normalize(model.visual_projection(model.vision_model.post_layernorm(pooled)), dim=-1)
-    names = [p for _, ps in regions for p in ps]
-    unique = sorted(set(names))
-    text = F.normalize(model.get_text_features(*encode_captions(tokenizer, unique, max_len)), dim=-1)
-    return region @ text.t() * model.logit_scale.exp(), torch.tensor([unique.index(p) for p in names])
-
-
 def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tokenizer, *, steps: int,
                batch_size: int, lr: float, seed: int, feature_layer: int = -2, region_weight: float = 1.0) -> CLIPModel:
     """CLIP's contrastive loss on (image, caption) pairs, plus the same loss on (object region, phrase) pairs.
@@ -251,43 +197,14 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
         image = F.normalize(model.visual_projection(out.pooler_output), dim=-1)
         text = F.normalize(model.get_text_features(ids, mask), dim=-1)
         image_loss = clip_loss(image @ text.t() * model.logit_scale.exp())
-        logits, targets = region_logits(model, out.hidden_states[feature_layer], [regions[i] for i in idx],
-                                        tokenizer, max_len)
-        region_loss = F.cross_entropy(logits, targets)
-        optimizer_step(model, opt, sched, image_loss + region_weight * region_loss)
-        bar.set_postfix(image=f"{image_loss.item():.3f}", region=f"{region_loss.item():.3f}")
+        losses = {"image": image_loss}
+        if region_weight:                    # 0: the image-caption ablation, which need not compute the term at all
+            logits, targets = region_logits(model, out.hidden_states[feature_layer], [regions[i] for i in idx],
+                                            tokenizer, max_len)
+            losses["region"] = F.cross_entropy(logits, targets)
+        optimizer_step(model, opt, sched, image_loss + region_weight * losses.get("region", 0.0))
+        bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()})
     return model.eval()
-
-
-@torch.no_grad()
-def region_accuracy(model: CLIPModel, images: torch.Tensor, scenes: list[dict], tokenizer, max_len: int,
-                    feature_layer: int = -2, pool: int = 100) -> float:
-    """Zero-shot object->phrase retrieval: does each held-out object's region pick its own phrase among all the
-    phrases of `pool` scenes? This is the check that the patch features know shape and position, not just colour."""
-    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
-    hits = total = 0
-    for start in range(0, len(scenes) - pool + 1, pool):
-        hidden = model.vision_model(images[start:start + pool], output_hidden_states=True).hidden_states[feature_layer]
-        logits, targets = region_logits(model, hidden, [object_regions(s, grid) for s in scenes[start:start + pool]],
-                                        tokenizer, max_len)
-        hits += (logits.argmax(1) == targets).sum().item()
-        total += len(targets)
-    return hits / max(1, total)
-
-
-@torch.no_grad()
-def retrieval_accuracy(model: CLIPModel, images: torch.Tensor, scenes: list[dict], tokenizer, max_len: int,
-                       pool: int = 100) -> float:
-    """Zero-shot image->caption retrieval: among `pool` held-out scenes' first captions, does each image pick its own?
-    Chance is 1/pool."""
-    hits = total = 0
-    for start in range(0, len(scenes) - pool + 1, pool):
-        chunk = scenes[start:start + pool]
-        ids, mask = encode_captions(tokenizer, [s["captions"][0] for s in chunk], max_len)
-        logits = model(images[start:start + pool], ids, mask)                  # (pool images, pool captions)
-        hits += (logits.argmax(dim=1) == torch.arange(len(chunk))).sum().item()
-        total += len(chunk)
-    return hits / max(1, total)
 
 
 # ---------------------------------------------------------------------------------------------------------------

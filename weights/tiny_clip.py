@@ -1,0 +1,104 @@
+"""The tiny CLIP's pairs and checks: what it contrasts, and how we score what it learned.
+
+Used by weights/make_tiny.py (whose train_clip loop runs both losses) and benchmarks/probe_tower.py.
+- Text side: the CLIP tokenizer (the LLaMA-style BPE plus its own end-of-text token) and caption encoding.
+- Image-caption pairs: CLIP's loss (llava_mini.clip.clip_loss) on each scene and one of its captions.
+- Object-phrase pairs: each object's patches at the layer LLaVA reads, against "small red star at the top left"
+  (why: make_tiny.train_clip and tutorials/07_training.md, section 6).
+- Checks on held-out scenes: image->caption and object->phrase retrieval.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from llava_mini.clip import CLIPModel
+from llava_mini.teacher import position_name
+
+END_OF_TEXT = "<|endoftext|>"         # the tiny CLIP text tower's pooling token (see clip_tokenizer)
+
+
+def clip_tokenizer(llama_tokenizer):
+    """CLIP's text tower gets its own end-of-text token, the last id, as in OpenAI's CLIP (<|endoftext|> = 49407).
+    It cannot reuse </s> = 2: HF CLIP configs with eos_token_id == 2 pool at argmax(input_ids), an old quirk that
+    only works when the end-of-text token has the largest id."""
+    from tokenizers import Tokenizer as HFTokenizer
+    tok = HFTokenizer.from_str(llama_tokenizer.to_str())
+    tok.add_special_tokens([END_OF_TEXT])
+    return tok
+
+
+def encode_captions(tok, captions: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP text input: <s> caption <|endoftext|>, right-padded with <|endoftext|>; returns (ids, attention_mask),
+    both (N, longest <= max_len). The text tower pools the hidden state at the first <|endoftext|>."""
+    bos, eot = tok.token_to_id("<s>"), tok.token_to_id(END_OF_TEXT)
+    ids = torch.full((len(captions), max_len), eot, dtype=torch.long)
+    mask = torch.zeros(len(captions), max_len, dtype=torch.long)
+    for i, c in enumerate(captions):
+        t = ([bos] + tok.encode(c, add_special_tokens=False).ids + [eot])[:max_len]
+        t[-1] = eot
+        ids[i, :len(t)] = torch.tensor(t)
+        mask[i, :len(t)] = 1
+    longest = int(mask.sum(1).max()) if len(captions) else 0
+    return ids[:, :longest], mask[:, :longest]           # no columns of padding only: they would cost compute
+
+
+def object_regions(scene: dict, grid: int) -> tuple[torch.Tensor, list[str]]:
+    """Each object's patches and its phrase: masks (n_objects, grid*grid), 1 for the patches whose centre lies in
+    the object's box (its centre patch if none does), and phrases like "small red star at the top left"."""
+    masks = torch.zeros(len(scene["objects"]), grid, grid)
+    phrases = []
+    for k, o in enumerate(scene["objects"]):
+        x0, y0, x1, y1 = (v * grid - 0.5 for v in o["bbox"])   # box in patch-centre coordinates
+        rows = [r for r in range(grid) if y0 <= r <= y1] or [min(grid - 1, int(o["center"][1] * grid))]
+        cols = [c for c in range(grid) if x0 <= c <= x1] or [min(grid - 1, int(o["center"][0] * grid))]
+        masks[k, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = 1
+        where = position_name(*o["center"], margin=0)
+        phrases.append(f"{o['size']} {o['color']} {o['shape']} " + ("in the center" if where == "center" else f"at the {where}"))
+    return masks.flatten(1), phrases
+
+
+def region_logits(model: CLIPModel, hidden: torch.Tensor, regions: list, tokenizer, max_len: int):
+    """Region-phrase similarities. hidden: (B, 1 + P, H), the layer LLaVA reads; regions[b] = object_regions of
+    scene b. Each region is its patches' mean, through the same post-LayerNorm and projection as the CLS token.
+    Returns (logits (R, n_phrases), targets (R,)): each region should pick its own phrase among the batch's."""
+    masks = torch.cat([m for m, _ in regions])                                           # (R, P)
+    owner = torch.cat([torch.full((len(m),), b) for b, (m, _) in enumerate(regions)])    # (R,)
+    pooled = torch.einsum("rp,rph->rh", masks, hidden[owner, 1:]) / masks.sum(1, keepdim=True)   # (R, H)
+    region = F.normalize(model.visual_projection(model.vision_model.post_layernorm(pooled)), dim=-1)
+    names = [p for _, ps in regions for p in ps]
+    unique = sorted(set(names))
+    text = F.normalize(model.get_text_features(*encode_captions(tokenizer, unique, max_len)), dim=-1)
+    index = {p: i for i, p in enumerate(unique)}
+    return region @ text.t() * model.logit_scale.exp(), torch.tensor([index[p] for p in names])
+
+
+@torch.no_grad()
+def region_accuracy(model: CLIPModel, images: torch.Tensor, scenes: list[dict], tokenizer, max_len: int,
+                    feature_layer: int = -2, pool: int = 100) -> float:
+    """Zero-shot object->phrase retrieval: does each held-out object's region pick its own phrase among all the
+    phrases of `pool` scenes? This is the check that the patch features know shape and position, not just colour."""
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    hits = total = 0
+    for start in range(0, len(scenes) - pool + 1, pool):
+        hidden = model.vision_model(images[start:start + pool], output_hidden_states=True).hidden_states[feature_layer]
+        logits, targets = region_logits(model, hidden, [object_regions(s, grid) for s in scenes[start:start + pool]],
+                                        tokenizer, max_len)
+        hits += (logits.argmax(1) == targets).sum().item()
+        total += len(targets)
+    return hits / max(1, total)
+
+
+@torch.no_grad()
+def retrieval_accuracy(model: CLIPModel, images: torch.Tensor, scenes: list[dict], tokenizer, max_len: int,
+                       pool: int = 100) -> float:
+    """Zero-shot image->caption retrieval: among `pool` held-out scenes' first captions, does each image pick its own?
+    Chance is 1/pool."""
+    hits = total = 0
+    for start in range(0, len(scenes) - pool + 1, pool):
+        chunk = scenes[start:start + pool]
+        ids, mask = encode_captions(tokenizer, [s["captions"][0] for s in chunk], max_len)
+        logits = model(images[start:start + pool], ids, mask)                  # (pool images, pool captions)
+        hits += (logits.argmax(dim=1) == torch.arange(len(chunk))).sum().item()
+        total += len(chunk)
+    return hits / max(1, total)
