@@ -103,6 +103,7 @@ def run_pipeline(args) -> dict:
               "--out", os.path.join(run_dir, "stage1"), "--epochs", str(size["stage1_epochs"])] + common
     print("[3/6] stage 1: python train.py " + " ".join(stage1))
     stage1_args = parse_args(stage1)
+    torch.manual_seed(stage1_args.seed)                 # as train() does: the same initial projector it will train
     model, tokenizer_json = build_model(stage1_args, recipe(stage1_args))
     tokenizer = Tokenizer.from_file(tokenizer_json)
     heldout = LlavaDataset(heldout_captions(data_dir, os.path.join(work, "data", f"heldout_captions{size['suffix']}.json")),

@@ -22,10 +22,7 @@ from llava_mini.clip import CLIPVisionModel  # noqa: E402
 from llava_mini.config import read_json  # noqa: E402
 from llava_mini.teacher import position_name  # noqa: E402
 from weights.make_tiny import init_weights, load_images  # noqa: E402
-from weights.tiny_clip import object_regions  # noqa: E402
-
-POSITIONS = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"]
-
+from weights.tiny_clip import POSITIONS, object_regions  # noqa: E402
 
 @torch.no_grad()
 def object_features(tower: CLIPVisionModel, images: torch.Tensor, scenes: list[dict], layer: int,

@@ -117,6 +117,27 @@ def test_region_logits_target_each_objects_own_phrase(tokenizer_json):
     hidden2 = hidden.clone()
     hidden2[:, 1 + 2] += 100.0                         # patch (0, 2) lies in no box
     assert torch.allclose(tiny_clip.region_logits(model, hidden2, regions, clip_tok, 32)[0], logits)
+    # hard negatives join the candidates; each region still targets its own phrase, and a negative that is some
+    # region's own phrase is not counted twice
+    negatives = tiny_clip.counterfactual_phrases({"objects": [one]}) + ["small blue circle at the bottom right"]
+    logits, targets = tiny_clip.region_logits(model, hidden, regions, clip_tok, 32, negatives)
+    phrases = sorted({"large red star at the top left", "small blue circle at the bottom right"} | set(negatives))
+    assert logits.shape == (3, len(phrases)) == (3, 1 + 5 + 8 + 1)
+    assert [phrases[t] for t in targets] == ["large red star at the top left", "small blue circle at the bottom right",
+                                             "large red star at the top left"]
+
+
+def test_counterfactual_phrases_swap_only_the_shape_or_only_the_position():
+    scene = {"objects": [{"shape": "star", "color": "red", "size": "large", "center": [0.5, 0.5]}]}
+    phrases = tiny_clip.counterfactual_phrases(scene)
+    assert phrases[:5] == [f"large red {s} in the center" for s in ("circle", "square", "rectangle", "triangle",
+                                                                    "diamond")]
+    assert phrases[5:] == [f"large red star at the {w}" for w in tiny_clip.POSITIONS if w != "center"]
+    assert "large red star in the center" not in phrases and len(set(phrases)) == 13
+    # sampled (what training uses): one of each kind per object, drawn from the same lists
+    import random
+    sampled = tiny_clip.counterfactual_phrases({"objects": scene["objects"] * 2}, random.Random(0))
+    assert len(sampled) == 4 and sampled[0] in phrases[:5] and sampled[1] in phrases[5:]
 
 
 def test_probe_tower_reads_colour_even_from_an_untrained_tower(tmp_path):

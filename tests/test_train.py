@@ -223,3 +223,26 @@ def test_skip_bad_trains_on_and_reports_the_broken_images_at_the_end(tiny, tmp_p
     assert "skipped 1 samples" in err and "does-not-exist.png" in err
     with pytest.raises(Exception, match="does-not-exist.png"):     # without --skip-bad the same file is an error
         train.train(train.parse_args([a for a in args if a != "--skip-bad"]))
+
+
+def _short_answer_sample(n: int) -> dict:
+    from llava_mini.conversation import SHORT_ANSWER_PROMPT
+    turns = []
+    for i in range(n):
+        turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + f"Question {i}?" + SHORT_ANSWER_PROMPT},
+                  {"from": "gpt", "value": f"answer {i}"}]
+    return {"id": "s_vqa", "image": "x.png", "conversations": turns}
+
+
+def test_shuffled_turns_keeps_each_answer_with_its_question_and_the_image_first():
+    from llava_mini.train_utils import shuffled_turns
+    entry = _short_answer_sample(6)
+    out = shuffled_turns(entry, seed=0)
+    turns = out["conversations"]
+    assert turns != entry["conversations"] and out["id"] == "s_vqa"
+    assert turns[0]["value"].startswith("<image>\n") and sum("<image>" in t["value"] for t in turns) == 1
+    for q, a in zip(turns[::2], turns[1::2]):
+        assert q["value"].replace("<image>\n", "").startswith(f"Question {a['value'].split()[1]}?")
+    assert shuffled_turns(entry, seed=0) == out and shuffled_turns(entry, seed=1) != out
+    assert entry == _short_answer_sample(6)                        # the input is not modified
+

@@ -43,8 +43,8 @@ from llava_mini.data import load_image, preprocess_image                        
 from llava_mini.llama import LlamaForCausalLM                                     # noqa: E402
 from llava_mini.tokenizer import IMAGE_TOKEN, Tokenizer                           # noqa: E402
 from llava_mini.train_utils import shuffled_turns                                 # noqa: E402
-from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, encode_captions, object_regions,  # noqa: E402
-                               region_accuracy, region_logits, retrieval_accuracy)
+from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions,  # noqa: E402
+                               object_regions, region_accuracy, region_logits, retrieval_accuracy)
 
 SPACE = "\u2581"                      # SentencePiece's visible space, as in LLaMA's tokenizer
 SPECIALS = ["<unk>", "<s>", "</s>"]   # ids 0, 1, 2, as in LLaMA
@@ -174,13 +174,17 @@ def optimizer_step(model, opt, sched, loss) -> None:
 
 
 def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tokenizer, *, steps: int,
-               batch_size: int, lr: float, seed: int, feature_layer: int = -2, region_weight: float = 1.0) -> CLIPModel:
+               batch_size: int, lr: float, seed: int, feature_layer: int = -2, region_weight: float = 1.0,
+               hard_negatives: bool = True) -> CLIPModel:
     """CLIP's contrastive loss on (image, caption) pairs, plus the same loss on (object region, phrase) pairs.
 
     Why the second term: in a batch of world scenes the colours alone tell the captions apart, so the image-level
     loss is solved without shape or position, and LLaVA's patch features (layer `feature_layer`) then carry colour
     only. Contrasting each object's patches with its phrase ("small red star at the top left"), as region-level
-    CLIPs do, puts shape and position into exactly the features the LLM will read."""
+    CLIPs do, puts shape and position into exactly the features the LLM will read. With `hard_negatives` each
+    region also competes with its own phrase with the shape swapped and with the position swapped (one random swap of
+    each per step, counterfactual_phrases), which a batch rarely supplies: held-out shape probe 75% -> 80%,
+    object->phrase retrieval 89% -> 94%, for 25% more time per step (README)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = init_weights(CLIPModel(config))
@@ -199,8 +203,9 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
         image_loss = clip_loss(image @ text.t() * model.logit_scale.exp())
         losses = {"image": image_loss}
         if region_weight:                    # 0: the image-caption ablation, which need not compute the term at all
+            negatives = [p for i in idx for p in counterfactual_phrases(scenes[i], rng)] if hard_negatives else []
             logits, targets = region_logits(model, out.hidden_states[feature_layer], [regions[i] for i in idx],
-                                            tokenizer, max_len)
+                                            tokenizer, max_len, negatives)
             losses["region"] = F.cross_entropy(logits, targets)
         optimizer_step(model, opt, sched, image_loss + region_weight * losses.get("region", 0.0))
         bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()})
@@ -248,7 +253,7 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
               text_hidden: int = 96, text_layers: int = 4, vocab_size: int = 1024,
               clip_steps: int = 2000, clip_batch: int = 64, clip_lr: float = 2e-3,
               lm_steps: int = 200, lm_batch: int = 32, lm_block: int = 128, lm_lr: float = 3e-3,
-              region_weight: float = 1.0, seed: int = 0) -> dict:
+              region_weight: float = 1.0, hard_negatives: bool = True, seed: int = 0) -> dict:
     """Make tokenizer, tiny CLIP and tiny LLaMA; write them to {out_dir}/tiny-clip and {out_dir}/tiny-llama.
     Returns the measurements (retrieval accuracy, LM losses) as a dict."""
     t0 = time.time()
@@ -276,7 +281,8 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     train_images = load_images(data_dir, text["train_scenes"], vision)
     test_images = load_images(data_dir, text["test_scenes"], vision)
     clip = train_clip(clip_config, train_images, text["train_scenes"], clip_tok, steps=clip_steps,
-                      batch_size=clip_batch, lr=clip_lr, seed=seed, region_weight=region_weight)
+                      batch_size=clip_batch, lr=clip_lr, seed=seed, region_weight=region_weight,
+                      hard_negatives=hard_negatives)
     pool = min(100, len(text["test_scenes"]))
     retrieval = retrieval_accuracy(clip, test_images, text["test_scenes"], clip_tok, text_tower.max_position_embeddings,
                                    pool=pool)
@@ -327,6 +333,8 @@ def main(argv=None):
     p.add_argument("--text-layers", type=int, default=4)
     p.add_argument("--region-weight", type=float, default=1.0,
                    help="weight of the object-phrase term of the CLIP loss (0: image-caption pairs only)")
+    p.add_argument("--no-hard-negatives", action="store_true",
+                   help="the object-phrase term without the shape- and position-swapped phrases (the ablation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = p.parse_args(argv)
@@ -335,7 +343,8 @@ def main(argv=None):
     make_tiny(args.data, args.out, args.extra_text, clip_steps=args.clip_steps, clip_batch=args.clip_batch,
               clip_lr=args.clip_lr, lm_steps=args.lm_steps, lm_batch=args.lm_batch, lm_lr=args.lm_lr,
               vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, text_hidden=args.text_hidden,
-              text_layers=args.text_layers, region_weight=args.region_weight, seed=args.seed)
+              text_layers=args.text_layers, region_weight=args.region_weight,
+              hard_negatives=not args.no_hard_negatives, seed=args.seed)
 
 
 if __name__ == "__main__":

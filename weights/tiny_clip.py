@@ -9,11 +9,17 @@ Used by weights/make_tiny.py (whose train_clip loop runs both losses) and benchm
 """
 from __future__ import annotations
 
+import random
+
 import torch
 import torch.nn.functional as F
 
 from llava_mini.clip import CLIPModel
 from llava_mini.teacher import position_name
+from llava_mini.world import SHAPES
+
+# The 3x3 grid the teacher names (teacher.position_name with margin 0), row by row.
+POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 
 END_OF_TEXT = "<|endoftext|>"         # the tiny CLIP text tower's pooling token (see clip_tokenizer)
 
@@ -43,6 +49,11 @@ def encode_captions(tok, captions: list[str], max_len: int) -> tuple[torch.Tenso
     return ids[:, :longest], mask[:, :longest]           # no columns of padding only: they would cost compute
 
 
+def object_phrase(size: str, color: str, shape: str, where: str) -> str:
+    """"small red star at the top left": what the region term contrasts an object's patches with."""
+    return f"{size} {color} {shape} " + ("in the center" if where == "center" else f"at the {where}")
+
+
 def object_regions(scene: dict, grid: int) -> tuple[torch.Tensor, list[str]]:
     """Each object's patches and its phrase: masks (n_objects, grid*grid), 1 for the patches whose centre lies in
     the object's box (its centre patch if none does), and phrases like "small red star at the top left"."""
@@ -53,21 +64,36 @@ def object_regions(scene: dict, grid: int) -> tuple[torch.Tensor, list[str]]:
         rows = [r for r in range(grid) if y0 <= r <= y1] or [min(grid - 1, int(o["center"][1] * grid))]
         cols = [c for c in range(grid) if x0 <= c <= x1] or [min(grid - 1, int(o["center"][0] * grid))]
         masks[k, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = 1
-        where = position_name(*o["center"], margin=0)
-        phrases.append(f"{o['size']} {o['color']} {o['shape']} " + ("in the center" if where == "center" else f"at the {where}"))
+        phrases.append(object_phrase(o["size"], o["color"], o["shape"], position_name(*o["center"], margin=0)))
     return masks.flatten(1), phrases
 
 
-def region_logits(model: CLIPModel, hidden: torch.Tensor, regions: list, tokenizer, max_len: int):
+def counterfactual_phrases(scene: dict, rng: random.Random | None = None) -> list[str]:
+    """Hard negatives for the region term: each object's phrase with another shape, and with another position.
+    A batch's own phrases mostly differ in colour, which the patches learn first; these differ only in what they
+    learn last (as NegCLIP's swapped captions do for word order). With `rng`, one random swap of each kind per
+    object instead of all 5 + 8: the text tower's cost grows with the number of distinct phrases."""
+    out = []
+    for o in scene["objects"]:
+        where = position_name(*o["center"], margin=0)
+        shapes = [object_phrase(o["size"], o["color"], s, where) for s in SHAPES if s != o["shape"]]
+        places = [object_phrase(o["size"], o["color"], o["shape"], w) for w in POSITIONS if w != where]
+        out += [rng.choice(shapes), rng.choice(places)] if rng else shapes + places
+    return out
+
+
+def region_logits(model: CLIPModel, hidden: torch.Tensor, regions: list, tokenizer, max_len: int,
+                  negatives: list[str] = ()):
     """Region-phrase similarities. hidden: (B, 1 + P, H), the layer LLaVA reads; regions[b] = object_regions of
     scene b. Each region is its patches' mean, through the same post-LayerNorm and projection as the CLS token.
-    Returns (logits (R, n_phrases), targets (R,)): each region should pick its own phrase among the batch's."""
+    Returns (logits (R, n_phrases), targets (R,)): each region should pick its own phrase among the batch's and
+    the extra `negatives`."""
     masks = torch.cat([m for m, _ in regions])                                           # (R, P)
     owner = torch.cat([torch.full((len(m),), b) for b, (m, _) in enumerate(regions)])    # (R,)
     pooled = torch.einsum("rp,rph->rh", masks, hidden[owner, 1:]) / masks.sum(1, keepdim=True)   # (R, H)
     region = F.normalize(model.visual_projection(model.vision_model.post_layernorm(pooled)), dim=-1)
     names = [p for _, ps in regions for p in ps]
-    unique = sorted(set(names))
+    unique = sorted(set(names) | set(negatives))
     text = F.normalize(model.get_text_features(*encode_captions(tokenizer, unique, max_len)), dim=-1)
     index = {p: i for i, p in enumerate(unique)}
     return region @ text.t() * model.logit_scale.exp(), torch.tensor([index[p] for p in names])
