@@ -3,6 +3,7 @@
     python train.py                  # world data -> tiny bases -> stage 1 -> stage 2 -> evaluation -> report
     python train.py --quick          # the same at toy size (a smoke test, ~15 s)
     python train.py --workdir DIR    # put data/ and checkpoints/ under DIR
+    python train.py --seed 1         # the stages with another seed (how much a result is luck: README)
 
 Each step prints the command that does it alone, so a student can rerun any one of them: `python -m llava_mini.world`,
 `python -m llava_mini.easyvqa`, `python weights/make_tiny.py`, `python train.py --stage 1|2`, `python -m
@@ -72,7 +73,7 @@ def run_pipeline(args) -> dict:
     data_dir = os.path.join(work, "data", "shapes" + size["suffix"])
     evqa_dir = os.path.join(work, "data", "easyvqa")
     base_dir = os.path.join(work, "checkpoints", "base" + size["suffix"])
-    run_dir = os.path.join(work, "checkpoints", "tiny" + size["suffix"])
+    run_dir = os.path.join(work, "checkpoints", "tiny" + size["suffix"] + (f"-seed{args.seed}" if args.seed else ""))
     use_evqa = not args.no_easyvqa
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -97,7 +98,8 @@ def run_pipeline(args) -> dict:
         spec.loader.exec_module(make_tiny)
         base_stats = make_tiny.make_tiny(data_dir, base_dir, evqa_train, **size["tiny"])
 
-    common = ["--threads", str(threads)] + (["--quiet"] if args.quiet else [])
+    # --seed reaches both stages (the projector's initialisation, the data order); the data and the bases keep seed 0
+    common = ["--threads", str(threads), "--seed", str(args.seed)] + (["--quiet"] if args.quiet else [])
     stage1 = ["--stage", "1", "--data", os.path.join(data_dir, "stage1.json"), "--image-root", data_dir,
               "--vision", os.path.join(base_dir, "tiny-clip"), "--llm", os.path.join(base_dir, "tiny-llama"),
               "--out", os.path.join(run_dir, "stage1"), "--epochs", str(size["stage1_epochs"])] + common

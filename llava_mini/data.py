@@ -366,11 +366,17 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler):
                  drop_last: bool = False):
         self.lengths, self.batch_size, self.shuffle = list(lengths), batch_size, shuffle
         self.seed, self.group, self.drop_last, self.epoch = seed, group, drop_last, 0
+        self._cached = None                   # (epoch, batches): the training loop asks for them every step
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
+        if self._cached is None or self._cached[0] != self.epoch:
+            self._cached = (self.epoch, self._make_batches())
+        return self._cached[1]
+
+    def _make_batches(self) -> list[list[int]]:
         rng = random.Random(self.seed + self.epoch)
         order = list(range(len(self.lengths)))
         if self.shuffle:

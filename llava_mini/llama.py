@@ -207,9 +207,11 @@ class LlamaModel(nn.Module):
         if position_ids is None:
             position_ids = positions_from_mask(mask)                                     # restart in each segment
         # Fused kernels are much faster without an explicit mask, so drop it when it says nothing special:
-        # one sample per row and nothing cached -> plain causal; a decode step that may see every key -> no mask.
+        # one sample per row, right-padded or not, and nothing cached -> plain causal; a decode step that may see
+        # every key -> no mask. (Right padding: every real token sees only real tokens before it either way; the
+        # padding positions then see the tokens before them instead of nothing, and no loss or output reads them.)
         causal = False
-        if seg_k.shape[1] == T and bool((seg == 1).all()):
+        if seg_k.shape[1] == T and right_padded_single(seg):
             mask, causal = None, True
         elif T == 1 and bool(mask.all()):
             mask = None
@@ -224,6 +226,11 @@ class LlamaModel(nn.Module):
             all_probs.append(probs)
         x = self.norm(x)
         return ModelOutput(x, cache if use_cache else None, tuple(all_probs) if output_attentions else None)
+
+
+def right_padded_single(seg: torch.Tensor) -> bool:
+    """(B, T) segment ids: one sample per row, starting at position 0, followed by padding only (1...1 0...0)."""
+    return bool((seg[:, 0] == 1).all() and (seg <= 1).all() and (seg[:, 1:] <= seg[:, :-1]).all())
 
 
 def causal_lm_loss(logits, labels, segment_ids=None):

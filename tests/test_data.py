@@ -280,3 +280,13 @@ def test_length_grouped_sampler():
         assert max(lengths[i] for i in b) - min(lengths[i] for i in b) <= 2
     assert list(LengthGroupedBatchSampler(lengths, batch_size=2, seed=1, group=4)) == batches   # reproducible
     assert len(LengthGroupedBatchSampler(lengths, batch_size=3, drop_last=True)) == 2
+    # each epoch has its own order, the same whenever it is asked for again (the loop asks every step, and a
+    # resumed run jumps straight to its epoch)
+    sampler.set_epoch(1)
+    epoch1 = sampler.batches()
+    assert epoch1 != batches and sorted(i for b in epoch1 for i in b) == list(range(8))
+    sampler.set_epoch(0)
+    assert sampler.batches() == batches
+    fresh = LengthGroupedBatchSampler(lengths, batch_size=2, seed=1, group=4)
+    fresh.set_epoch(1)
+    assert fresh.batches() == epoch1

@@ -125,6 +125,30 @@ def test_left_and_right_padding_give_same_logits():
     assert (right - alone).abs().max() <= TOL and (left - alone).abs().max() <= TOL
 
 
+def test_right_padded_batches_take_the_causal_fast_path(monkeypatch):
+    """A right-padded batch (one sample per row) needs no explicit mask: every real token sees only real tokens
+    before it under plain causal attention. The fast path must be taken there, and only there."""
+    from llava_mini import llama
+    assert llama.right_padded_single(torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    assert not llama.right_padded_single(torch.tensor([[0, 1, 1]]))       # left padding
+    assert not llama.right_padded_single(torch.tensor([[1, 0, 1]]))       # a hole
+    assert not llama.right_padded_single(torch.tensor([[1, 2, 0]]))       # packed
+    cfg = tiny_config(2)
+    _, ours = make_pair(cfg)
+    calls = []
+    real = llama.attention
+    monkeypatch.setattr(llama, "attention", lambda q, k, v, mask, backend, causal: calls.append(
+        (mask is None, causal)) or real(q, k, v, mask, backend, causal))
+    x = torch.randint(0, 97, (2, 6))
+    with torch.no_grad():
+        padded = ours(x, attention_mask=torch.tensor([[1] * 6, [1] * 4 + [0] * 2])).logits
+        assert set(calls) == {(True, True)}
+        assert (padded[1:, :4] - ours(x[1:, :4]).logits).abs().max() <= TOL
+        calls.clear()
+        ours(x, attention_mask=torch.tensor([[1] * 6, [0] * 2 + [1] * 4]))
+        assert set(calls) == {(False, False)}
+
+
 def test_batched_generation_right_padded_equals_single():
     cfg = tiny_config(2)
     _, ours = make_pair(cfg, seed=3)
