@@ -20,9 +20,10 @@ sys.path.insert(0, ROOT)
 from llava_mini import weights, world  # noqa: E402
 from llava_mini.clip import CLIPVisionModel  # noqa: E402
 from llava_mini.config import read_json  # noqa: E402
-from llava_mini.teacher import position_name  # noqa: E402
+from llava_mini.teacher import POSITION_NAMES, position_name  # noqa: E402
 from weights.make_tiny import init_weights, load_images  # noqa: E402
-from weights.tiny_clip import POSITIONS, object_regions  # noqa: E402
+from weights.tiny_clip import object_regions  # noqa: E402
+
 
 @torch.no_grad()
 def object_features(tower: CLIPVisionModel, images: torch.Tensor, scenes: list[dict], layer: int,
@@ -39,7 +40,7 @@ def object_features(tower: CLIPVisionModel, images: torch.Tensor, scenes: list[d
             for o in scene["objects"]:
                 labels["shape"].append(world.SHAPES.index(o["shape"]))
                 labels["colour"].append(list(world.COLORS).index(o["color"]))
-                labels["position"].append(POSITIONS.index(position_name(*o["center"], margin=0)))
+                labels["position"].append(POSITION_NAMES.index(position_name(*o["center"], margin=0)))
     return torch.cat(features), {k: torch.tensor(v) for k, v in labels.items()}
 
 
@@ -65,7 +66,7 @@ def probe_tower(tower: CLIPVisionModel, data_dir: str, n_train: int = 2000, laye
     tower = tower.eval()
     train_x, train_y = object_features(tower, load_images(data_dir, train_scenes, tower.config), train_scenes, layer)
     test_x, test_y = object_features(tower, load_images(data_dir, test_scenes, tower.config), test_scenes, layer)
-    classes = {"shape": len(world.SHAPES), "colour": len(world.COLORS), "position": len(POSITIONS)}
+    classes = {"shape": len(world.SHAPES), "colour": len(world.COLORS), "position": len(POSITION_NAMES)}
     return {k: linear_probe(train_x, train_y[k], test_x, test_y[k], n) for k, n in classes.items()}
 
 

@@ -132,7 +132,7 @@ def test_counterfactual_phrases_swap_only_the_shape_or_only_the_position():
     phrases = tiny_clip.counterfactual_phrases(scene)
     assert phrases[:5] == [f"large red {s} in the center" for s in ("circle", "square", "rectangle", "triangle",
                                                                     "diamond")]
-    assert phrases[5:] == [f"large red star at the {w}" for w in tiny_clip.POSITIONS if w != "center"]
+    assert phrases[5:] == [f"large red star at the {w}" for w in tiny_clip.POSITION_NAMES if w != "center"]
     assert "large red star in the center" not in phrases and len(set(phrases)) == 13
     # sampled (what training uses): one of each kind per object, drawn from the same lists
     import random

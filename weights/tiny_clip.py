@@ -15,11 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from llava_mini.clip import CLIPModel
-from llava_mini.teacher import position_name
+from llava_mini.teacher import POSITION_NAMES, position_name
 from llava_mini.world import SHAPES
-
-# The 3x3 grid the teacher names (teacher.position_name with margin 0), row by row.
-POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 
 END_OF_TEXT = "<|endoftext|>"         # the tiny CLIP text tower's pooling token (see clip_tokenizer)
 
@@ -77,7 +74,7 @@ def counterfactual_phrases(scene: dict, rng: random.Random | None = None) -> lis
     for o in scene["objects"]:
         where = position_name(*o["center"], margin=0)
         shapes = [object_phrase(o["size"], o["color"], s, where) for s in SHAPES if s != o["shape"]]
-        places = [object_phrase(o["size"], o["color"], o["shape"], w) for w in POSITIONS if w != where]
+        places = [object_phrase(o["size"], o["color"], o["shape"], w) for w in POSITION_NAMES if w != where]
         out += [rng.choice(shapes), rng.choice(places)] if rng else shapes + places
     return out
 
