@@ -2,6 +2,7 @@
 
     python benchmarks/probe_tower.py --clip checkpoints/base/tiny-clip --data data/shapes
     python benchmarks/probe_tower.py --clip checkpoints/base/tiny-clip --random     # same config, untrained: the floor
+    python benchmarks/probe_tower.py --llava checkpoints/tiny/final                 # what the trained LLM receives
 
 LLaVA reads the tower's patch features at `--layer` (-2) and never trains the tower, so whatever these features do not
 carry, stage 2 cannot learn. For each object of a scene we average the patch features inside its box (the patches that
@@ -27,13 +28,15 @@ from weights.tiny_clip import object_regions  # noqa: E402
 
 @torch.no_grad()
 def object_features(tower: CLIPVisionModel, images: torch.Tensor, scenes: list[dict], layer: int,
-                    batch_size: int = 256) -> tuple[torch.Tensor, dict]:
-    """Per-object mean patch feature at `layer`: (n_objects, hidden), and labels {attribute: (n_objects,)}."""
+                    batch_size: int = 256, encode=None) -> tuple[torch.Tensor, dict]:
+    """Per-object mean patch feature at `layer`: (n_objects, hidden), and labels {attribute: (n_objects,)}.
+    `encode` (images -> (B, P, hidden)) replaces the tower's features, e.g. a LLaVA model's projector outputs."""
     config = tower.config
     grid = config.image_size // config.patch_size
     features, labels = [], {"shape": [], "colour": [], "position": []}
     for start in range(0, len(scenes), batch_size):
-        patches = tower.select_features(images[start:start + batch_size], layer=layer)       # (B, P, hidden)
+        chunk = images[start:start + batch_size]
+        patches = encode(chunk) if encode else tower.select_features(chunk, layer=layer)     # (B, P, hidden)
         for b, scene in enumerate(scenes[start:start + batch_size]):
             masks, _ = object_regions(scene, grid)                                           # (n_objects, P)
             features.append(masks @ patches[b] / masks.sum(1, keepdim=True))                 # (n_objects, hidden)
@@ -59,13 +62,16 @@ def linear_probe(train_x, train_y, test_x, test_y, n_classes: int, steps: int = 
         return (probe(test_x).argmax(1) == test_y).float().mean().item()
 
 
-def probe_tower(tower: CLIPVisionModel, data_dir: str, n_train: int = 2000, layer: int = -2) -> dict:
-    """Held-out probe accuracy per attribute for the objects of `data_dir`'s scenes."""
+def probe_tower(tower: CLIPVisionModel, data_dir: str, n_train: int = 2000, layer: int = -2, encode=None) -> dict:
+    """Held-out probe accuracy per attribute for the objects of `data_dir`'s scenes (of `encode`'s features if
+    given, see object_features)."""
     train_scenes = read_json(os.path.join(data_dir, "scenes_train.json"))[:n_train]
     test_scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
     tower = tower.eval()
-    train_x, train_y = object_features(tower, load_images(data_dir, train_scenes, tower.config), train_scenes, layer)
-    test_x, test_y = object_features(tower, load_images(data_dir, test_scenes, tower.config), test_scenes, layer)
+    train_x, train_y = object_features(tower, load_images(data_dir, train_scenes, tower.config), train_scenes, layer,
+                                       encode=encode)
+    test_x, test_y = object_features(tower, load_images(data_dir, test_scenes, tower.config), test_scenes, layer,
+                                     encode=encode)
     classes = {"shape": len(world.SHAPES), "colour": len(world.COLORS), "position": len(POSITION_NAMES)}
     return {k: linear_probe(train_x, train_y[k], test_x, test_y[k], n) for k, n in classes.items()}
 
@@ -77,13 +83,19 @@ def main(argv=None):
     p.add_argument("--train-scenes", type=int, default=2000)
     p.add_argument("--layer", type=int, default=-2, help="hidden-states index LLaVA reads")
     p.add_argument("--random", action="store_true", help="probe an untrained tower of the same config instead")
+    p.add_argument("--llava", help="probe what a trained LLaVA model's LLM receives (its projector's outputs)")
     args = p.parse_args(argv)
-    tower = weights.load_clip(args.clip, vision_only=True)
+    encode, what = None, f"{args.clip}, layer {args.layer}"
+    if args.llava:
+        model = weights.load_llava(args.llava).eval()
+        tower, encode, what = model.vision_tower, model.encode_images, f"{args.llava}, projector outputs"
+    else:
+        tower = weights.load_clip(args.clip, vision_only=True)
     if args.random:
         torch.manual_seed(0)
         tower = init_weights(CLIPVisionModel(tower.config))
-    result = probe_tower(tower, args.data, args.train_scenes, args.layer)
-    print(f"{'untrained' if args.random else args.clip}, layer {args.layer}: held-out linear-probe accuracy per object")
+    result = probe_tower(tower, args.data, args.train_scenes, args.layer, encode)
+    print(f"{'untrained' if args.random else what}: held-out linear-probe accuracy per object")
     for k, v in result.items():
         print(f"  {k:9s} {v:6.1%}")
     return result

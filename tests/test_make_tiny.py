@@ -160,3 +160,8 @@ def test_probe_tower_reads_colour_even_from_an_untrained_tower(tmp_path):
     result = probe.probe_tower(tower, data, n_train=120)
     assert set(result) == {"shape", "colour", "position"}
     assert result["colour"] > 0.5, result
+    # --llava probes whatever `encode` gives (a model's projector outputs); here the pixels' own features, which
+    # must read differently from the tower's
+    flat = probe.probe_tower(tower, data, n_train=120, encode=lambda x: x.unfold(2, 8, 8).unfold(3, 8, 8).permute(
+        0, 2, 3, 1, 4, 5).reshape(len(x), 16, -1))                                  # (B, 16 patches, 3*8*8)
+    assert set(flat) == set(result) and flat != result and flat["colour"] > 0.5
