@@ -337,7 +337,8 @@ def train(args) -> str:
                 with (contextlib.nullcontext() if sync or args.fsdp else net.no_sync()), autocast:
                     out = net(input_ids=batch["input_ids"].to(device), labels=batch["labels"].to(device),
                               attention_mask=batch["attention_mask"].to(device),
-                              pixel_values=None if batch["pixel_values"] is None else batch["pixel_values"].to(device))
+                              pixel_values=None if batch["pixel_values"] is None else batch["pixel_values"].to(device),
+                              return_logits=False)
                     # mean over this micro-batch's tokens -> its share of the mean over the global batch's tokens;
                     # x world because DDP/FSDP average the gradients over processes.
                     weight = trained_tokens(batch) / n_tokens.item()

@@ -173,7 +173,7 @@ class GenerationOutput:
 @dataclass
 class CausalLMOutput:
     loss: torch.Tensor | None
-    logits: torch.Tensor                                 # (B, T, vocab)
+    logits: torch.Tensor | None                          # (B, T, vocab); None with return_logits=False
     past_key_values: KVCache | None = None
     attentions: tuple | None = None
 
@@ -233,14 +233,19 @@ def right_padded_single(seg: torch.Tensor) -> bool:
     return bool((seg[:, 0] == 1).all() and (seg <= 1).all() and (seg[:, 1:] <= seg[:, :-1]).all())
 
 
-def causal_lm_loss(logits, labels, segment_ids=None):
-    """Next-token cross entropy: position t predicts labels[t + 1]; -100 is ignored; mean over trained tokens.
-    With packed rows, a prediction across a segment boundary (last token of one sample -> first of the next)
-    is not a real target and is ignored too."""
-    logits = logits[:, :-1].float()                      # (B, T-1, vocab)
+def next_token_targets(labels, segment_ids=None):
+    """(B, T) labels -> (B, T-1) targets: position t predicts labels[t + 1]. With packed rows, a prediction across a
+    segment boundary (last token of one sample -> first of the next) is not a real target and becomes -100 too."""
     targets = labels[:, 1:].clone()                      # (B, T-1)
     if segment_ids is not None:
         targets[segment_ids[:, 1:] != segment_ids[:, :-1]] = IGNORE_INDEX
+    return targets
+
+
+def causal_lm_loss(logits, labels, segment_ids=None):
+    """Next-token cross entropy over (B, T, vocab) logits; -100 is ignored; mean over trained tokens."""
+    logits = logits[:, :-1].float()                      # (B, T-1, vocab)
+    targets = next_token_targets(labels, segment_ids)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
@@ -280,9 +285,18 @@ class LlamaForCausalLM(nn.Module):
         return set_attention_backend(self, backend)
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
-                past_key_values=None, use_cache=False, labels=None, output_attentions=False) -> CausalLMOutput:
+                past_key_values=None, use_cache=False, labels=None, output_attentions=False,
+                return_logits: bool = True) -> CausalLMOutput:
+        """return_logits=False (training, with labels): the same loss, but the vocabulary projection runs only at
+        the positions that predict a trained token (a stage-2 sample trains ~10% of its tokens), and logits is None."""
         out = self.model(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache,
                          output_attentions)
+        if labels is not None and not return_logits:
+            targets = next_token_targets(labels, attention_mask)                         # (B, T-1)
+            keep = targets != IGNORE_INDEX
+            hidden = out.last_hidden_state[:, :-1][keep]                                 # (N_trained, hidden)
+            loss = F.cross_entropy(self.lm_head(hidden).float(), targets[keep])
+            return CausalLMOutput(loss, None, out.past_key_values, out.attentions)
         logits = self.lm_head(out.last_hidden_state)                                     # (B, T, vocab)
         loss = causal_lm_loss(logits, labels, attention_mask) if labels is not None else None
         return CausalLMOutput(loss, logits, out.past_key_values, out.attentions)

@@ -30,7 +30,7 @@ from llava_mini.projector import LlavaMultiModalProjector
 @dataclass
 class LlavaOutput:
     loss: torch.Tensor | None
-    logits: torch.Tensor                         # (B, T_expanded, vocab)
+    logits: torch.Tensor | None                  # (B, T_expanded, vocab); None with return_logits=False
     past_key_values: KVCache | None = None
     attentions: tuple | None = None              # per layer (B, H, T_expanded, S), with output_attentions=True
     labels: torch.Tensor | None = None           # (B, T_expanded): the labels after image expansion
@@ -138,13 +138,14 @@ class LlavaForConditionalGeneration(nn.Module):
     # ---- training / scoring -------------------------------------------------------------------------------------
 
     def forward(self, input_ids, pixel_values=None, attention_mask=None, labels=None, past_key_values=None,
-                use_cache=False, output_attentions=False) -> LlavaOutput:
+                use_cache=False, output_attentions=False, return_logits: bool = True) -> LlavaOutput:
         """input_ids (B, T) with one placeholder per image; attention_mask (B, T) segment ids of these tokens
-        (with a KV cache: of the new tokens only); labels (B, T) or None. Logits/labels come back expanded."""
+        (with a KV cache: of the new tokens only); labels (B, T) or None. Logits/labels come back expanded.
+        return_logits=False: the loss only, computed at the trained positions (training; see LlamaForCausalLM)."""
         merged = self.prepare_inputs(input_ids, pixel_values, attention_mask, labels)
         out = self.language_model(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
                                   past_key_values=past_key_values, use_cache=use_cache, labels=merged.labels,
-                                  output_attentions=output_attentions)
+                                  output_attentions=output_attentions, return_logits=return_logits)
         return LlavaOutput(out.loss, out.logits, out.past_key_values, out.attentions, merged.labels,
                            merged.attention_mask)
 

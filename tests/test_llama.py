@@ -149,6 +149,28 @@ def test_right_padded_batches_take_the_causal_fast_path(monkeypatch):
         assert set(calls) == {(False, False)}
 
 
+def test_loss_only_equals_the_loss_from_full_logits():
+    """return_logits=False projects only the trained positions; the loss and the gradients must not change,
+    with padding, -100 labels and packed rows (the prediction across a segment boundary is not trained)."""
+    cfg = tiny_config(2, tied=True)
+    _, ours = make_pair(cfg, seed=4)
+    x = torch.randint(3, 97, (2, 9))
+    seg = torch.tensor([[1] * 9, [1] * 4 + [2] * 3 + [0] * 2])
+    labels = x.clone()
+    labels[0, :3] = -100
+    labels[1, 7:] = -100
+    results = []
+    for return_logits in (True, False):
+        ours.zero_grad()
+        out = ours(x, attention_mask=seg, labels=labels, return_logits=return_logits)
+        out.loss.backward()
+        results.append((out.loss.detach(), [p.grad.clone() for p in ours.parameters()], out.logits))
+    (full, full_grads, logits), (only, only_grads, none) = results
+    assert logits is not None and none is None
+    assert (full - only).abs() < 1e-6
+    assert max((a - b).abs().max() for a, b in zip(full_grads, only_grads)) < 1e-6
+
+
 def test_batched_generation_right_padded_equals_single():
     cfg = tiny_config(2)
     _, ours = make_pair(cfg, seed=3)
