@@ -12,6 +12,8 @@ llava_mini.evaluate`. The stages themselves are train.train(), the one loop that
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import torch
@@ -27,7 +29,7 @@ from train import build_model, parse_args, recipe, train, trained_tokens
 # stage2_kinds: which of the world's stage-2 samples (conv, detail, complex, vqa) join easy-VQA train in the mix.
 # eval_questions / blind_questions: how many test questions to score (None: all) with the image / blind.
 # stage2_max_steps: stop stage 2 early (the smoke test); stage 1 of the smoke test runs its 8 epochs (16 steps).
-FULL = dict(world_train=5000, world_test=500, image_size=64, stage1_epochs=1, stage2_epochs=3, stage2_kinds=("vqa",),
+FULL = dict(world_train=5000, world_test=500, image_size=64, stage1_epochs=1, stage2_epochs=4, stage2_kinds=("vqa",),
             eval_questions=None, blind_questions=1000, suffix="",
             tiny=dict(clip_steps=2000, lm_steps=200, text_hidden=96))
 QUICK = dict(world_train=48, world_test=8, image_size=32, stage1_epochs=8, stage2_epochs=1,
@@ -35,6 +37,28 @@ QUICK = dict(world_train=48, world_test=8, image_size=32, stage1_epochs=8, stage
              suffix="-quick", stage2_max_steps=2,
              tiny=dict(image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2,
                        vocab_size=400, clip_steps=2, clip_batch=16, lm_steps=2, lm_batch=4, lm_block=64))
+
+
+TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+
+
+def run_stage(argv: list[str], processes: int) -> str:
+    """`python train.py ARGV` in this process, or as `processes` DDP processes under torchrun (gloo on a CPU), the
+    way a multi-GPU run is launched. Returns the final checkpoint folder."""
+    if processes == 1:
+        return train(parse_args(argv))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+           TRAIN_PY] + argv
+    env = {**os.environ, "OMP_NUM_THREADS": argv[argv.index("--threads") + 1]}
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.wait()      # Ctrl-C reached the workers too: let them write their resumable checkpoint
+        raise
+    if code != 0:
+        raise SystemExit(f"stage failed with exit code {code}: {' '.join(cmd)}")
+    return os.path.join(parse_args(argv).out, "final")
 
 
 @torch.no_grad()
@@ -77,6 +101,9 @@ def run_pipeline(args) -> dict:
     use_evqa = not args.no_easyvqa
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
+    # Stage 2, the long one, as 2 DDP processes of half the threads each on a CPU: the model's matrices are too
+    # small for 2 threads to share one well (measured: 1.3x the tokens/s of one 2-thread process, README).
+    processes = args.processes or (2 if threads >= 2 and not args.quick and not torch.cuda.is_available() else 1)
 
     if not os.path.exists(os.path.join(data_dir, "stats.json")):
         print(f"[1/6] world data: python -m llava_mini.world --out {data_dir} --train {size['world_train']} "
@@ -129,8 +156,10 @@ def run_pipeline(args) -> dict:
              ["--image-root", data_dir] + ([evqa_dir] if use_evqa else []) + \
              ["--init", stage1_final, "--out", run_dir, "--epochs", str(size["stage2_epochs"]), "--group-by-length"] + common
     stage2 += ["--max-steps", str(size["stage2_max_steps"])] if "stage2_max_steps" in size else []
-    print("[4/6] stage 2: python train.py " + " ".join(stage2))
-    final = train(parse_args(stage2))
+    stage2[stage2.index("--threads") + 1] = str(max(1, threads // processes))
+    launcher = "python" if processes == 1 else f"torchrun --standalone --nproc_per_node {processes}"
+    print(f"[4/6] stage 2: {launcher} train.py " + " ".join(stage2))
+    final = run_stage(stage2, processes)
 
     print(f"[5/6] evaluation: python -m llava_mini.evaluate --model {final} --data {data_dir}" +
           (f" --easyvqa {evqa_dir}" if use_evqa else ""))
@@ -149,7 +178,8 @@ def run_pipeline(args) -> dict:
             results[name]["majority"] = world.answer_statistics(questions[:size["blind_questions"]])
 
     minutes = (time.time() - t0) / 60
-    print(f"\n[6/6] report ({minutes:.1f} min wall, {threads} threads)")
+    print(f"\n[6/6] report ({minutes:.1f} min wall, {threads} threads" +
+          (f"; stage 2 as {processes} processes)" if processes > 1 else ")"))
     if base_stats:
         print(f"  tiny CLIP zero-shot retrieval {base_stats['clip_retrieval_top1']:.1%} (top-1 of "
               f"{base_stats['clip_retrieval_pool']}); tiny LLaMA held-out loss {base_stats['lm_heldout_loss']:.3f}")

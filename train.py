@@ -141,6 +141,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="pipeline at toy size (smoke test)")
     p.add_argument("--workdir", default=".", help="pipeline: where data/ and checkpoints/ go")
     p.add_argument("--no-easyvqa", action="store_true", help="pipeline: leave easy-VQA out of stage 2 and evaluation")
+    p.add_argument("--processes", type=int,
+                   help="pipeline: run stage 2 as this many DDP processes under torchrun (default on a CPU with 2 or "
+                        "more cores: 2, which trains faster there than one process with all the threads)")
     args = p.parse_args(argv)
     if args.stage is not None:
         for name in ("data", "image_root", "out"):

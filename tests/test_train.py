@@ -176,6 +176,22 @@ def test_two_gloo_processes_match_one(tiny, stage1, tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+def test_run_stage_under_torchrun_matches_one_process(tiny, stage1, tmp_path):
+    """The pipeline's stage 2 on a multi-core CPU: train.py as 2 DDP processes launched by torchrun (a real
+    subprocess, as a user would run it) gives the one-process result; a failing stage names its command."""
+    one = stage2_args(tiny, stage1, tmp_path / "one", "--max-steps", "2")
+    two = stage2_args(tiny, stage1, tmp_path / "two", "--max-steps", "2")
+    assert pipeline.run_stage(one, 1) == str(tmp_path / "one" / "final")
+    assert pipeline.run_stage(two, 2) == str(tmp_path / "two" / "final")
+    assert read_losses(tmp_path / "two") == pytest.approx(read_losses(tmp_path / "one"), rel=1e-5)
+    a, b = state(tmp_path / "one" / "final"), state(tmp_path / "two" / "final")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    broken = stage2_args(tiny, tmp_path / "no-such-checkpoint", tmp_path / "broken", "--max-steps", "1")
+    with pytest.raises(SystemExit, match="stage failed with exit code .*torch.distributed.run"):
+        pipeline.run_stage(broken, 2)
+
+
 def test_default_pipeline_quick(tmp_path):
     report = pipeline.run_pipeline(train.parse_args(["--quick", "--workdir", str(tmp_path), "--no-easyvqa", "--quiet",
                                                   "--threads", "1"]))
