@@ -268,11 +268,13 @@ def train(args) -> str:
     if args.compile:
         model.language_model.compile(dynamic=True)        # in place: the state dict keeps its key names
     set_train_mode(model)
-    net = wrap_for_processes(model, args, world, device)
+    dataset, lengths = build_dataset(args, r, tokenizer, model.config)
+    # DDP must look for parameters without a gradient only when a micro-batch can hold no image (the projector idle)
+    text_only = any(not s["images"] for part in dataset.datasets for s in part.samples)
+    net = wrap_for_processes(model, args, world, device, find_unused_parameters=text_only)
     if args.fsdp and world > 1:
         params = [p for p in net.parameters() if p.requires_grad]     # FSDP replaced them by sharded ones
 
-    dataset, lengths = build_dataset(args, r, tokenizer, model.config)
     sampler = LengthGroupedBatchSampler(lengths, r.batch_size, shuffle=True, seed=args.seed, drop_last=True,
                                         group=50 if args.group_by_length else 1)   # group=1: a plain shuffle
     steps_per_epoch = len(sampler)

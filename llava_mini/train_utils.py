@@ -143,7 +143,7 @@ def all_reduce_sum(x: torch.Tensor, world: int) -> torch.Tensor:
     return x
 
 
-def wrap_for_processes(model, args, world: int, device):
+def wrap_for_processes(model, args, world: int, device, find_unused_parameters: bool = True):
     """DDP (every process holds the whole model) or FSDP2 (each holds a shard) under torchrun; as is otherwise."""
     if world == 1:
         return model
@@ -153,9 +153,10 @@ def wrap_for_processes(model, args, world: int, device):
             fully_shard(layer)
         return fully_shard(model)
     from torch.nn.parallel import DistributedDataParallel
-    # find_unused_parameters: a micro-batch of text-only samples sends no gradient to the projector.
+    # find_unused_parameters: a micro-batch of text-only samples sends no gradient to the projector. Finding them costs
+    # a walk of the autograd graph every step (and a warning when there are none), so only when the data needs it.
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=True)
+                                   find_unused_parameters=find_unused_parameters)
 
 
 def full_state(model, args, world: int) -> dict:

@@ -176,6 +176,28 @@ def test_two_gloo_processes_match_one(tiny, stage1, tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+def test_two_gloo_processes_with_text_only_samples(tiny, stage1, tmp_path):
+    """A micro-batch without an image leaves the projector without a gradient: DDP must then be told to look for
+    unused parameters (train.py does so only when the data has text-only samples) and still match one process."""
+    from llava_mini.config import read_json, write_json
+    entries = read_json(os.path.join(tiny["data"], "stage2.json"))[:8]
+    for e in entries[::2]:                              # every other sample loses its image
+        del e["image"]
+        e["conversations"][0]["value"] = e["conversations"][0]["value"].replace("<image>\n", "")
+    data = str(tmp_path / "mixed.json")
+    write_json(entries, data)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    one = stage2_args(tiny, stage1, tmp_path / "one", "--max-steps", "2", "--micro-batch-size", "1")
+    two = stage2_args(tiny, stage1, tmp_path / "two", "--max-steps", "2", "--micro-batch-size", "1")
+    for argv in (one, two):
+        argv[argv.index("--data") + 1] = data
+    train.train(train.parse_args(one))
+    mp.spawn(_ddp_worker, args=(port, two), nprocs=2, join=True)
+    assert read_losses(tmp_path / "two") == pytest.approx(read_losses(tmp_path / "one"), rel=1e-5)
+
+
 def test_run_stage_under_torchrun_matches_one_process(tiny, stage1, tmp_path):
     """The pipeline's stage 2 on a multi-core CPU: train.py as 2 DDP processes launched by torchrun (a real
     subprocess, as a user would run it) gives the one-process result; a failing stage names its command."""
