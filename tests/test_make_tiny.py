@@ -140,6 +140,37 @@ def test_counterfactual_phrases_swap_only_the_shape_or_only_the_position():
     assert len(sampled) == 4 and sampled[0] in phrases[:5] and sampled[1] in phrases[5:]
 
 
+def test_text_qa_asks_about_the_captions_and_scores_the_answers(tmp_path):
+    """benchmarks/text_qa.py: each held-out question is asked with its scene's captions in the prompt; a model that
+    answers right scores 100%, the tiny untrained one gives a real number."""
+    spec = importlib.util.spec_from_file_location("text_qa", os.path.join(ROOT, "benchmarks", "text_qa.py"))
+    text_qa = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(text_qa)
+    data = str(tmp_path / "shapes")
+    world.generate_dataset(data, 24, 8, seed=0, image_size=32, quiet=True)
+    tok_path = str(tmp_path / "tokenizer.json")
+    make_tiny.train_tokenizer(make_tiny.read_world_text(data, [])["train"], vocab_size=400).save(tok_path)
+    tok = Tokenizer.from_file(tok_path)
+    scene = read_json(os.path.join(data, "scenes_test.json"))[0]
+    question = read_json(os.path.join(data, "test.json"))[0]
+    prompt = tok.decode(text_qa.text_prompt(tok, " ".join(scene["captions"]), question["question"]))
+    assert scene["captions"][0] in prompt and question["question"] in prompt and prompt.endswith("ASSISTANT:")
+
+    questions = read_json(os.path.join(data, "test.json"))[:5]
+
+    class Oracle:                                     # answers the questions in order, always right
+        def generate(self, ids, **kw):
+            from types import SimpleNamespace
+            return SimpleNamespace(tokens=[tok.encode(str(questions.pop(0)["answer"]))])
+    assert text_qa.text_qa(Oracle(), tok, data, 5)["overall"] == 1.0
+    torch.manual_seed(0)
+    llm = make_tiny.init_weights(make_tiny.LlamaForCausalLM(TextConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
+        num_key_value_heads=1, eos_token_id=tok.eos_id)))
+    result = text_qa.text_qa(llm.eval(), tok, data, 10)
+    assert result["n"] == 10 and 0.0 <= result["overall"] < 1.0
+
+
 def test_probe_tower_reads_colour_even_from_an_untrained_tower(tmp_path):
     """benchmarks/probe_tower.py: per-object linear probes. Colour is linear in the raw pixels, so even an untrained
     tower's patch features give it far above chance (1/11); the probe's labels line up with the objects."""
