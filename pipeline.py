@@ -4,6 +4,7 @@
     python train.py --quick          # the same at toy size (a smoke test, ~15 s)
     python train.py --workdir DIR    # put data/ and checkpoints/ under DIR
     python train.py --seed 1         # the stages with another seed (how much a result is luck: README)
+    python train.py --processes 1    # stage 2 in this process (default on a multi-core CPU: 2 under torchrun)
 
 Each step prints the command that does it alone, so a student can rerun any one of them: `python -m llava_mini.world`,
 `python -m llava_mini.easyvqa`, `python weights/make_tiny.py`, `python train.py --stage 1|2`, `python -m
@@ -102,7 +103,7 @@ def run_pipeline(args) -> dict:
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     # Stage 2, the long one, as 2 DDP processes of half the threads each on a CPU: the model's matrices are too
-    # small for 2 threads to share one well (measured: 1.3x the tokens/s of one 2-thread process, README).
+    # small for 2 threads to share one well (measured: 1.5x the tokens/s of one 2-thread process, README).
     processes = args.processes or (2 if threads >= 2 and not args.quick and not torch.cuda.is_available() else 1)
 
     if not os.path.exists(os.path.join(data_dir, "stats.json")):
