@@ -1,7 +1,7 @@
 """Chat with a LLaVA model about an image, in the terminal.
 
     python chat.py                                   # the model `python train.py` leaves + a shapes-world image
-    python chat.py --model checkpoints/tiny/final --image data/shapes/images/test/000000.png
+    python chat.py --model checkpoints/tiny/final --image data/shapes/images/test/shapes_test_000000.png
     python chat.py --model llava-1.5-7b-hf --image photo.jpg --device cuda      # HF llava layout
     python chat.py --model llava-v1.5-7b --vision-tower clip-vit-large-patch14-336 --image photo.jpg   # original
     python chat.py --prompt "What shapes do you see?"                            # one question, print, exit

@@ -1,7 +1,8 @@
 """Seeing what the model sees: which image patches the answer tokens attended to, drawn over the image.
 
-    python -m llava_mini.attention_map --model checkpoints/tiny/final --image data/shapes/images/test/000000.png \
-        --question "What colour is the circle?" --out map.png [--layers all|-1|0,2|1:3] [--heads all|0,1]
+    python -m llava_mini.attention_map --model checkpoints/tiny/final \
+        --image data/shapes/images/test/shapes_test_000000.png --question "What colour is the circle?" --out map.png \
+        [--layers all|-1|0,2|1:3] [--heads all|0,1]
 
 How the map is made:
 1. The model answers the question (greedy; or pass --answer to score a given answer instead).
