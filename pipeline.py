@@ -48,9 +48,11 @@ def run_stage(argv: list[str], processes: int) -> str:
     way a multi-GPU run is launched. Returns the final checkpoint folder."""
     if processes == 1:
         return train(parse_args(argv))
+    args = parse_args(argv)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
            TRAIN_PY] + argv
-    env = {**os.environ, "OMP_NUM_THREADS": argv[argv.index("--threads") + 1]}
+    # torchrun would set OMP_NUM_THREADS=1 itself, with a warning; say the thread count it gets
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or max(1, (os.cpu_count() or 1) // processes))}
     proc = subprocess.Popen(cmd, env=env)
     try:
         code = proc.wait()
@@ -59,7 +61,7 @@ def run_stage(argv: list[str], processes: int) -> str:
         raise
     if code != 0:
         raise SystemExit(f"stage failed with exit code {code}: {' '.join(cmd)}")
-    return os.path.join(parse_args(argv).out, "final")
+    return os.path.join(args.out, "final")
 
 
 @torch.no_grad()
@@ -127,10 +129,11 @@ def run_pipeline(args) -> dict:
         base_stats = make_tiny.make_tiny(data_dir, base_dir, evqa_train, **size["tiny"])
 
     # --seed reaches both stages (the projector's initialisation, the data order); the data and the bases keep seed 0
-    common = ["--threads", str(threads), "--seed", str(args.seed)] + (["--quiet"] if args.quiet else [])
+    common = ["--seed", str(args.seed)] + (["--quiet"] if args.quiet else [])
     stage1 = ["--stage", "1", "--data", os.path.join(data_dir, "stage1.json"), "--image-root", data_dir,
               "--vision", os.path.join(base_dir, "tiny-clip"), "--llm", os.path.join(base_dir, "tiny-llama"),
-              "--out", os.path.join(run_dir, "stage1"), "--epochs", str(size["stage1_epochs"])] + common
+              "--out", os.path.join(run_dir, "stage1"), "--epochs", str(size["stage1_epochs"]),
+              "--threads", str(threads)] + common
     print("[3/6] stage 1: python train.py " + " ".join(stage1))
     stage1_args = parse_args(stage1)
     torch.manual_seed(stage1_args.seed)                 # as train() does: the same initial projector it will train
@@ -155,9 +158,9 @@ def run_pipeline(args) -> dict:
                    evqa_train[0])
     stage2 = ["--stage", "2", "--data", world_mix] + evqa_train + \
              ["--image-root", data_dir] + ([evqa_dir] if use_evqa else []) + \
-             ["--init", stage1_final, "--out", run_dir, "--epochs", str(size["stage2_epochs"]), "--group-by-length"] + common
+             ["--init", stage1_final, "--out", run_dir, "--epochs", str(size["stage2_epochs"]), "--group-by-length",
+              "--threads", str(max(1, threads // processes))] + common
     stage2 += ["--max-steps", str(size["stage2_max_steps"])] if "stage2_max_steps" in size else []
-    stage2[stage2.index("--threads") + 1] = str(max(1, threads // processes))
     launcher = "python" if processes == 1 else f"torchrun --standalone --nproc_per_node {processes}"
     print(f"[4/6] stage 2: {launcher} train.py " + " ".join(stage2))
     final = run_stage(stage2, processes)

@@ -73,7 +73,7 @@ class Preset:
 
 
 PRESETS = {
-    # Classroom size on a CPU: `python train.py` took 16.5 minutes on 2 cores (README: measured results).
+    # Classroom size on a CPU: `python train.py` took 16 to 17 minutes on 2 cores (README: measured results).
     "tiny": Preset("mlp2x_gelu", "pad",
                    StageRecipe(lr=2e-3, batch_size=32, epochs=1, template="plain", max_length=512, micro_batch_size=32),
                    StageRecipe(lr=1e-3, batch_size=8, epochs=3, template="vicuna_v1", max_length=512,

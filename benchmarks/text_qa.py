@@ -25,7 +25,7 @@ from llava_mini.config import read_json  # noqa: E402
 from llava_mini.conversation import SHORT_ANSWER_PROMPT, tokenize_prompt  # noqa: E402
 from llava_mini.evaluate import vqa_accuracy  # noqa: E402
 from llava_mini.tokenizer import Tokenizer  # noqa: E402
-from weights.make_tiny import CHAT_TEMPLATE  # noqa: E402
+from weights.make_tiny import CHAT_TEMPLATE, scene_in_words  # noqa: E402
 
 
 def text_prompt(tokenizer: Tokenizer, description: str, question: str) -> list[int]:
@@ -36,7 +36,7 @@ def text_prompt(tokenizer: Tokenizer, description: str, question: str) -> list[i
 @torch.no_grad()
 def text_qa(llm, tokenizer: Tokenizer, data_dir: str, n_questions: int | None = None) -> dict:
     """vqa_accuracy of `llm` on the first `n_questions` held-out world questions, asked about the captions."""
-    described = {s["id"]: " ".join(s["captions"]) for s in read_json(os.path.join(data_dir, "scenes_test.json"))}
+    described = {s["id"]: scene_in_words(s) for s in read_json(os.path.join(data_dir, "scenes_test.json"))}
     questions = read_json(os.path.join(data_dir, "test.json"))[:n_questions]
     answers = []
     for q in tqdm(questions, desc="text QA", disable=len(questions) < 100):

@@ -110,6 +110,11 @@ def render_chat(turns: list[dict], template, context: str | None = None) -> str:
     return "".join(seg.text for seg in template.render(values))
 
 
+def scene_in_words(scene: dict) -> str:
+    """The scene as the LM reads it where the image would be: its captions, one after another."""
+    return " ".join(scene["captions"])
+
+
 def read_world_text(data_dir: str, extra_files: list[str]) -> dict:
     """Training and held-out text for the tokenizer and the LM.
 
@@ -121,7 +126,7 @@ def read_world_text(data_dir: str, extra_files: list[str]) -> dict:
     template = get_template(CHAT_TEMPLATE)
     train_scenes = read_json(os.path.join(data_dir, "scenes_train.json"))
     test_scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
-    described = {s["id"]: " ".join(s["captions"]) for s in train_scenes + test_scenes}
+    described = {s["id"]: scene_in_words(s) for s in train_scenes + test_scenes}
     chats = [render_chat(shuffled_turns(e, seed=0)["conversations"] if e["id"].endswith("_vqa") else e["conversations"],
                          template, described.get(e["id"].rsplit("_", 1)[0]))
              for e in read_json(os.path.join(data_dir, "stage2.json"))]
