@@ -12,6 +12,7 @@ llava_mini.evaluate`. The stages themselves are train.train(), the one loop that
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -41,19 +42,16 @@ QUICK = dict(world_train=48, world_test=8, image_size=32, stage1_epochs=8, stage
 
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+MAKE_TINY_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "make_tiny.py")
 
 
-def run_stage(argv: list[str], processes: int) -> str:
-    """`python train.py ARGV` in this process, or as `processes` DDP processes under torchrun (gloo on a CPU), the
-    way a multi-GPU run is launched. Returns the final checkpoint folder."""
-    if processes == 1:
-        return train(parse_args(argv))
-    args = parse_args(argv)
+def torchrun(script: str, argv: list[str], processes: int, threads: int) -> None:
+    """`torchrun --standalone --nproc_per_node PROCESSES SCRIPT ARGV`, each process with `threads` threads, the way
+    a multi-GPU run is launched. Raises SystemExit naming the command if it fails."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-           TRAIN_PY] + argv
+           script] + argv
     # torchrun would set OMP_NUM_THREADS=1 itself, with a warning; say the thread count it gets
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or max(1, (os.cpu_count() or 1) // processes))}
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     try:
         code = proc.wait()
     except KeyboardInterrupt:
@@ -61,7 +59,35 @@ def run_stage(argv: list[str], processes: int) -> str:
         raise
     if code != 0:
         raise SystemExit(f"stage failed with exit code {code}: {' '.join(cmd)}")
+
+
+def launcher(processes: int) -> str:
+    return "python" if processes == 1 else f"torchrun --standalone --nproc_per_node {processes}"
+
+
+def run_stage(argv: list[str], processes: int) -> str:
+    """`python train.py ARGV` in this process, or as `processes` DDP processes under torchrun (gloo on a CPU).
+    Returns the final checkpoint folder."""
+    args = parse_args(argv)
+    if processes == 1:
+        return train(args)
+    torchrun(TRAIN_PY, argv, processes, args.threads or max(1, (os.cpu_count() or 1) // processes))
     return os.path.join(args.out, "final")
+
+
+def make_bases(data_dir: str, base_dir: str, extra_text: list[str], sizes: dict, processes: int, threads: int) -> dict:
+    """Stage 0, weights/make_tiny.py: in this process, or under torchrun, where the processes share each batch
+    (the CLIP gathers its features). Returns what it measured (it also writes them to make_tiny.json)."""
+    argv = ["--data", data_dir, "--out", base_dir] + (["--extra-text"] + extra_text if extra_text else [])
+    argv += [a for k, v in sizes.items() for a in ("--" + k.replace("_", "-"), str(v))]
+    print(f"[2/6] tiny bases: {launcher(processes)} weights/make_tiny.py " + " ".join(argv + ["--threads", str(threads)]))
+    if processes > 1:
+        torchrun(MAKE_TINY_PY, argv + ["--threads", str(threads)], processes, threads)
+        return read_json(os.path.join(base_dir, "make_tiny.json"))
+    spec = importlib.util.spec_from_file_location("make_tiny", MAKE_TINY_PY)
+    make_tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_tiny)
+    return make_tiny.make_tiny(data_dir, base_dir, extra_text, **sizes)
 
 
 @torch.no_grad()
@@ -90,8 +116,6 @@ def run_pipeline(args) -> dict:
     """World data -> tiny bases -> stage 1 -> stage 2 -> evaluation -> report. Each step prints the command that
     does it alone. The data and the bases are made only when missing (delete the folder to redo them); the two
     stages always run."""
-    import importlib.util
-
     from llava_mini import easyvqa, world
     from llava_mini.evaluate import evaluate_vqa
     size = QUICK if args.quick else FULL
@@ -104,7 +128,7 @@ def run_pipeline(args) -> dict:
     use_evqa = not args.no_easyvqa
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    # Stage 2, the long one, as 2 DDP processes of half the threads each on a CPU: the model's matrices are too
+    # The tiny bases and stage 2, the long steps, as 2 processes of half the threads each on a CPU: the matrices are too
     # small for 2 threads to share one well (measured: 1.5x the tokens/s of one 2-thread process, README).
     processes = args.processes or (2 if threads >= 2 and not args.quick and not torch.cuda.is_available() else 1)
 
@@ -120,13 +144,7 @@ def run_pipeline(args) -> dict:
 
     base_stats = None
     if not os.path.exists(os.path.join(base_dir, "tiny-llama", "config.json")):
-        print(f"[2/6] tiny bases: python weights/make_tiny.py --data {data_dir} --out {base_dir}" +
-              (f" --extra-text {evqa_train[0]}" if use_evqa else "") + f"  (sizes: {size['tiny']})")
-        spec = importlib.util.spec_from_file_location(
-            "make_tiny", os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "make_tiny.py"))
-        make_tiny = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(make_tiny)
-        base_stats = make_tiny.make_tiny(data_dir, base_dir, evqa_train, **size["tiny"])
+        base_stats = make_bases(data_dir, base_dir, evqa_train, size["tiny"], processes, max(1, threads // processes))
 
     # --seed reaches both stages (the projector's initialisation, the data order); the data and the bases keep seed 0
     common = ["--seed", str(args.seed)] + (["--quiet"] if args.quiet else [])
@@ -161,8 +179,7 @@ def run_pipeline(args) -> dict:
              ["--init", stage1_final, "--out", run_dir, "--epochs", str(size["stage2_epochs"]), "--group-by-length",
               "--threads", str(max(1, threads // processes))] + common
     stage2 += ["--max-steps", str(size["stage2_max_steps"])] if "stage2_max_steps" in size else []
-    launcher = "python" if processes == 1 else f"torchrun --standalone --nproc_per_node {processes}"
-    print(f"[4/6] stage 2: {launcher} train.py " + " ".join(stage2))
+    print(f"[4/6] stage 2: {launcher(processes)} train.py " + " ".join(stage2))
     final = run_stage(stage2, processes)
 
     print(f"[5/6] evaluation: python -m llava_mini.evaluate --model {final} --data {data_dir}" +
@@ -183,7 +200,7 @@ def run_pipeline(args) -> dict:
 
     minutes = (time.time() - t0) / 60
     print(f"\n[6/6] report ({minutes:.1f} min wall, {threads} threads" +
-          (f"; stage 2 as {processes} processes)" if processes > 1 else ")"))
+          (f"; tiny bases and stage 2 as {processes} processes)" if processes > 1 else ")"))
     if base_stats:
         print(f"  tiny CLIP zero-shot retrieval {base_stats['clip_retrieval_top1']:.1%} (top-1 of "
               f"{base_stats['clip_retrieval_pool']}); tiny LLaMA held-out loss {base_stats['lm_heldout_loss']:.3f}")

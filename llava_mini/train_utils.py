@@ -143,6 +143,42 @@ def all_reduce_sum(x: torch.Tensor, world: int) -> torch.Tensor:
     return x
 
 
+def sum_gradients(model: torch.nn.Module, world: int) -> None:
+    """What DDP does after backward, written out for the stage-0 loops (make_tiny): every process ends with the
+    sum over processes of its gradients, in one all-reduce of all of them flattened together. With each process's
+    loss its share of the global batch's loss, that sum is the one-process gradient."""
+    if world == 1:
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    for g, new in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(new.view_as(g))
+
+
+class GatherWithGrad(torch.autograd.Function):
+    """all_gather that gradients flow back through: (n, ...) on each process -> (world * n, ...) on every process,
+    in rank order. A contrastive loss needs it: each image must meet every process's captions. Backward gives each
+    process the sum over processes of the gradient for its own rows (an all-reduce, then its slice: a
+    reduce-scatter that gloo can do)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad.chunk(dist.get_world_size())[dist.get_rank()]
+
+
+def gather_with_grad(x: torch.Tensor, world: int) -> torch.Tensor:
+    return GatherWithGrad.apply(x) if world > 1 else x
+
+
 def wrap_for_processes(model, args, world: int, device, find_unused_parameters: bool = True):
     """DDP (every process holds the whole model) or FSDP2 (each holds a shard) under torchrun; as is otherwise."""
     if world == 1:

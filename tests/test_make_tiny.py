@@ -2,9 +2,12 @@
 that the real loaders read back."""
 import importlib.util
 import os
+import socket
 
 import pytest
 import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
 
 from llava_mini import weights, world
 from llava_mini.config import CLIPConfig, TextConfig, read_config, read_json
@@ -80,6 +83,43 @@ def test_make_tiny_writes_loadable_hf_folders(tmp_path):
                        clip.vision_model.embeddings.patch_embedding.weight)
     # a trained LM: its held-out loss is below the uniform guess
     assert stats["lm_heldout_loss"] < torch.log(torch.tensor(float(tok.vocab_size))).item()
+
+
+TINY_SIZES = dict(image_size=32, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, vocab_size=400,
+                  clip_steps=3, clip_batch=8, lm_steps=3, lm_batch=4, lm_block=32)
+
+
+def _make_tiny_worker(rank: int, port: int, data: str, out: str):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo")
+    torch.set_num_threads(1)
+    make_tiny.make_tiny(data, out, **TINY_SIZES)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_make_the_same_bases_as_one(tmp_path):
+    """Under torchrun the processes split each CLIP and LM batch and gather the features: the contrastive loss still
+    sees the whole batch, so both models (and the file of measurements) equal the one-process run."""
+    data = str(tmp_path / "shapes")
+    world.generate_dataset(data, 24, 8, seed=0, image_size=32, quiet=True)
+    one = make_tiny.make_tiny(data, str(tmp_path / "one"), **TINY_SIZES)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_make_tiny_worker, args=(port, data, str(tmp_path / "two")), nprocs=2, join=True)
+    two = read_json(str(tmp_path / "two" / make_tiny.STATS_FILE))
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert two["lm_heldout_loss"] == pytest.approx(one["lm_heldout_loss"], rel=1e-4)
+    for name in ("tiny-clip", "tiny-llama"):
+        a = load_file(str(tmp_path / "one" / name / "model.safetensors"))
+        b = load_file(str(tmp_path / "two" / name / "model.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=5e-5, msg=f"{name}: {k}")   # Adam amplifies float noise in near-zero gradients
+    # and they trained: 3 steps moved the weights away from the seeded initialisation
+    init = make_tiny.init_weights(make_tiny.LlamaForCausalLM(read_config(str(tmp_path / "one" / "tiny-llama"))))
+    assert not torch.equal(init.model.embed_tokens.weight, a["model.embed_tokens.weight"])
 
 
 def test_object_regions_cover_the_patches_inside_each_box():

@@ -4,6 +4,7 @@ downloaded here.
     python weights/make_tiny.py                                   # data/shapes -> checkpoints/base/{tiny-clip,tiny-llama}
     python weights/make_tiny.py --data data/shapes --out checkpoints/base --clip-steps 500 --lm-steps 100   # quicker, weaker
     python weights/make_tiny.py --extra-text data/easyvqa/train.json    # more LLaVA-JSON text for the tokenizer and LM
+    torchrun --standalone --nproc_per_node 2 weights/make_tiny.py --threads 1   # 2 processes share each batch (gloo)
 
 It makes three things, in the order LLaVA's bases were made (on a much smaller scale):
 1. a BPE tokenizer shaped like LLaMA's (`<unk>`=0, `<s>`=1, `</s>`=2, 256 byte-fallback tokens, "▁" for spaces),
@@ -30,25 +31,28 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from tokenizers import Tokenizer as HFTokenizer
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
 
 from llava_mini import weights                                                    # noqa: E402
 from llava_mini.clip import CLIPModel, clip_loss                                  # noqa: E402
-from llava_mini.config import CLIPConfig, CLIPTextConfig, read_json, tiny_text, tiny_vision   # noqa: E402
+from llava_mini.config import CLIPConfig, CLIPTextConfig, read_json, tiny_text, tiny_vision, write_json  # noqa: E402
 from llava_mini.conversation import get_template                                  # noqa: E402
 from llava_mini.data import load_image, preprocess_image                          # noqa: E402
 from llava_mini.llama import LlamaForCausalLM                                     # noqa: E402
 from llava_mini.tokenizer import IMAGE_TOKEN, Tokenizer                           # noqa: E402
-from llava_mini.train_utils import shuffled_turns                                 # noqa: E402
+from llava_mini.train_utils import gather_with_grad, shuffled_turns, sum_gradients  # noqa: E402
 from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions,  # noqa: E402
                                object_regions, region_accuracy, region_logits, retrieval_accuracy)
 
 SPACE = "\u2581"                      # SentencePiece's visible space, as in LLaMA's tokenizer
 SPECIALS = ["<unk>", "<s>", "</s>"]   # ids 0, 1, 2, as in LLaMA
 CHAT_TEMPLATE = "vicuna_v1"           # the LM learns the stage-2 chat format from text alone
+STATS_FILE = "make_tiny.json"         # what make_tiny measured, beside the bases (the pipeline's report reads it)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -61,7 +65,6 @@ def train_tokenizer(texts: list[str], vocab_size: int = 1024):
     unknown characters fall back to <0xNN> byte tokens; the post-processor adds <s>. Merges are learned inside
     words only (we split on "▁" while training), as SentencePiece does. `vocab_size` is an upper bound: a small
     corpus runs out of merges first."""
-    from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])
@@ -169,10 +172,12 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def optimizer_step(model, opt, sched, loss) -> None:
-    """Backward, clip the gradient norm to 1, step the optimizer and the schedule (both stage-0 loops)."""
+def optimizer_step(model, opt, sched, loss, world: int = 1) -> None:
+    """Backward, sum the gradients over processes (each loss is its process's share), clip the gradient norm to 1,
+    step the optimizer and the schedule (both stage-0 loops)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    sum_gradients(model, world)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     sched.step()
@@ -180,7 +185,7 @@ def optimizer_step(model, opt, sched, loss) -> None:
 
 def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tokenizer, *, steps: int,
                batch_size: int, lr: float, seed: int, feature_layer: int = -2, region_weight: float = 1.0,
-               hard_negatives: bool = True) -> CLIPModel:
+               hard_negatives: bool = True, rank: int = 0, world: int = 1) -> CLIPModel:
     """CLIP's contrastive loss on (image, caption) pairs, plus the same loss on (object region, phrase) pairs.
 
     Why the second term: in a batch of world scenes the colours alone tell the captions apart, so the image-level
@@ -188,7 +193,11 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
     only. Contrasting each object's patches with its phrase ("small red star at the top left"), as region-level
     CLIPs do, puts shape and position into exactly the features the LLM will read. With `hard_negatives` each
     region also competes with its own phrase with the shape swapped and with the position swapped (one random swap of
-    each per step, counterfactual_phrases), which a batch rarely supplies; README has what they change."""
+    each per step, counterfactual_phrases), which a batch rarely supplies; README has what they change.
+
+    Under torchrun (`world` processes) every process draws the same global batch from the same seeded generator
+    and runs its own slice of the images and of the texts; the features are gathered, so the loss contrasts the
+    whole batch, and the summed gradients equal one process's (tests/test_make_tiny.py checks it)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = init_weights(CLIPModel(config))
@@ -197,21 +206,32 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
     max_len = config.text_config.max_position_embeddings
     grid = config.vision_config.image_size // config.vision_config.patch_size
     regions = [object_regions(s, grid) for s in scenes]
-    bar = tqdm(range(steps), desc="tiny CLIP")
+    if batch_size % world:
+        raise ValueError(f"the CLIP batch ({batch_size}) must split evenly over {world} processes")
+    bar = tqdm(range(steps), desc="tiny CLIP", disable=rank != 0)
     for _ in bar:
+        # The global batch, drawn the same way by every process; this process runs the slice `mine`.
         idx = rng.sample(range(len(scenes)), min(batch_size, len(scenes)))
-        ids, mask = encode_captions(tokenizer, [rng.choice(scenes[i]["captions"]) for i in idx], max_len)
-        out = model.vision_model(images[idx], output_hidden_states=True)
-        image = F.normalize(model.visual_projection(out.pooler_output), dim=-1)
-        text = F.normalize(model.get_text_features(ids, mask), dim=-1)
-        image_loss = clip_loss(image @ text.t() * model.logit_scale.exp())
-        losses = {"image": image_loss}
+        captions = [rng.choice(scenes[i]["captions"]) for i in idx]
+        negatives = [p for i in idx for p in counterfactual_phrases(scenes[i], rng)] if hard_negatives else []
+        share = len(idx) // world
+        mine = slice(rank * share, (rank + 1) * share)
+        out = model.vision_model(images[idx[mine]], output_hidden_states=True)
+        image = F.normalize(model.visual_projection(out.pooler_output), dim=-1)           # (share, D)
+        text = F.normalize(model.get_text_features(*encode_captions(tokenizer, captions[mine], max_len)), dim=-1)
+        image, text = gather_with_grad(image, world), gather_with_grad(text, world)      # (B, D) on every process
+        image_loss = clip_loss(image @ text.t() * model.logit_scale.exp())               # the same on every process
+        loss, losses = image_loss / world, {"image": image_loss}
         if region_weight:                    # 0: the image-caption ablation, which need not compute the term at all
-            negatives = [p for i in idx for p in counterfactual_phrases(scenes[i], rng)] if hard_negatives else []
-            logits, targets = region_logits(model, out.hidden_states[feature_layer], [regions[i] for i in idx],
-                                            tokenizer, max_len, negatives)
-            losses["region"] = F.cross_entropy(logits, targets)
-        optimizer_step(model, opt, sched, image_loss + region_weight * losses.get("region", 0.0))
+            # this process's objects against every phrase of the global batch (and the hard negatives)
+            others = [p for i in idx for p in regions[i][1]] if world > 1 else []
+            logits, targets = region_logits(model, out.hidden_states[feature_layer], [regions[i] for i in idx[mine]],
+                                            tokenizer, max_len, others + negatives, rank, world)
+            n_objects = sum(len(regions[i][1]) for i in idx)
+            region = F.cross_entropy(logits, targets, reduction="sum") / n_objects        # this process's share
+            loss = loss + region_weight * region
+            losses["region"] = region * len(idx) / len(idx[mine])  # (about) the mean, for the progress bar
+        optimizer_step(model, opt, sched, loss, world)
         bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()})
     return model.eval()
 
@@ -228,17 +248,24 @@ def pack_text(tokenizer: Tokenizer, texts: list[str], block: int) -> torch.Tenso
     return torch.tensor(stream[:n * block], dtype=torch.long).view(n, block)
 
 
-def train_llama(config, train_blocks: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int):
+def train_llama(config, train_blocks: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int,
+                rank: int = 0, world: int = 1):
+    """Next-token prediction on blocks of the world's text. Under torchrun each process takes its slice of the same
+    global batch (every block has the same number of predicted tokens, so the mean is the mean of the slices)."""
+    if batch_size % world:
+        raise ValueError(f"the LM batch ({batch_size}) must split evenly over {world} processes")
     torch.manual_seed(seed)
     model = init_weights(LlamaForCausalLM(config))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 20)))
     gen = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(steps), desc="tiny LLaMA")
+    bar = tqdm(range(steps), desc="tiny LLaMA", disable=rank != 0)
+    share = batch_size // world
     for _ in bar:
         batch = train_blocks[torch.randint(len(train_blocks), (batch_size,), generator=gen)]
+        batch = batch[rank * share:(rank + 1) * share]                                    # this process's slice
         loss = model(batch, labels=batch).loss
-        optimizer_step(model, opt, sched, loss)
+        optimizer_step(model, opt, sched, loss / world, world)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return model.eval()
 
@@ -258,17 +285,23 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
               clip_steps: int = 2000, clip_batch: int = 64, clip_lr: float = 2e-3,
               lm_steps: int = 200, lm_batch: int = 32, lm_block: int = 128, lm_lr: float = 3e-3,
               region_weight: float = 1.0, hard_negatives: bool = True, seed: int = 0) -> dict:
-    """Make tokenizer, tiny CLIP and tiny LLaMA; write them to {out_dir}/tiny-clip and {out_dir}/tiny-llama.
-    Returns the measurements (retrieval accuracy, LM losses) as a dict."""
+    """Make tokenizer, tiny CLIP and tiny LLaMA; write them to {out_dir}/tiny-clip and {out_dir}/tiny-llama, and
+    the measurements (retrieval accuracy, LM loss) to {out_dir}/make_tiny.json; returns them as a dict.
+    Under torchrun the processes share each global batch (train_clip, train_llama); the first one measures and
+    writes, the others return None."""
     t0 = time.time()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     text = read_world_text(data_dir, list(extra_text))
-    hf_tok = train_tokenizer(text["train"], vocab_size)
     os.makedirs(out_dir, exist_ok=True)
     tok_path = os.path.join(out_dir, "tokenizer.json")
-    hf_tok.save(tok_path)
+    if rank == 0:
+        train_tokenizer(text["train"], vocab_size).save(tok_path)
+    barrier(world)                                    # the others read the tokenizer the first process wrote
+    hf_tok = HFTokenizer.from_file(tok_path)
     tokenizer = Tokenizer.from_file(tok_path)
-    print(f"tokenizer: {tokenizer.vocab_size} tokens (<image> = {tokenizer.image_token_id}), "
-          f"trained on {len(text['train'])} texts")
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say(f"tokenizer: {tokenizer.vocab_size} tokens (<image> = {tokenizer.image_token_id}), "
+        f"trained on {len(text['train'])} texts")
 
     # --- CLIP
     vision = dataclasses.replace(tiny_vision(), image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden,
@@ -283,22 +316,25 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
                                 bos_token_id=tokenizer.bos_id, eos_token_id=eot)
     clip_config = CLIPConfig(vision_config=vision, text_config=text_tower, projection_dim=vision_hidden)
     train_images = load_images(data_dir, text["train_scenes"], vision)
-    test_images = load_images(data_dir, text["test_scenes"], vision)
     clip = train_clip(clip_config, train_images, text["train_scenes"], clip_tok, steps=clip_steps,
                       batch_size=clip_batch, lr=clip_lr, seed=seed, region_weight=region_weight,
-                      hard_negatives=hard_negatives)
-    pool = min(100, len(text["test_scenes"]))
-    retrieval = retrieval_accuracy(clip, test_images, text["test_scenes"], clip_tok, text_tower.max_position_embeddings,
-                                   pool=pool)
-    objects = region_accuracy(clip, test_images, text["test_scenes"], clip_tok, text_tower.max_position_embeddings,
-                              pool=pool)
-    print(f"tiny CLIP: zero-shot image->caption retrieval on held-out scenes, top-1 among {pool}: "
-          f"{retrieval:.1%} (chance {1 / pool:.1%}); object->phrase retrieval {objects:.1%}")
+                      hard_negatives=hard_negatives, rank=rank, world=world)
+    stats = None
     clip_dir = os.path.join(out_dir, "tiny-clip")
-    clip_tok_path = os.path.join(out_dir, "clip-tokenizer.json")
-    clip_tok.save(clip_tok_path)
-    weights.save_clip(clip, clip_dir)
-    os.replace(clip_tok_path, os.path.join(clip_dir, "tokenizer.json"))
+    if rank == 0:
+        test_images = load_images(data_dir, text["test_scenes"], vision)
+        pool = min(100, len(text["test_scenes"]))
+        retrieval = retrieval_accuracy(clip, test_images, text["test_scenes"], clip_tok,
+                                       text_tower.max_position_embeddings, pool=pool)
+        objects = region_accuracy(clip, test_images, text["test_scenes"], clip_tok, text_tower.max_position_embeddings,
+                                  pool=pool)
+        print(f"tiny CLIP: zero-shot image->caption retrieval on held-out scenes, top-1 among {pool}: "
+              f"{retrieval:.1%} (chance {1 / pool:.1%}); object->phrase retrieval {objects:.1%}")
+        clip_tok_path = os.path.join(out_dir, "clip-tokenizer.json")
+        clip_tok.save(clip_tok_path)
+        weights.save_clip(clip, clip_dir)
+        os.replace(clip_tok_path, os.path.join(clip_dir, "tokenizer.json"))
+        stats = {"clip_retrieval_top1": retrieval, "clip_retrieval_pool": pool, "clip_region_top1": objects}
 
     # --- LLaMA
     llama_config = dataclasses.replace(tiny_text(tokenizer.vocab_size), hidden_size=text_hidden,
@@ -308,16 +344,26 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
                                        bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
                                        pad_token_id=tokenizer.pad_id)
     train_blocks = pack_text(tokenizer, text["train"], lm_block)
-    test_blocks = pack_text(tokenizer, text["test"], lm_block)
-    llama = train_llama(llama_config, train_blocks, steps=lm_steps, batch_size=lm_batch, lr=lm_lr, seed=seed)
-    held_out = lm_loss(llama, test_blocks)
-    print(f"tiny LLaMA: held-out loss {held_out:.3f} (perplexity {math.exp(held_out):.2f}; "
-          f"uniform over the vocabulary would be {math.log(tokenizer.vocab_size):.2f})")
+    llama = train_llama(llama_config, train_blocks, steps=lm_steps, batch_size=lm_batch, lr=lm_lr, seed=seed,
+                        rank=rank, world=world)
     llama_dir = os.path.join(out_dir, "tiny-llama")
-    weights.save_llama(llama, llama_dir, tokenizer_json=tok_path)
-    print(f"wrote {clip_dir} and {llama_dir} in {time.time() - t0:.0f} s")
-    return {"clip_retrieval_top1": retrieval, "clip_retrieval_pool": pool, "clip_region_top1": objects, "lm_heldout_loss": held_out,
-            "vocab_size": tokenizer.vocab_size, "clip_dir": clip_dir, "llama_dir": llama_dir}
+    if rank == 0:
+        held_out = lm_loss(llama, pack_text(tokenizer, text["test"], lm_block))
+        print(f"tiny LLaMA: held-out loss {held_out:.3f} (perplexity {math.exp(held_out):.2f}; "
+              f"uniform over the vocabulary would be {math.log(tokenizer.vocab_size):.2f})")
+        weights.save_llama(llama, llama_dir, tokenizer_json=tok_path)
+        stats.update(lm_heldout_loss=held_out, vocab_size=tokenizer.vocab_size, clip_dir=clip_dir,
+                     llama_dir=llama_dir, processes=world, seconds=round(time.time() - t0, 1))
+        write_json(stats, os.path.join(out_dir, STATS_FILE))
+        print(f"wrote {clip_dir} and {llama_dir} in {time.time() - t0:.0f} s" +
+              (f" ({world} processes)" if world > 1 else ""))
+    barrier(world)                                    # nobody leaves before the files are there
+    return stats
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
 
 
 def main(argv=None):
@@ -340,15 +386,19 @@ def main(argv=None):
     p.add_argument("--no-hard-negatives", action="store_true",
                    help="the object-phrase term without the shape- and position-swapped phrases (the ablation)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: the cores / processes)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:                     # under torchrun: one process of several; the bases train on the CPU, so gloo
+        dist.init_process_group("gloo")
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
     make_tiny(args.data, args.out, args.extra_text, clip_steps=args.clip_steps, clip_batch=args.clip_batch,
               clip_lr=args.clip_lr, lm_steps=args.lm_steps, lm_batch=args.lm_batch, lm_lr=args.lm_lr,
               vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, text_hidden=args.text_hidden,
               text_layers=args.text_layers, region_weight=args.region_weight,
               hard_negatives=not args.no_hard_negatives, seed=args.seed)
+    if world > 1:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from llava_mini.clip import CLIPModel
 from llava_mini.teacher import POSITION_NAMES, position_name
+from llava_mini.train_utils import gather_with_grad
 from llava_mini.world import SHAPES
 
 END_OF_TEXT = "<|endoftext|>"         # the tiny CLIP text tower's pooling token (see clip_tokenizer)
@@ -79,19 +80,30 @@ def counterfactual_phrases(scene: dict, rng: random.Random | None = None) -> lis
     return out
 
 
+def phrase_features(model: CLIPModel, tokenizer, phrases: list[str], max_len: int, rank: int = 0,
+                    world: int = 1) -> torch.Tensor:
+    """Normalised text features of `phrases`: (n_phrases, D). Under several processes each encodes an equal share
+    (the text tower is much of a CLIP step) and they gather, so every process gets all of them, with gradients."""
+    share = -(-len(phrases) // world)                                  # ceil
+    mine = phrases[rank * share:(rank + 1) * share]
+    mine = mine + [phrases[-1]] * (share - len(mine))                  # all_gather wants equal shares; cut below
+    features = F.normalize(model.get_text_features(*encode_captions(tokenizer, mine, max_len)), dim=-1)
+    return gather_with_grad(features, world)[:len(phrases)]
+
+
 def region_logits(model: CLIPModel, hidden: torch.Tensor, regions: list, tokenizer, max_len: int,
-                  negatives: list[str] = ()):
+                  negatives: list[str] = (), rank: int = 0, world: int = 1):
     """Region-phrase similarities. hidden: (B, 1 + P, H), the layer LLaVA reads; regions[b] = object_regions of
     scene b. Each region is its patches' mean, through the same post-LayerNorm and projection as the CLS token.
     Returns (logits (R, n_phrases), targets (R,)): each region should pick its own phrase among the batch's and
-    the extra `negatives`."""
+    the extra `negatives` (under several processes: also the other processes' phrases, see make_tiny.train_clip)."""
     masks = torch.cat([m for m, _ in regions])                                           # (R, P)
     owner = torch.cat([torch.full((len(m),), b) for b, (m, _) in enumerate(regions)])    # (R,)
     pooled = torch.einsum("rp,rph->rh", masks, hidden[owner, 1:]) / masks.sum(1, keepdim=True)   # (R, H)
     region = F.normalize(model.visual_projection(model.vision_model.post_layernorm(pooled)), dim=-1)
     names = [p for _, ps in regions for p in ps]
     unique = sorted(set(names) | set(negatives))
-    text = F.normalize(model.get_text_features(*encode_captions(tokenizer, unique, max_len)), dim=-1)
+    text = phrase_features(model, tokenizer, unique, max_len, rank, world)                 # (n_phrases, D)
     index = {p: i for i, p in enumerate(unique)}
     return region @ text.t() * model.logit_scale.exp(), torch.tensor([index[p] for p in names])
 
