@@ -6,6 +6,7 @@
     python -m llava_mini.evaluate --model DIR --data data/shapes --bench --judge openai \
         --judge-url http://127.0.0.1:8000/v1 --judge-model gpt-4o-mini
     python -m llava_mini.evaluate --model DIR --scienceqa tests/fixtures/scienceqa/test.json
+    python -m llava_mini.evaluate --model checkpoints/tiny/final --data data/shapes --confusion position   # how it errs
 
 Three measurements, each split into a scoring layer (plain functions over strings, easy to test by hand) and a
 model layer (batched greedy generation):
@@ -34,7 +35,7 @@ import contextlib
 import os
 import re
 import string
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from llava_mini.config import read_json, write_json
 from llava_mini.conversation import SHORT_ANSWER_PROMPT, TEMPLATES   # LLaVA-1.5's "\nAnswer the question using ..."
@@ -73,6 +74,16 @@ def vqa_accuracy(questions: list[dict], predictions: list[str]) -> dict:
     return {"overall": sum(hits.values()) / n if n else 0.0, "n": n,
             "per_type": {t: hits[t] / counts[t] for t in sorted(counts)},
             "count_per_type": {t: counts[t] for t in sorted(counts)}}
+
+
+def answer_confusion(questions: list[dict], predictions: list[str], question_type: str) -> dict[str, Counter]:
+    """How a model is wrong, for one question type: for each right answer, how often each reply was given (both
+    normalised). {"top left": Counter({"top": 15, "top left": 5}), ...}"""
+    table: dict[str, Counter] = defaultdict(Counter)
+    for q, pred in zip(questions, predictions):
+        if q.get("question_type") == question_type:
+            table[normalize_answer(str(q["answer"]))][normalize_answer(pred)] += 1
+    return dict(sorted(table.items()))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -274,6 +285,8 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--template", choices=sorted(TEMPLATES), help="override the template stored with the checkpoint")
     p.add_argument("--out", help="write the JSON report here")
+    p.add_argument("--confusion", metavar="TYPE", help="also print, for one question type (e.g. position), which "
+                   "replies the model gave to each right answer")
     args = p.parse_args(argv)
     if not (args.data or args.easyvqa or args.scienceqa):
         p.error("nothing to evaluate: give --data (with --bench for the judged score), --easyvqa or --scienceqa")
@@ -301,6 +314,11 @@ def main(argv=None):
                 runs["no projector"] = evaluate_vqa(model, tokenizer, questions, root, **common)
         report[name] = runs
         _print_vqa_table(name, runs)
+        if args.confusion:
+            table = answer_confusion(questions, [p["prediction"] for p in runs["model"]["predictions"]], args.confusion)
+            print(f"  {args.confusion}: right answer -> the model's replies, most common first")
+            for answer, replies in table.items():
+                print(f"    {answer:<14}" + ", ".join(f"{r or '(empty)'} {n}" for r, n in replies.most_common()))
 
     if args.bench:
         from llava_mini.judges import LLMJudge, RuleJudge, score_bench

@@ -27,6 +27,15 @@ def test_normalize_answer():
     assert ev.normalize_answer("3") == ev.normalize_answer("three")
 
 
+def test_answer_confusion_counts_the_replies_to_each_right_answer():
+    qs = [{"answer": "top left", "question_type": "position"}, {"answer": "top left", "question_type": "position"},
+          {"answer": "Top Left", "question_type": "position"}, {"answer": "right", "question_type": "position"},
+          {"answer": "red", "question_type": "color"}]
+    table = ev.answer_confusion(qs, ["top", "Top.", "top left", "", "blue"], "position")
+    assert table == {"right": {"": 1}, "top left": {"top": 2, "top left": 1}}     # normalised; other types left out
+    assert table["top left"].most_common(1) == [("top", 2)]
+
+
 def test_vqa_accuracy_per_type():
     questions = [{"answer": "2", "question_type": "count"}, {"answer": "3", "question_type": "count"},
                  {"answer": "red", "question_type": "color"}, {"answer": "yes", "question_type": "exists"}]

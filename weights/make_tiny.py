@@ -206,8 +206,8 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
     max_len = config.text_config.max_position_embeddings
     grid = config.vision_config.image_size // config.vision_config.patch_size
     regions = [object_regions(s, grid) for s in scenes]
-    if batch_size % world:
-        raise ValueError(f"the CLIP batch ({batch_size}) must split evenly over {world} processes")
+    if min(batch_size, len(scenes)) % world:
+        raise ValueError(f"the CLIP batch ({min(batch_size, len(scenes))}) must split evenly over {world} processes")
     bar = tqdm(range(steps), desc="tiny CLIP", disable=rank != 0)
     for _ in bar:
         # The global batch, drawn the same way by every process; this process runs the slice `mine`.
