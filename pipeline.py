@@ -58,7 +58,7 @@ def torchrun(script: str, argv: list[str], processes: int, threads: int) -> None
         proc.wait()      # Ctrl-C reached the workers too: let them write their resumable checkpoint
         raise
     if code != 0:
-        raise SystemExit(f"stage failed with exit code {code}: {' '.join(cmd)}")
+        raise SystemExit(f"{os.path.basename(script)} failed with exit code {code}: {' '.join(cmd)}")
 
 
 def launcher(processes: int) -> str:

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -210,8 +211,21 @@ def test_run_stage_under_torchrun_matches_one_process(tiny, stage1, tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
     broken = stage2_args(tiny, tmp_path / "no-such-checkpoint", tmp_path / "broken", "--max-steps", "1")
-    with pytest.raises(SystemExit, match="stage failed with exit code .*torch.distributed.run"):
+    with pytest.raises(SystemExit, match="train.py failed with exit code .*torch.distributed.run"):
         pipeline.run_stage(broken, 2)
+
+
+def test_make_bases_under_torchrun_matches_one_process(tiny, tmp_path):
+    """The pipeline's stage 0 on a multi-core CPU: weights/make_tiny.py launched by torchrun as 2 processes, its
+    command line built from the size preset. Its bases and measurements equal the in-process run's."""
+    one = pipeline.make_bases(tiny["data"], str(tmp_path / "one"), [], pipeline.QUICK["tiny"], 1, 1)
+    two = pipeline.make_bases(tiny["data"], str(tmp_path / "two"), [], pipeline.QUICK["tiny"], 2, 1)
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert two["lm_heldout_loss"] == pytest.approx(one["lm_heldout_loss"], rel=1e-4)
+    for name in ("tiny-clip", "tiny-llama"):
+        a, b = (load_file(str(tmp_path / run / name / "model.safetensors")) for run in ("one", "two"))
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=5e-5, msg=f"{name}: {k}")
 
 
 def test_default_pipeline_quick(tmp_path):

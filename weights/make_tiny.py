@@ -377,6 +377,10 @@ def main(argv=None):
     p.add_argument("--lm-batch", type=int, default=32)
     p.add_argument("--clip-lr", type=float, default=2e-3)
     p.add_argument("--lm-lr", type=float, default=3e-3)
+    p.add_argument("--lm-block", type=int, default=128, help="tokens per LM training block")
+    p.add_argument("--image-size", type=int, default=64, help="the tower's input size (the world's images)")
+    p.add_argument("--patch-size", type=int, default=8)
+    p.add_argument("--vocab-size", type=int, default=1024, help="upper bound for the BPE vocabulary")
     p.add_argument("--vision-hidden", type=int, default=64)
     p.add_argument("--vision-layers", type=int, default=3)
     p.add_argument("--text-hidden", type=int, default=96)
@@ -394,7 +398,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
     make_tiny(args.data, args.out, args.extra_text, clip_steps=args.clip_steps, clip_batch=args.clip_batch,
               clip_lr=args.clip_lr, lm_steps=args.lm_steps, lm_batch=args.lm_batch, lm_lr=args.lm_lr,
-              vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, text_hidden=args.text_hidden,
+              lm_block=args.lm_block, image_size=args.image_size, patch_size=args.patch_size,
+              vocab_size=args.vocab_size, vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, text_hidden=args.text_hidden,
               text_layers=args.text_layers, region_weight=args.region_weight,
               hard_negatives=not args.no_hard_negatives, seed=args.seed)
     if world > 1:
