@@ -81,13 +81,13 @@ def make_bases(data_dir: str, base_dir: str, extra_text: list[str], sizes: dict,
     argv = ["--data", data_dir, "--out", base_dir] + (["--extra-text"] + extra_text if extra_text else [])
     argv += [a for k, v in sizes.items() for a in ("--" + k.replace("_", "-"), str(v))]
     print(f"[2/6] tiny bases: {launcher(processes)} weights/make_tiny.py " + " ".join(argv + ["--threads", str(threads)]))
-    if processes > 1:
-        torchrun(MAKE_TINY_PY, argv + ["--threads", str(threads)], processes, threads)
-        return read_json(os.path.join(base_dir, "make_tiny.json"))
     spec = importlib.util.spec_from_file_location("make_tiny", MAKE_TINY_PY)
     make_tiny = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_tiny)
-    return make_tiny.make_tiny(data_dir, base_dir, extra_text, **sizes)
+    if processes == 1:
+        return make_tiny.make_tiny(data_dir, base_dir, extra_text, **sizes)
+    torchrun(MAKE_TINY_PY, argv + ["--threads", str(threads)], processes, threads)
+    return read_json(os.path.join(base_dir, make_tiny.STATS_FILE))
 
 
 @torch.no_grad()

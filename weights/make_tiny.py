@@ -8,7 +8,7 @@ downloaded here.
 
 It makes three things, in the order LLaVA's bases were made (on a much smaller scale):
 1. a BPE tokenizer shaped like LLaMA's (`<unk>`=0, `<s>`=1, `</s>`=2, 256 byte-fallback tokens, "▁" for spaces),
-   with `<image>` added as a special token at the end of the vocabulary;
+   with `<image>` added as a special token at the end of the vocabulary (weights/tiny_tokenizer.py);
 2. a tiny CLIP (vision + text tower), trained contrastively on the shapes world's image-caption pairs and on
    object-phrase pairs (each object's patches against "small red star at the top left"; see train_clip for why);
 3. a tiny LLaMA, trained on next-token prediction over the world's text without images: captions and the stage-2
@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import random
-import string
 import sys
 import time
 
@@ -48,51 +46,10 @@ from llava_mini.tokenizer import IMAGE_TOKEN, Tokenizer                         
 from llava_mini.train_utils import gather_with_grad, shuffled_turns, sum_gradients  # noqa: E402
 from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions,  # noqa: E402
                                object_regions, region_accuracy, region_logits, retrieval_accuracy)
+from weights.tiny_tokenizer import train_tokenizer                               # noqa: E402
 
-SPACE = "\u2581"                      # SentencePiece's visible space, as in LLaMA's tokenizer
-SPECIALS = ["<unk>", "<s>", "</s>"]   # ids 0, 1, 2, as in LLaMA
 CHAT_TEMPLATE = "vicuna_v1"           # the LM learns the stage-2 chat format from text alone
 STATS_FILE = "make_tiny.json"         # what make_tiny measured, beside the bases (the pipeline's report reads it)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# 1. Tokenizer
-
-def train_tokenizer(texts: list[str], vocab_size: int = 1024):
-    """A byte-fallback BPE tokenizer with LLaMA's structure, trained on `texts` with the `tokenizers` library.
-
-    Like LLaMA's tokenizer.json: the normalizer prepends "▁" and turns spaces into "▁"; there is no pre-tokenizer;
-    unknown characters fall back to <0xNN> byte tokens; the post-processor adds <s>. Merges are learned inside
-    words only (we split on "▁" while training), as SentencePiece does. `vocab_size` is an upper bound: a small
-    corpus runs out of merges first."""
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])
-    learner = HFTokenizer(models.BPE(unk_token="<unk>"))
-    learner.normalizer = normalizer
-    learner.pre_tokenizer = pre_tokenizers.Split(SPACE, behavior="merged_with_next")    # training only
-    alphabet = list(string.ascii_letters + string.digits + string.punctuation) + [SPACE]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 256 - 1, special_tokens=SPECIALS,
-                                  initial_alphabet=alphabet, show_progress=False)
-    learner.train_from_iterator(texts, trainer)
-    learned = json.loads(learner.to_str())["model"]
-
-    # Rebuild the vocabulary in LLaMA's order: specials, the 256 byte tokens, then the learned pieces.
-    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    for b in range(256):
-        vocab[f"<0x{b:02X}>"] = len(vocab)
-    for piece, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
-        if piece not in vocab:
-            vocab[piece] = len(vocab)
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
-    tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
-    tok.normalizer = normalizer
-    tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    tok.add_special_tokens(SPECIALS + [IMAGE_TOKEN])       # <image> gets the next free id, after the vocabulary
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", 1)])
-    return tok
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,7 +187,7 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
             n_objects = sum(len(regions[i][1]) for i in idx)
             region = F.cross_entropy(logits, targets, reduction="sum") / n_objects        # this process's share
             loss = loss + region_weight * region
-            losses["region"] = region * len(idx) / len(idx[mine])  # (about) the mean, for the progress bar
+            losses["region"] = region * n_objects / len(targets)                     # this process's mean
         optimizer_step(model, opt, sched, loss, world)
         bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()})
     return model.eval()
