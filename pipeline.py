@@ -4,7 +4,7 @@
     python train.py --quick          # the same at toy size (a smoke test, ~15 s)
     python train.py --workdir DIR    # put data/ and checkpoints/ under DIR
     python train.py --seed 1         # the stages with another seed (how much a result is luck: README)
-    python train.py --processes 1    # stage 2 in this process (default on a multi-core CPU: 2 under torchrun)
+    python train.py --processes 1    # bases and stage 2 in this process (default on a multi-core CPU: 2 under torchrun)
 
 Each step prints the command that does it alone, so a student can rerun any one of them: `python -m llava_mini.world`,
 `python -m llava_mini.easyvqa`, `python weights/make_tiny.py`, `python train.py --stage 1|2`, `python -m

@@ -73,7 +73,7 @@ class Preset:
 
 
 PRESETS = {
-    # Classroom size on a CPU: `python train.py` took 16 to 17 minutes on 2 cores (README: measured results).
+    # Classroom size on a CPU: `python train.py` took about 14 minutes on 2 cores (README: measured results).
     "tiny": Preset("mlp2x_gelu", "pad",
                    StageRecipe(lr=2e-3, batch_size=32, epochs=1, template="plain", max_length=512, micro_batch_size=32),
                    StageRecipe(lr=1e-3, batch_size=8, epochs=3, template="vicuna_v1", max_length=512,
@@ -142,8 +142,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workdir", default=".", help="pipeline: where data/ and checkpoints/ go")
     p.add_argument("--no-easyvqa", action="store_true", help="pipeline: leave easy-VQA out of stage 2 and evaluation")
     p.add_argument("--processes", type=int,
-                   help="pipeline: run stage 2 as this many DDP processes under torchrun (default on a CPU with 2 or "
-                        "more cores: 2, which trains faster there than one process with all the threads)")
+                   help="pipeline: make the tiny bases and run stage 2 as this many processes under torchrun (default "
+                        "on a CPU with 2 or more cores: 2, which trains faster there than one process with all the threads)")
     args = p.parse_args(argv)
     if args.stage is not None:
         for name in ("data", "image_root", "out"):
