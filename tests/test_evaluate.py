@@ -215,3 +215,48 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path):
     assert set(saved["bench"]["scores"]) == {"conv", "detail", "complex", "overall"}
     assert saved["scienceqa"]["n"] == 6 and saved["scienceqa"]["n_image"] == 3
     assert report["template"] == template
+
+
+def test_probe_answer_reads_the_answer_position_of_each_question(tmp_path):
+    """benchmarks/probe_answer.py: the hidden state it takes after the last layer, put through the final norm and the
+    vocabulary projection, is exactly the model's next-token logits for that prompt; batching (right padding, mixed
+    lengths) changes nothing; the train questions are the short-answer turns, bare."""
+    import importlib.util
+
+    import torch
+    from PIL import Image
+    from test_chat import make_tiny_checkpoint
+
+    from llava_mini.conversation import SHORT_ANSWER_PROMPT, tokenize_prompt
+    from llava_mini.data import load_image, preprocess_image
+    spec = importlib.util.spec_from_file_location("probe_answer", os.path.join(os.path.dirname(FIXTURES), "..",
+                                                                               "benchmarks", "probe_answer.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    model, tokenizer, template = ev.load_checkpoint(make_tiny_checkpoint(str(tmp_path / "ckpt")))
+    (tmp_path / "images").mkdir()
+    for i, c in enumerate([(220, 40, 40), (40, 80, 220)]):
+        Image.new("RGB", (32, 32), c).save(tmp_path / "images" / f"{i}.png")
+    questions = [{"image": f"images/{i % 2}.png", "question": q, "answer": "red"}
+                 for i, q in enumerate(["What colour is it?", "Where is the small blue star?", "Is there a circle?"])]
+    states = probe.answer_states(model, tokenizer, questions, str(tmp_path), template, batch_size=2)
+    layers = len(model.language_model.model.layers)
+    assert states.shape == (3, layers, model.config.text_config.hidden_size)
+    assert torch.allclose(states, probe.answer_states(model, tokenizer, questions, str(tmp_path), template,
+                                                      batch_size=1), atol=1e-5)
+    q = questions[1]
+    ids = tokenize_prompt(tokenizer, ["<image>\n" + q["question"] + SHORT_ANSWER_PROMPT], template)
+    pixels = preprocess_image(load_image(str(tmp_path / q["image"])), model.config.vision_config)[None]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]), pixels, torch.ones(1, len(ids), dtype=torch.long)).logits[0, -1]
+        from_state = model.language_model.lm_head(model.language_model.model.norm(states[1, -1]))
+    assert torch.allclose(from_state, logits, atol=1e-4)
+    sample = {"id": "s_vqa", "image": "x.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhere is the red star?" + SHORT_ANSWER_PROMPT},
+        {"from": "gpt", "value": "top left"}, {"from": "human", "value": "How many stars are there?"},
+        {"from": "gpt", "value": "1"}]}
+    assert probe.train_questions([sample, dict(sample, id="s_conv")]) == [
+        {"image": "x.png", "question": "Where is the red star?", "answer": "top left"},
+        {"image": "x.png", "question": "How many stars are there?", "answer": "1"}]
+    assert [probe.kind_of(a) for a in ("top left", "star", "teal", "1", "yes")] == ["position", "shape", "color",
+                                                                                      None, None]
