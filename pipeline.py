@@ -31,7 +31,7 @@ from train import build_model, parse_args, recipe, train, trained_tokens
 # stage2_kinds: which of the world's stage-2 samples (conv, detail, complex, vqa) join easy-VQA train in the mix.
 # eval_questions / blind_questions: how many test questions to score (None: all) with the image / blind.
 # stage2_max_steps: stop stage 2 early (the smoke test); stage 1 of the smoke test runs its 8 epochs (16 steps).
-FULL = dict(world_train=5000, world_test=500, image_size=64, stage1_epochs=1, stage2_epochs=5, stage2_kinds=("vqa",),
+FULL = dict(world_train=5000, world_test=500, image_size=64, stage1_epochs=1, stage2_epochs=4, stage2_kinds=("vqa",),
             eval_questions=None, blind_questions=1000, suffix="",
             tiny=dict(clip_steps=2000, lm_steps=200, text_hidden=96))
 QUICK = dict(world_train=48, world_test=8, image_size=32, stage1_epochs=8, stage2_epochs=1,

@@ -4,8 +4,8 @@
 
 writes under --out:
     images/{train,test}/{image_id}.png  copies of the package's images
-    easyvqa_train.json   LLaVA JSON: one sample per image, all its questions as short-answer turns (the first
-                         question + "\\nAnswer the question using a single word or phrase.", the rest as asked)
+    easyvqa_train.json   LLaVA JSON: one sample per image, all its questions as short-answer turns
+                         (question + "\\nAnswer the question using a single word or phrase.")
     easyvqa_test.json    evaluation questions {"id", "image", "question", "answer", "question_type"} (the test.json
                          format of docs/ARCHITECTURE.md); images are relative to --out.
 
@@ -63,8 +63,7 @@ def import_easyvqa(out_dir: str, progress: bool = True) -> dict:
                 turns = []
                 for n, (_, text, answer) in enumerate(qs):
                     prefix = "<image>\n" if n == 0 else ""
-                    prompt = SHORT_ANSWER_PROMPT if n == 0 else ""      # said once, as in the world's samples
-                    turns += [{"from": "human", "value": prefix + text[0].upper() + text[1:] + prompt},
+                    turns += [{"from": "human", "value": prefix + text[0].upper() + text[1:] + SHORT_ANSWER_PROMPT},
                               {"from": "gpt", "value": answer}]
                 records.append({"id": f"easyvqa_train_{image_id}", "image": image(image_id), "conversations": turns})
         else:

@@ -20,8 +20,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from llava_mini.conversation import SHORT_ANSWER_PROMPT
-
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.pt"     # optimizer, scheduler, RNG states, data position
 
@@ -50,19 +48,14 @@ def shuffled_turns(entry: dict, seed: int) -> dict:
 
     The teachers ask in a fixed order ("How many objects?" first, "Where is ...?" fifth, ...), and a tiny LLM learns
     that order as a shortcut, taking the answer type from the turn number instead of the question; evaluation then
-    asks every question as the first turn. Shuffled, every kind of question appears in every turn.
-    The answer-format prompt (SHORT_ANSWER_PROMPT), if the sample has it, ends the first question after the shuffle too,
-    and no other (see teacher.make_instruct_data)."""
+    asks every question as the first turn. Shuffled, every kind of question appears in every turn."""
     rng = random.Random(f"{seed}:{entry['id']}")
     turns = entry["conversations"]
     pairs = [[dict(turns[i]), dict(turns[i + 1])] for i in range(0, len(turns) - 1, 2)]
     first = pairs[0][0]["value"]
     pairs[0][0]["value"] = first.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "")
-    prompt = SHORT_ANSWER_PROMPT if any(q["value"].endswith(SHORT_ANSWER_PROMPT) for q, _ in pairs) else ""
-    for q, _ in pairs:
-        q["value"] = q["value"].removesuffix(SHORT_ANSWER_PROMPT)
     rng.shuffle(pairs)
-    pairs[0][0]["value"] = "<image>\n" + pairs[0][0]["value"] + prompt
+    pairs[0][0]["value"] = "<image>\n" + pairs[0][0]["value"]
     return {**entry, "conversations": [t for pair in pairs for t in pair]}
 
 

@@ -300,17 +300,3 @@ def test_shuffled_turns_keeps_each_answer_with_its_question_and_the_image_first(
     assert shuffled_turns(entry, seed=0) == out and shuffled_turns(entry, seed=1) != out
     assert entry == _short_answer_sample(6)                        # the input is not modified
 
-
-def test_shuffled_turns_says_the_answer_format_prompt_once_on_the_first_question():
-    from llava_mini.conversation import SHORT_ANSWER_PROMPT
-    from llava_mini.train_utils import shuffled_turns
-    every = _short_answer_sample(6)                                # LLaVA-1.5's way: the prompt on every question
-    once = shuffled_turns(every, seed=0)
-    asks = [t["value"] for t in once["conversations"][::2]]
-    assert asks[0].endswith(SHORT_ANSWER_PROMPT) and not any(SHORT_ANSWER_PROMPT in q for q in asks[1:])
-    assert not asks[0].startswith("<image>\nQuestion 0?")          # shuffled: another question came first
-    assert shuffled_turns(once, seed=1)["conversations"][0]["value"].endswith(SHORT_ANSWER_PROMPT)
-    bare = {**every, "conversations": [{**t, "value": t["value"].removesuffix(SHORT_ANSWER_PROMPT)}
-                                       for t in every["conversations"]]}
-    assert not any(SHORT_ANSWER_PROMPT in t["value"] for t in shuffled_turns(bare, seed=0)["conversations"])
-
