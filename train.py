@@ -49,8 +49,9 @@ from llava_mini.projector import LlavaMultiModalProjector  # noqa: E402
 from llava_mini.recipes import PRESETS, StageRecipe  # noqa: E402
 from llava_mini.tokenizer import Tokenizer  # noqa: E402
 from llava_mini.train_utils import (  # noqa: E402
-    MetricsLog, StateView, all_reduce_sum, cosine_with_warmup, full_state, latest_checkpoint, load_optimizer_state,
-    load_trainer_state, optimizer_state, rng_state, save_checkpoint, set_rng_state, setup_distributed, wrap_for_processes)
+    MetricsLog, StateView, all_reduce_sum, barrier, cosine_with_warmup, full_state, latest_checkpoint,
+    load_optimizer_state, load_trainer_state, optimizer_state, rng_state, save_checkpoint, set_rng_state,
+    setup_distributed, wrap_for_processes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -345,8 +346,7 @@ def train(args) -> str:
         print(f"stage {args.stage}: {step} steps in {time.time() - t_start:.0f} s; saved {final}")
         for part in dataset.datasets:      # what --skip-bad left out, said again at the end where it is seen
             part.print_summary()
-    if world > 1:
-        dist.barrier()
+    barrier(world)
     return final
 
 

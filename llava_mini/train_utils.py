@@ -143,6 +143,12 @@ def all_reduce_sum(x: torch.Tensor, world: int) -> torch.Tensor:
     return x
 
 
+def barrier(world: int) -> None:
+    """Wait for every process (under torchrun); nothing to wait for alone."""
+    if world > 1:
+        dist.barrier()
+
+
 def sum_gradients(model: torch.nn.Module, world: int) -> None:
     """What DDP does after backward, written out for the stage-0 loops (make_tiny): every process ends with the
     sum over processes of its gradients, in one all-reduce of all of them flattened together. With each process's
@@ -150,8 +156,7 @@ def sum_gradients(model: torch.nn.Module, world: int) -> None:
     if world == 1:
         return
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat = all_reduce_sum(torch.cat([g.reshape(-1) for g in grads]), world)
     for g, new in zip(grads, flat.split([g.numel() for g in grads])):
         g.copy_(new.view_as(g))
 

@@ -43,7 +43,7 @@ from llava_mini.conversation import get_template                                
 from llava_mini.data import load_image, preprocess_image                          # noqa: E402
 from llava_mini.llama import LlamaForCausalLM                                     # noqa: E402
 from llava_mini.tokenizer import IMAGE_TOKEN, Tokenizer                           # noqa: E402
-from llava_mini.train_utils import gather_with_grad, shuffled_turns, sum_gradients  # noqa: E402
+from llava_mini.train_utils import barrier, gather_with_grad, shuffled_turns, sum_gradients  # noqa: E402
 from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions,  # noqa: E402
                                object_regions, region_accuracy, region_logits, retrieval_accuracy)
 from weights.tiny_tokenizer import train_tokenizer                               # noqa: E402
@@ -316,11 +316,6 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
               (f" ({world} processes)" if world > 1 else ""))
     barrier(world)                                    # nobody leaves before the files are there
     return stats
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
 
 
 def main(argv=None):
