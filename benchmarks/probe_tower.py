@@ -62,9 +62,24 @@ def linear_probe(train_x, train_y, test_x, test_y, n_classes: int, steps: int = 
         return (probe(test_x).argmax(1) == test_y).float().mean().item()
 
 
+def variance_shares(x: torch.Tensor, labels: dict) -> dict:
+    """Per attribute, the share of the features' total variance that its class means explain (between-class
+    variance / total variance, in [0, 1]). Unlike a probe, which standardises every direction, this sees the scale
+    the LLM sees: after its RMSNorm a direction that holds 1% of the variance is 1% of the signal."""
+    x = x - x.mean(0)                                                                   # (n_objects, hidden)
+    total = (x ** 2).sum(1).mean()
+    shares = {}
+    for name, y in labels.items():
+        classes = y.unique()
+        means = torch.stack([x[y == c].mean(0) for c in classes])                       # (n_classes, hidden)
+        weights = torch.stack([(y == c).float().mean() for c in classes])               # (n_classes,)
+        shares[name] = float((weights * (means ** 2).sum(1)).sum() / total)
+    return shares
+
+
 def probe_tower(tower: CLIPVisionModel, data_dir: str, n_train: int = 2000, layer: int = -2, encode=None) -> dict:
-    """Held-out probe accuracy per attribute for the objects of `data_dir`'s scenes (of `encode`'s features if
-    given, see object_features)."""
+    """Per attribute, {"probe": held-out linear-probe accuracy, "share": variance_shares on the held-out objects},
+    for the objects of `data_dir`'s scenes (of `encode`'s features if given, see object_features)."""
     train_scenes = read_json(os.path.join(data_dir, "scenes_train.json"))[:n_train]
     test_scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
     tower = tower.eval()
@@ -73,7 +88,9 @@ def probe_tower(tower: CLIPVisionModel, data_dir: str, n_train: int = 2000, laye
     test_x, test_y = object_features(tower, load_images(data_dir, test_scenes, tower.config), test_scenes, layer,
                                      encode=encode)
     classes = {"shape": len(world.SHAPES), "colour": len(world.COLORS), "position": len(POSITION_NAMES)}
-    return {k: linear_probe(train_x, train_y[k], test_x, test_y[k], n) for k, n in classes.items()}
+    shares = variance_shares(test_x, test_y)
+    return {k: {"probe": linear_probe(train_x, train_y[k], test_x, test_y[k], n), "share": shares[k]}
+            for k, n in classes.items()}
 
 
 def main(argv=None):
@@ -95,9 +112,10 @@ def main(argv=None):
         torch.manual_seed(0)
         tower = init_weights(CLIPVisionModel(tower.config))
     result = probe_tower(tower, args.data, args.train_scenes, args.layer, encode)
-    print(f"{'untrained' if args.random else what}: held-out linear-probe accuracy per object")
+    print(f"{'untrained' if args.random else what}: per object, held-out linear-probe accuracy and the share of "
+          "the features' variance the attribute explains")
     for k, v in result.items():
-        print(f"  {k:9s} {v:6.1%}")
+        print(f"  {k:9s} {v['probe']:6.1%}   variance share {v['share']:6.1%}")
     return result
 
 

@@ -230,9 +230,26 @@ def test_probe_tower_reads_colour_even_from_an_untrained_tower(tmp_path):
     assert y["colour"][0] == list(world.COLORS).index(scenes[0]["objects"][0]["color"])
     result = probe.probe_tower(tower, data, n_train=120)
     assert set(result) == {"shape", "colour", "position"}
-    assert result["colour"] > 0.5, result
+    assert result["colour"]["probe"] > 0.5, result
+    # in the raw pixels colour is most of the variance, far more than where the object is
+    assert result["colour"]["share"] > result["position"]["share"] and 0 < result["position"]["share"] < 1, result
     # --llava probes whatever `encode` gives (a model's projector outputs); here the pixels' own features, which
     # must read differently from the tower's
     flat = probe.probe_tower(tower, data, n_train=120, encode=lambda x: x.unfold(2, 8, 8).unfold(3, 8, 8).permute(
         0, 2, 3, 1, 4, 5).reshape(len(x), 16, -1))                                  # (B, 16 patches, 3*8*8)
-    assert set(flat) == set(result) and flat != result and flat["colour"] > 0.5
+    assert set(flat) == set(result) and flat != result and flat["colour"]["probe"] > 0.5
+
+
+def test_variance_shares_measure_each_attribute_at_the_scale_the_llm_sees():
+    """probe_tower.variance_shares: between-class over total variance. Feature 0 is +-3 by attribute a, feature 1 is
+    +-1 by attribute b, so a explains 9/10 of the variance and b 1/10, however separable b is; scaling every
+    feature together changes nothing."""
+    spec = importlib.util.spec_from_file_location("probe_tower", os.path.join(ROOT, "benchmarks", "probe_tower.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    a = torch.tensor([0, 1] * 50)
+    b = torch.tensor([0, 0, 1, 1] * 25)
+    x = torch.stack([3.0 * (2 * a - 1), 1.0 * (2 * b - 1)], dim=1).float()              # (100, 2)
+    shares = probe.variance_shares(x, {"a": a, "b": b})
+    assert shares == pytest.approx({"a": 0.9, "b": 0.1})
+    assert probe.variance_shares(7 * x + 2, {"a": a, "b": b}) == pytest.approx(shares)
