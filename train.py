@@ -70,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", help="output folder: checkpoint-NNNNNN/, final/, metrics.csv, loss.png")
     g = p.add_argument_group("overrides of the preset")
     g.add_argument("--lr", type=float)
+    g.add_argument("--projector-lr", type=float, help="the projector's own learning rate (LLaVA's mm_projector_lr)")
     g.add_argument("--batch-size", type=int, help="global batch size")
     g.add_argument("--micro-batch-size", type=int, help="per process")
     g.add_argument("--epochs", type=float)
@@ -114,7 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def recipe(args) -> StageRecipe:
     preset = PRESETS[args.preset]
     r = preset.stage1 if args.stage == 1 else preset.stage2
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(StageRecipe) if getattr(args, f.name, None)}
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(StageRecipe)
+                 if getattr(args, f.name, None) is not None}
     return dataclasses.replace(r, **overrides)
 
 
@@ -241,7 +243,12 @@ def train(args) -> str:
     if r.batch_size % world:
         raise ValueError(f"global batch {r.batch_size} is not divisible by {world} processes")
 
-    optimizer = torch.optim.AdamW(params, lr=r.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999))
+    # One learning rate, or the projector its own (LLaVA's mm_projector_lr). The LLM's group comes first: the lr logged.
+    projector = {id(p) for p in model.multi_modal_projector.parameters()}
+    groups = [g for g in ({"params": [p for p in params if id(p) not in projector]},
+                          {"params": [p for p in params if id(p) in projector],
+                           "lr": r.lr if r.projector_lr is None else r.projector_lr}) if g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=r.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, args.warmup_ratio))
     step = 0
     if resume_from:

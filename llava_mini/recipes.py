@@ -17,6 +17,7 @@ class StageRecipe:
     template: str
     max_length: int = 2048
     micro_batch_size: int = 16         # per process; accumulation steps = batch_size / (processes * micro_batch_size)
+    projector_lr: float | None = None  # LLaVA's mm_projector_lr: the projector's own learning rate (None: lr)
 
 
 @dataclasses.dataclass(frozen=True)

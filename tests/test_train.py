@@ -110,6 +110,19 @@ def test_freeze_policy_stage2_trains_projector_and_llm(tiny, stage1):
         assert os.path.exists(os.path.join(final, name)), name
 
 
+def test_projector_lr_gives_the_projector_its_own_learning_rate(tiny, stage1, tmp_path):
+    """--projector-lr (LLaVA's mm_projector_lr): 0 holds the projector still while the LLM trains; the lr logged is
+    the LLM's. Without it the projector moves (test_freeze_policy_stage2_trains_projector_and_llm)."""
+    final = train.train(train.parse_args(stage2_args(tiny, stage1, tmp_path, "--max-steps", "2", "--projector-lr", "0")))
+    before, after = state(stage1), state(final)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert not any(k.startswith("multi_modal_projector.") for k in changed), sorted(changed)
+    assert any(k.startswith("language_model.") for k in changed)
+    with open(os.path.join(tmp_path, "metrics.csv"), newline="") as f:
+        lrs = [float(row["lr"]) for row in csv.DictReader(f)]
+    assert len(lrs) == 2 and lrs[0] > 0, lrs
+
+
 def test_resume_continues_exactly(tiny, stage1, tmp_path):
     out = tmp_path / "run"
     args = stage2_args(tiny, stage1, out, "--max-steps", "4", "--save-every", "2")
@@ -299,4 +312,5 @@ def test_shuffled_turns_keeps_each_answer_with_its_question_and_the_image_first(
         assert q["value"].replace("<image>\n", "").startswith(f"Question {a['value'].split()[1]}?")
     assert shuffled_turns(entry, seed=0) == out and shuffled_turns(entry, seed=1) != out
     assert entry == _short_answer_sample(6)                        # the input is not modified
+
 
