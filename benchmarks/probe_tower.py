@@ -8,6 +8,10 @@ LLaVA reads the tower's patch features at `--layer` (-2) and never trains the to
 carry, stage 2 cannot learn. For each object of a scene we average the patch features inside its box (the patches that
 `tiny_clip.object_regions` picks), then fit one linear classifier per attribute on train scenes and score it on the
 held-out scenes. Chance: shape 1/6, colour 1/11, position 1/9 (the 3x3 grid the teacher names, every object labelled).
+
+A probe standardises every direction first, so it finds an attribute however quiet it is. The LLM does not: its
+RMSNorm scales each token as a whole. So each attribute's share of the features' variance is printed too
+(variance_shares); after stage 2, colour is most of it (README: what stage 2 does to the projector).
 """
 import argparse
 import os
