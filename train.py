@@ -243,11 +243,12 @@ def train(args) -> str:
     if r.batch_size % world:
         raise ValueError(f"global batch {r.batch_size} is not divisible by {world} processes")
 
-    # One learning rate, or the projector its own (LLaVA's mm_projector_lr). The LLM's group comes first: the lr logged.
-    projector = {id(p) for p in model.multi_modal_projector.parameters()}
-    groups = [g for g in ({"params": [p for p in params if id(p) not in projector]},
-                          {"params": [p for p in params if id(p) in projector],
-                           "lr": r.lr if r.projector_lr is None else r.projector_lr}) if g["params"]]
+    groups = params
+    if r.projector_lr is not None:        # the projector's own learning rate (LLaVA's mm_projector_lr)
+        projector = {id(p) for p in model.multi_modal_projector.parameters()}
+        groups = [g for g in ({"params": [p for p in params if id(p) not in projector]},   # first: the lr logged
+                              {"params": [p for p in params if id(p) in projector], "lr": r.projector_lr})
+                  if g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=r.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, args.warmup_ratio))
     step = 0

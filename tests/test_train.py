@@ -113,7 +113,8 @@ def test_freeze_policy_stage2_trains_projector_and_llm(tiny, stage1):
 def test_projector_lr_gives_the_projector_its_own_learning_rate(tiny, stage1, tmp_path):
     """--projector-lr (LLaVA's mm_projector_lr): 0 holds the projector still while the LLM trains; the lr logged is
     the LLM's. Without it the projector moves (test_freeze_policy_stage2_trains_projector_and_llm)."""
-    final = train.train(train.parse_args(stage2_args(tiny, stage1, tmp_path, "--max-steps", "2", "--projector-lr", "0")))
+    args = stage2_args(tiny, stage1, tmp_path, "--max-steps", "2", "--projector-lr", "0")
+    final = train.train(train.parse_args(args))
     before, after = state(stage1), state(final)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert not any(k.startswith("multi_modal_projector.") for k in changed), sorted(changed)
