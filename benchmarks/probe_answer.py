@@ -27,6 +27,7 @@ from llava_mini import weights, world  # noqa: E402
 from llava_mini.config import read_json  # noqa: E402
 from llava_mini.conversation import SHORT_ANSWER_PROMPT, tokenize_prompt  # noqa: E402
 from llava_mini.data import load_image, preprocess_image  # noqa: E402
+from llava_mini.evaluate import right_pad  # noqa: E402
 from llava_mini.teacher import POSITION_NAMES  # noqa: E402
 from llava_mini.tokenizer import Tokenizer  # noqa: E402
 
@@ -64,11 +65,7 @@ def answer_states(model, tokenizer, questions: list[dict], image_root: str, temp
             chunk = questions[start:start + batch_size]
             ids = [tokenize_prompt(tokenizer, ["<image>\n" + q["question"] + SHORT_ANSWER_PROMPT], template)
                    for q in chunk]
-            T = max(map(len, ids))
-            input_ids = torch.full((len(ids), T), tokenizer.pad_id, dtype=torch.long)
-            segment_ids = torch.zeros(len(ids), T, dtype=torch.long)
-            for row, x in enumerate(ids):
-                input_ids[row, :len(x)], segment_ids[row, :len(x)] = torch.tensor(x), 1
+            input_ids, segment_ids = right_pad(ids, tokenizer.pad_id)
             pixels = torch.stack([preprocess_image(load_image(os.path.join(image_root, q["image"])),
                                                    model.config.vision_config, model.config.image_aspect_ratio)
                                   for q in chunk])
@@ -85,12 +82,11 @@ def answer_states(model, tokenizer, questions: list[dict], image_root: str, temp
 def probe_answers(model, tokenizer, data_dir: str, template: str, n_train: int = 1500) -> dict:
     """{kind: [held-out probe accuracy after layer 0, 1, ...]} for the position, shape and colour questions."""
     by_kind = {"train": defaultdict(list), "test": defaultdict(list)}
-    for q in train_questions(read_json(os.path.join(data_dir, "stage2.json"))):
-        if kind_of(q["answer"]):
-            by_kind["train"][kind_of(q["answer"])].append(q)
-    for q in read_json(os.path.join(data_dir, "test.json")):
-        if kind_of(q["answer"]):
-            by_kind["test"][kind_of(q["answer"])].append(q)
+    for split, questions in (("train", train_questions(read_json(os.path.join(data_dir, "stage2.json")))),
+                             ("test", read_json(os.path.join(data_dir, "test.json")))):
+        for q in questions:
+            if kind := kind_of(q["answer"]):
+                by_kind[split][kind].append(q)
     result = {}
     for kind, names in KINDS.items():
         train, test = by_kind["train"][kind][:n_train], by_kind["test"][kind]

@@ -182,6 +182,17 @@ def zeroed_projector(model):
         handle.remove()
 
 
+def right_pad(ids: list[list[int]], pad_id: int):
+    """Token-id lists as one right-padded batch: input_ids (B, T) and segment ids (B, T), 1 on tokens, 0 on padding."""
+    import torch
+    T = max(map(len, ids))
+    input_ids = torch.full((len(ids), T), pad_id, dtype=torch.long)
+    segment_ids = torch.zeros(len(ids), T, dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, :len(x)], segment_ids[row, :len(x)] = torch.tensor(x), 1
+    return input_ids, segment_ids
+
+
 def generate_answers(model, tokenizer, prompts: list[str], images: list, *, template, batch_size: int = 16,
                      max_new_tokens: int = 16, device: str = "cpu", desc: str = "answering") -> list[str]:
     """Greedy answers to single-turn prompts. images[i] is a PIL image (the prompt gets `<image>\\n` in front) or
@@ -200,12 +211,7 @@ def generate_answers(model, tokenizer, prompts: list[str], images: list, *, temp
     stop = stop_token_ids(tokenizer, template)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=len(order) <= batch_size):
         batch = order[start:start + batch_size]
-        T = max(len(ids[i]) for i in batch)
-        input_ids = torch.full((len(batch), T), tokenizer.pad_id, dtype=torch.long)
-        segment_ids = torch.zeros(len(batch), T, dtype=torch.long)
-        for row, i in enumerate(batch):
-            input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
-            segment_ids[row, :len(ids[i])] = 1
+        input_ids, segment_ids = right_pad([ids[i] for i in batch], tokenizer.pad_id)
         pixels = [preprocess_image(images[i], vision, model.config.image_aspect_ratio) for i in batch
                   if images[i] is not None]
         pixel_values = torch.stack(pixels).to(device, next(model.vision_tower.parameters()).dtype) if pixels else None

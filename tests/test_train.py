@@ -313,5 +313,3 @@ def test_shuffled_turns_keeps_each_answer_with_its_question_and_the_image_first(
         assert q["value"].replace("<image>\n", "").startswith(f"Question {a['value'].split()[1]}?")
     assert shuffled_turns(entry, seed=0) == out and shuffled_turns(entry, seed=1) != out
     assert entry == _short_answer_sample(6)                        # the input is not modified
-
-
