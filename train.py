@@ -97,10 +97,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="pipeline at toy size (smoke test)")
     p.add_argument("--workdir", default=".", help="pipeline: where data/ and checkpoints/ go")
     p.add_argument("--no-easyvqa", action="store_true", help="pipeline: leave easy-VQA out of stage 2 and evaluation")
+    p.add_argument("--clip-steps", type=int,
+                   help="pipeline: train the tiny CLIP this many steps (default 2000; 4000 reads shape better and "
+                        "takes 5 to 7 minutes more; its bases go to checkpoints/base-clipN)")
     p.add_argument("--processes", type=int,
                    help="pipeline: make the tiny bases and run stage 2 as this many processes under torchrun (default "
                         "on a CPU with 2 or more cores: 2, which trains faster there than one process with all the threads)")
     args = p.parse_args(argv)
+    if args.clip_steps is not None and args.clip_steps < 1:
+        p.error(f"--clip-steps must be >= 1, got {args.clip_steps}")
     if args.stage is not None:
         for name in ("data", "image_root", "out"):
             if getattr(args, name) is None:

@@ -257,6 +257,19 @@ def test_default_pipeline_quick(tmp_path):
     assert os.path.exists(tmp_path / "checkpoints" / "tiny-quick" / "loss.png")
 
 
+def test_pipeline_gives_a_longer_trained_tower_its_own_bases_and_run(tmp_path):
+    def dirs(*argv, size=pipeline.FULL):
+        return pipeline.pipeline_dirs(train.parse_args(["--workdir", str(tmp_path), *argv]), size)[2:]
+    ckpt = tmp_path / "checkpoints"
+    assert dirs() == dirs("--clip-steps", "2000") == (str(ckpt / "base"), str(ckpt / "tiny"))
+    assert dirs("--clip-steps", "4000", "--seed", "1") == (str(ckpt / "base-clip4000"),
+                                                           str(ckpt / "tiny-clip4000-seed1"))
+    assert dirs("--clip-steps", "3", size=pipeline.QUICK) == (str(ckpt / "base-quick-clip3"),
+                                                              str(ckpt / "tiny-quick-clip3"))
+    with pytest.raises(SystemExit):
+        train.parse_args(["--clip-steps", "0"])
+
+
 def test_packing_gives_the_padded_loss(tiny, stage1, tmp_path):
     padded = stage2_args(tiny, stage1, tmp_path / "padded", "--max-steps", "1")
     packed = stage2_args(tiny, stage1, tmp_path / "packed", "--max-steps", "1", "--pack")
