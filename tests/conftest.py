@@ -2,9 +2,24 @@
 
 A test that uses them is skipped, with the reason, only when no package index can be reached.
 """
+import importlib.util
+import os
+
 import pytest
 
 from llava_mini import hub
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(path: str):
+    """A repository script that is not in a package (weights/make_tiny.py, benchmarks/*.py), imported as a module.
+    Its name is the file's; running it puts the repository root on sys.path, as the script does for itself."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _fetch_or_skip(fetch):

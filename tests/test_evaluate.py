@@ -10,6 +10,8 @@ import pytest
 from llava_mini import evaluate as ev
 from llava_mini import judges
 
+from conftest import load_script
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 SCENE = {"id": "s0", "background": "pale blue", "objects": [
@@ -221,7 +223,6 @@ def test_probe_answer_reads_the_answer_position_of_each_question(tmp_path):
     """benchmarks/probe_answer.py: the hidden state it takes after the last layer, put through the final norm and the
     vocabulary projection, is exactly the model's next-token logits for that prompt; batching (right padding, mixed
     lengths) changes nothing; the train questions are the short-answer turns, bare."""
-    import importlib.util
 
     import torch
     from PIL import Image
@@ -229,10 +230,7 @@ def test_probe_answer_reads_the_answer_position_of_each_question(tmp_path):
 
     from llava_mini.conversation import SHORT_ANSWER_PROMPT, tokenize_prompt
     from llava_mini.data import load_image, preprocess_image
-    spec = importlib.util.spec_from_file_location("probe_answer", os.path.join(os.path.dirname(FIXTURES), "..",
-                                                                               "benchmarks", "probe_answer.py"))
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_script("benchmarks/probe_answer.py")
     model, tokenizer, template = ev.load_checkpoint(make_tiny_checkpoint(str(tmp_path / "ckpt")))
     (tmp_path / "images").mkdir()
     for i, c in enumerate([(220, 40, 40), (40, 80, 220)]):

@@ -1,6 +1,5 @@
 """weights/make_tiny.py and weights/tiny_clip.py: the LLaMA-shaped BPE tokenizer, the tiny CLIP's pairs, and tiny bases
 that the real loaders read back."""
-import importlib.util
 import os
 import socket
 
@@ -14,10 +13,9 @@ from llava_mini.config import CLIPConfig, TextConfig, read_config, read_json
 from llava_mini.conversation import tokenize_conversation
 from llava_mini.tokenizer import Tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("make_tiny", os.path.join(ROOT, "weights", "make_tiny.py"))
-make_tiny = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(make_tiny)          # puts the repository root on sys.path
+from conftest import load_script
+
+make_tiny = load_script("weights/make_tiny.py")          # puts the repository root on sys.path
 import weights.tiny_clip as tiny_clip  # noqa: E402
 
 TEXTS = ["A red circle at the top left and a blue square in the center.",
@@ -183,9 +181,7 @@ def test_counterfactual_phrases_swap_only_the_shape_or_only_the_position():
 def test_text_qa_asks_about_the_captions_and_scores_the_answers(tmp_path):
     """benchmarks/text_qa.py: each held-out question is asked with its scene's captions in the prompt; a model that
     answers right scores 100%, the tiny untrained one gives a real number."""
-    spec = importlib.util.spec_from_file_location("text_qa", os.path.join(ROOT, "benchmarks", "text_qa.py"))
-    text_qa = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(text_qa)
+    text_qa = load_script("benchmarks/text_qa.py")
     data = str(tmp_path / "shapes")
     world.generate_dataset(data, 24, 8, seed=0, image_size=32, quiet=True)
     tok_path = str(tmp_path / "tokenizer.json")
@@ -214,9 +210,7 @@ def test_text_qa_asks_about_the_captions_and_scores_the_answers(tmp_path):
 def test_probe_tower_reads_colour_even_from_an_untrained_tower(tmp_path):
     """benchmarks/probe_tower.py: per-object linear probes. Colour is linear in the raw pixels, so even an untrained
     tower's patch features give it far above chance (1/11); the probe's labels line up with the objects."""
-    spec = importlib.util.spec_from_file_location("probe_tower", os.path.join(ROOT, "benchmarks", "probe_tower.py"))
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_script("benchmarks/probe_tower.py")
     data = str(tmp_path / "shapes")
     world.generate_dataset(data, 120, 40, seed=0, image_size=32, quiet=True)
     from llava_mini.clip import CLIPVisionModel
@@ -244,9 +238,7 @@ def test_variance_shares_measure_each_attribute_at_the_scale_the_llm_sees():
     """probe_tower.variance_shares: between-class over total variance. Feature 0 is +-3 by attribute a, feature 1 is
     +-1 by attribute b, so a explains 9/10 of the variance and b 1/10, however separable b is; scaling every
     feature together changes nothing."""
-    spec = importlib.util.spec_from_file_location("probe_tower", os.path.join(ROOT, "benchmarks", "probe_tower.py"))
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_script("benchmarks/probe_tower.py")
     a = torch.tensor([0, 1] * 50)
     b = torch.tensor([0, 0, 1, 1] * 25)
     x = torch.stack([3.0 * (2 * a - 1), 1.0 * (2 * b - 1)], dim=1).float()              # (100, 2)

@@ -20,17 +20,16 @@ import train  # noqa: E402
 from llava_mini import weights, world  # noqa: E402
 from llava_mini.train_utils import latest_checkpoint, list_checkpoints, save_checkpoint  # noqa: E402
 
+from conftest import load_script  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 48-scene world and tiny bases (two training steps each: real files, untrained weights)."""
-    import importlib.util
     root = tmp_path_factory.mktemp("tiny")
     data = str(root / "shapes")
     world.generate_dataset(data, 48, 8, seed=0, image_size=32, quiet=True)
-    spec = importlib.util.spec_from_file_location("make_tiny", os.path.join(ROOT, "weights", "make_tiny.py"))
-    make_tiny = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_tiny)
+    make_tiny = load_script("weights/make_tiny.py")
     make_tiny.make_tiny(data, str(root / "base"), **pipeline.QUICK["tiny"])
     return {"root": root, "data": data, "clip": str(root / "base" / "tiny-clip"), "llm": str(root / "base" / "tiny-llama")}
 
