@@ -21,9 +21,9 @@ import sys
 
 import torch
 
-from llava_mini.conversation import TEMPLATES, get_template, tokenize_next_turn, tokenize_prompt
-from llava_mini.data import load_image, preprocess_image
-from llava_mini.evaluate import load_checkpoint, stop_token_ids
+from llava_mini.data.conversation import TEMPLATES, get_template, stop_token_ids, tokenize_next_turn, tokenize_prompt
+from llava_mini.data.images import load_image, preprocess_image
+from llava_mini.loading.weights import load_checkpoint
 
 DEFAULT_MODEL = "checkpoints/tiny/final"
 DEFAULT_IMAGES = "data/shapes/images/test"
@@ -186,7 +186,7 @@ def main(argv=None):
     image = args.image or default_image()
     if image is None:
         print(f"(no --image and no images in {DEFAULT_IMAGES}; chatting without an image. "
-              f"Make the shapes world with: python -m llava_mini.world --out data/shapes)", file=sys.stderr)
+              f"Make the shapes world with: python -m llava_mini.synth.world --out data/shapes)", file=sys.stderr)
     else:
         try:
             session.set_image(image)

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_decode_smollm2.py [--new-tokens 64] [--repeats 3] [--threads 2]
 
-Both models load the folder made by llava_mini.hub.get_smollm2() (float32, converted from the GGUF on PyPI), get
+Both models load the folder made by llava_mini.loading.hub.get_smollm2() (float32, converted from the GGUF on PyPI), get
 the same chatml prompt, and decode greedily with a KV cache for exactly --new-tokens tokens (no early stop). A run's
 time covers the prompt (prefill) and every decoding step. The runs alternate between the two so that a busy machine
 slows both alike; the best of --repeats is reported, with the ratio. Needs transformers (requirements-dev.txt).
@@ -16,10 +16,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from llava_mini import hub  # noqa: E402
-from llava_mini.conversation import tokenize_prompt  # noqa: E402
-from llava_mini.tokenizer import Tokenizer  # noqa: E402
-from llava_mini.weights import load_llama  # noqa: E402
+from llava_mini.data.conversation import tokenize_prompt  # noqa: E402
+from llava_mini.data.tokenizer import Tokenizer  # noqa: E402
+from llava_mini.loading import hub  # noqa: E402
+from llava_mini.loading.weights import load_llama  # noqa: E402
 
 
 def decode_ours(model, ids, n):

@@ -23,8 +23,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # run from anywhere
 
-from llava_mini.config import TextConfig  # noqa: E402
-from llava_mini.llama import LlamaForCausalLM  # noqa: E402
+from llava_mini.model.attention import set_attention_backend  # noqa: E402
+from llava_mini.model.config import TextConfig  # noqa: E402
+from llava_mini.model.llama import LlamaForCausalLM  # noqa: E402
 
 
 def timed(fn, device, repeats):
@@ -58,7 +59,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    import transformers   # the reference; only needed here and in the tests
+    import transformers  # the reference; only needed here and in the tests
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
@@ -79,7 +80,7 @@ def main():
     single = prompt[:1]
     print(f"\n{'backend':8s} {'phase':8s} {'ours ms':>10s} {'hf ms':>10s} {'ours/hf':>8s}")
     for backend in ("eager", "sdpa"):
-        ours.set_attention_backend(backend)
+        set_attention_backend(ours, backend)
         hf.set_attn_implementation(backend)
         with torch.no_grad():
             diff = (ours(prompt).logits.float() - hf(prompt).logits.float()).abs().max().item()

@@ -1,4 +1,4 @@
-"""Peak memory of loading a checkpoint: llava_mini.weights.load_llama against the naive path.
+"""Peak memory of loading a checkpoint: llava_mini.loading.weights.load_llama against the naive path.
 
     python benchmarks/bench_load_memory.py                        # ~670 MB fp32 random Llama, written to /tmp
     python benchmarks/bench_load_memory.py --layers 16 --hidden 1536 --intermediate 4096   # bigger
@@ -24,9 +24,9 @@ sys.path.insert(0, ROOT)          # run from anywhere without installing the pac
 CHILD = r"""
 import json, re, sys, time
 import torch
-from llava_mini.config import TextConfig, read_config
-from llava_mini.llama import LlamaForCausalLM
-from llava_mini.weights import load_llama, parameters_on_meta
+from llava_mini.model.config import TextConfig, read_config
+from llava_mini.model.llama import LlamaForCausalLM
+from llava_mini.loading.weights import load_llama, parameters_on_meta
 method, path = sys.argv[1], sys.argv[2]
 torch.set_num_threads(2)
 with parameters_on_meta():   # torch's meta-device machinery costs ~65 MB once per process: count it in the baseline
@@ -63,9 +63,10 @@ def run_child(method: str, path: str) -> dict:
 
 def write_checkpoint(args) -> tuple[str, int]:
     import torch
-    from llava_mini.config import TextConfig
-    from llava_mini.llama import LlamaForCausalLM
-    from llava_mini.weights import save_llama
+
+    from llava_mini.loading.weights import save_llama
+    from llava_mini.model.config import TextConfig
+    from llava_mini.model.llama import LlamaForCausalLM
     config = TextConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
                         num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64)
     path = os.path.join(args.out, f"llama_h{args.hidden}_l{args.layers}")

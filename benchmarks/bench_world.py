@@ -15,8 +15,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from llava_mini import world  # noqa: E402
-from llava_mini.teacher import AnswerBalancer, RuleTeacher, short_answer_questions  # noqa: E402
+from llava_mini.synth import world  # noqa: E402
+from llava_mini.synth.teacher import AnswerBalancer, RuleTeacher, short_answer_questions  # noqa: E402
 
 
 def main():

@@ -22,10 +22,11 @@ import torch
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-from llava_mini import weights, world  # noqa: E402
-from llava_mini.clip import CLIPVisionModel  # noqa: E402
-from llava_mini.config import read_json  # noqa: E402
-from llava_mini.teacher import POSITION_NAMES, position_name  # noqa: E402
+from llava_mini.jsonio import read_json  # noqa: E402
+from llava_mini.loading import weights  # noqa: E402
+from llava_mini.model.clip import CLIPVisionModel  # noqa: E402
+from llava_mini.synth import world  # noqa: E402
+from llava_mini.synth.teacher import POSITION_NAMES, position_name  # noqa: E402
 from weights.make_tiny import init_weights, load_images  # noqa: E402
 from weights.tiny_clip import object_regions  # noqa: E402
 

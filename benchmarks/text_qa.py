@@ -20,11 +20,11 @@ from tqdm import tqdm
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-from llava_mini import weights  # noqa: E402
-from llava_mini.config import read_json  # noqa: E402
-from llava_mini.conversation import SHORT_ANSWER_PROMPT, tokenize_prompt  # noqa: E402
-from llava_mini.evaluate import vqa_accuracy  # noqa: E402
-from llava_mini.tokenizer import Tokenizer  # noqa: E402
+from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, tokenize_prompt  # noqa: E402
+from llava_mini.data.tokenizer import Tokenizer  # noqa: E402
+from llava_mini.eval.scoring import vqa_accuracy  # noqa: E402
+from llava_mini.jsonio import read_json  # noqa: E402
+from llava_mini.loading import weights  # noqa: E402
 from weights.make_tiny import CHAT_TEMPLATE, scene_in_words  # noqa: E402
 
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from llava_mini import hub
+from llava_mini.loading import hub
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from llava_mini.attention import attention, build_mask, eager_attention, positions_from_mask
+from llava_mini.model.attention import attention, build_mask, eager_attention, positions_from_mask
 
 
 def qkv(B=2, H=4, H_kv=2, T=6, S=6, D=8, seed=0):

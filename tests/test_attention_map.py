@@ -6,7 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from llava_mini.attention_map import answer_attention, heat_on_image, image_patch_weights, main, overlay, parse_index_list
+from llava_mini.eval.attention_map import (
+    answer_attention,
+    heat_on_image,
+    image_patch_weights,
+    main,
+    overlay,
+    parse_index_list,
+)
 
 
 def test_patch_weights_average_and_renormalise():
@@ -55,7 +62,7 @@ def test_overlay_keeps_the_image_size():
 def test_answer_attention_and_cli_on_a_tiny_model(tmp_path, capsys):
     from test_chat import make_tiny_checkpoint
 
-    from llava_mini.evaluate import load_checkpoint
+    from llava_mini.loading.weights import load_checkpoint
     model_dir = make_tiny_checkpoint(str(tmp_path / "ckpt"))
     image_path = str(tmp_path / "img.png")
     Image.new("RGB", (48, 40), (30, 30, 200)).save(image_path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from llava_mini.config import LlavaConfig, TextConfig, VisionConfig
+from llava_mini.model.config import LlavaConfig, TextConfig, VisionConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = ["A chat between a curious user and an artificial intelligence assistant.",
@@ -33,9 +33,9 @@ def make_tokenizer_json(path: str) -> str:
 
 def make_tiny_checkpoint(folder: str, template: str = "vicuna_v1", seed: int = 0) -> str:
     """A random tiny LLaVA saved the way train.py saves one: safetensors + config + tokenizer + llava_mini.json."""
-    from llava_mini.llava import LlavaForConditionalGeneration
-    from llava_mini.tokenizer import Tokenizer
-    from llava_mini.weights import save_llava
+    from llava_mini.data.tokenizer import Tokenizer
+    from llava_mini.loading.weights import save_llava
+    from llava_mini.model.llava import LlavaForConditionalGeneration
     os.makedirs(folder, exist_ok=True)
     tok_path = os.path.join(folder, "tok_src.json")
     tokenizer = Tokenizer.from_file(make_tokenizer_json(tok_path))
@@ -71,7 +71,8 @@ def _run(args, stdin=None):
 
 
 def test_one_shot_prints_the_greedy_answer(tiny):
-    from llava_mini.evaluate import generate_answers, load_checkpoint
+    from llava_mini.eval.evaluate import generate_answers
+    from llava_mini.loading.weights import load_checkpoint
     model_dir, image = tiny
     result = _run(["--model", model_dir, "--image", image, "--prompt", "What colour is the circle?",
                    "--max-new-tokens", "12", "--device", "cpu"])
@@ -121,8 +122,7 @@ def test_default_model_missing_says_train(tmp_path, monkeypatch):
 def test_kv_cache_across_turns_equals_recomputation(tiny):
     sys.path.insert(0, ROOT)
     from chat import ChatSession
-
-    from llava_mini.evaluate import load_checkpoint
+    from llava_mini.loading.weights import load_checkpoint
     model_dir, image = tiny
     model, tokenizer, template = load_checkpoint(model_dir)
     session = ChatSession(model, tokenizer, template, max_new_tokens=6)

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from llava_mini.clip import CLIPModel, CLIPTextModel, CLIPVisionModel, clip_loss
-from llava_mini.config import CLIPConfig, CLIPTextConfig, VisionConfig
+from llava_mini.model.attention import set_attention_backend
+from llava_mini.model.clip import CLIPModel, CLIPTextModel, CLIPVisionModel, clip_loss
+from llava_mini.model.config import CLIPConfig, CLIPTextConfig, VisionConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -48,7 +49,7 @@ def test_vision_hidden_states_and_selected_features(act):
     with torch.no_grad():
         ref = hf_vision(pixels, output_hidden_states=True)
         for backend in ("eager", "sdpa"):
-            ours.set_attention_backend(backend)
+            set_attention_backend(ours, backend)
             out = ours(pixels, output_hidden_states=True)
             assert len(out.hidden_states) == len(ref.hidden_states) == 4
             for mine, theirs in zip(out.hidden_states, ref.hidden_states):

@@ -12,9 +12,16 @@ import pytest
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from llava_mini.conversation import (IGNORE_INDEX, SMOLLM_SYSTEM, TokenizationMismatch, get_template,
-                                     tokenize_conversation, tokenize_next_turn, tokenize_prompt)
-from llava_mini.tokenizer import Tokenizer
+from llava_mini.data.conversation import (
+    IGNORE_INDEX,
+    SMOLLM_SYSTEM,
+    TokenizationMismatch,
+    get_template,
+    tokenize_conversation,
+    tokenize_next_turn,
+    tokenize_prompt,
+)
+from llava_mini.data.tokenizer import Tokenizer
 
 M = IGNORE_INDEX
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from llava_mini.config import LlavaConfig, TextConfig, VisionConfig
-from llava_mini.conversation import IGNORE_INDEX, tokenize_conversation
-from llava_mini.data import (LengthGroupedBatchSampler, LlavaDataset, collate, expanded_length, load_image, pack,
-                             pack_groups, preprocess_image)
-from llava_mini.tokenizer import Tokenizer
+from llava_mini.data.conversation import IGNORE_INDEX, tokenize_conversation
+from llava_mini.data.dataset import LengthGroupedBatchSampler, LlavaDataset, collate, expanded_length, pack, pack_groups
+from llava_mini.data.images import load_image, preprocess_image
+from llava_mini.data.tokenizer import Tokenizer
+from llava_mini.model.config import LlavaConfig, TextConfig, VisionConfig
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def per_sample_token_losses(out, batch) -> dict:
 def test_pack_and_pad_give_same_loss(tok):
     """A packed batch and the same samples padded (some with an image): the same loss on every trained token
     (to 1e-6), hence the same mean loss. Packing must keep samples apart, restart positions and keep images in order."""
-    from llava_mini.llava import LlavaForConditionalGeneration
+    from llava_mini.model.llava import LlavaForConditionalGeneration
     torch.manual_seed(0)
     convs = [["Hi", "Hello there."], ["<image>\nWhat is two plus two?", "Four.", "And three?", "Five... no, six."],
              ["Name a colour.", "Blue."], ["<image>\nWhy is the sky blue?", "Rayleigh scattering of sunlight."]]

@@ -6,11 +6,11 @@ import os
 import threading
 
 import pytest
-
-from llava_mini import evaluate as ev
-from llava_mini import judges
-
 from conftest import load_script
+
+from llava_mini.eval import evaluate as ev
+from llava_mini.eval import judges, scoring
+from llava_mini.loading import weights
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -22,18 +22,18 @@ SCENE = {"id": "s0", "background": "pale blue", "objects": [
 
 
 def test_normalize_answer():
-    assert ev.normalize_answer("The Two.") == "2"
-    assert ev.normalize_answer("  a Red   circle! ") == "red circle"
-    assert ev.normalize_answer("Yes") == "yes"
-    assert ev.normalize_answer("don't know") == "dont know"
-    assert ev.normalize_answer("3") == ev.normalize_answer("three")
+    assert scoring.normalize_answer("The Two.") == "2"
+    assert scoring.normalize_answer("  a Red   circle! ") == "red circle"
+    assert scoring.normalize_answer("Yes") == "yes"
+    assert scoring.normalize_answer("don't know") == "dont know"
+    assert scoring.normalize_answer("3") == scoring.normalize_answer("three")
 
 
 def test_answer_confusion_counts_the_replies_to_each_right_answer():
     qs = [{"answer": "top left", "question_type": "position"}, {"answer": "top left", "question_type": "position"},
           {"answer": "Top Left", "question_type": "position"}, {"answer": "right", "question_type": "position"},
           {"answer": "red", "question_type": "color"}]
-    table = ev.answer_confusion(qs, ["top", "Top.", "top left", "", "blue"], "position")
+    table = scoring.answer_confusion(qs, ["top", "Top.", "top left", "", "blue"], "position")
     assert table == {"right": {"": 1}, "top left": {"top": 2, "top left": 1}}     # normalised; other types left out
     assert table["top left"].most_common(1) == [("top", 2)]
 
@@ -42,12 +42,12 @@ def test_vqa_accuracy_per_type():
     questions = [{"answer": "2", "question_type": "count"}, {"answer": "3", "question_type": "count"},
                  {"answer": "red", "question_type": "color"}, {"answer": "yes", "question_type": "exists"}]
     predictions = ["Two.", "four", "The red", "no"]
-    acc = ev.vqa_accuracy(questions, predictions)
+    acc = scoring.vqa_accuracy(questions, predictions)
     assert acc["overall"] == pytest.approx(0.5)
     assert acc["per_type"] == {"color": 1.0, "count": 0.5, "exists": 0.0}
     assert acc["count_per_type"] == {"color": 1, "count": 2, "exists": 1}
     with pytest.raises(ValueError, match="2 questions but 1 predictions"):
-        ev.vqa_accuracy(questions[:2], predictions[:1])
+        scoring.vqa_accuracy(questions[:2], predictions[:1])
 
 
 def test_relative_scores_arithmetic():
@@ -75,7 +75,7 @@ def test_claims_are_parsed_and_checked_against_the_scene():
 
 
 def test_rule_judge_knows_the_worlds_words():
-    world = pytest.importorskip("llava_mini.world")
+    world = pytest.importorskip("llava_mini.synth.world")
     assert set(world.COLORS) <= judges.COLOR_WORDS and set(world.SHAPES) <= judges.SHAPE_WORDS
 
 
@@ -124,7 +124,7 @@ class _FakeOpenAI(http.server.BaseHTTPRequestHandler):
 
 
 def test_llm_judge_against_fake_server():
-    from llava_mini.llm_client import ChatClient
+    from llava_mini.synth.llm_client import ChatClient
     server = http.server.HTTPServer(("127.0.0.1", 0), _FakeOpenAI)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -146,23 +146,23 @@ def test_llm_judge_against_fake_server():
 
 
 def test_parse_letter_like_llava():
-    assert ev.parse_letter("B", "ABC") == "B"
-    assert ev.parse_letter("B. dog", "ABC") == "B"
-    assert ev.parse_letter("Because ... The answer is C.", "ABC") == "C"
-    assert ev.parse_letter("The answer is D.", "ABC") is None          # not an option
-    assert ev.parse_letter("The answer is A. The answer is B.", "ABC") is None
-    assert ev.parse_letter("dog", "ABC") is None
-    assert ev.parse_letter("AB", "ABC") is None and ev.parse_letter("", "ABC") is None   # not one option
+    assert scoring.parse_letter("B", "ABC") == "B"
+    assert scoring.parse_letter("B. dog", "ABC") == "B"
+    assert scoring.parse_letter("Because ... The answer is C.", "ABC") == "C"
+    assert scoring.parse_letter("The answer is D.", "ABC") is None          # not an option
+    assert scoring.parse_letter("The answer is A. The answer is B.", "ABC") is None
+    assert scoring.parse_letter("dog", "ABC") is None
+    assert scoring.parse_letter("AB", "ABC") is None and scoring.parse_letter("", "ABC") is None   # not one option
 
 
 def test_scienceqa_fixture_scores():
-    samples = ev.read_scienceqa(os.path.join(FIXTURES, "scienceqa", "test.json"))
+    samples = scoring.read_scienceqa(os.path.join(FIXTURES, "scienceqa", "test.json"))
     assert [s["answer"] for s in samples] == ["A", "B", "B", "B", "A", "B"]
     assert [s["options"] for s in samples] == ["ABC", "AB", "AB", "ABCD", "ABC", "ABC"]
     assert sum(bool(s["image"]) for s in samples) == 3
     # Right on 1 (image), 2, 4; wrong on 3 (image), 5 (image, unparsable), 6.
     predictions = ["A", "The answer is B.", "A", "B. iron", "blue", "C"]
-    acc = ev.scienceqa_accuracy(samples, predictions)
+    acc = scoring.scienceqa_accuracy(samples, predictions)
     assert acc["accuracy"] == pytest.approx(3 / 6) and acc["image_accuracy"] == pytest.approx(1 / 3)
     assert acc["n"] == 6 and acc["n_image"] == 3 and acc["unparsed"] == 1
 
@@ -173,7 +173,7 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path):
     from PIL import Image
     from test_chat import make_tiny_checkpoint
     model_dir = make_tiny_checkpoint(str(tmp_path / "ckpt"))
-    model, tokenizer, template = ev.load_checkpoint(model_dir)
+    model, tokenizer, template = weights.load_checkpoint(model_dir)
     data = tmp_path / "shapes"
     (data / "images").mkdir(parents=True)
     colours = [(220, 40, 40), (40, 80, 220), (40, 170, 60)]
@@ -189,7 +189,7 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path):
                               max_new_tokens=6)
     preds = [p["prediction"] for p in batched["predictions"]]
     assert preds == [p["prediction"] for p in one_by_one["predictions"]]
-    assert batched["overall"] == pytest.approx(sum(ev.normalize_answer(p) == "red" for p in preds) / 4)
+    assert batched["overall"] == pytest.approx(sum(scoring.normalize_answer(p) == "red" for p in preds) / 4)
     with ev.zeroed_projector(model):
         blank = ev.generate_answers(model, tokenizer, ["What colour is it?"] * 2, [Image.open(data / "images" / "0.png"),
                                     Image.open(data / "images" / "1.png")], template=template)
@@ -198,7 +198,7 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path):
     same_text = [dict(q, question="What colour is it?") for q in questions[:3]]        # three different images
     blind = ev.evaluate_vqa(model, tokenizer, same_text, str(data), template=template, blind=True, max_new_tokens=6)
     assert len({p["prediction"] for p in blind["predictions"]}) == 1
-    from llava_mini.data import preprocess_image
+    from llava_mini.data.images import preprocess_image
     assert preprocess_image(ev.blank_image(model.config.vision_config), model.config.vision_config).abs().max() < 0.02
 
     ev.write_json(questions, str(data / "test.json"))
@@ -213,7 +213,7 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path):
     saved = json.load(open(out))
     assert set(saved["shapes"]) == {"model", "blind", "no projector"}
     saved_preds = [p["prediction"] for p in saved["shapes"]["model"]["predictions"]]
-    assert saved["shapes"]["model"]["overall"] == pytest.approx(ev.vqa_accuracy(questions, saved_preds)["overall"])
+    assert saved["shapes"]["model"]["overall"] == pytest.approx(scoring.vqa_accuracy(questions, saved_preds)["overall"])
     assert set(saved["bench"]["scores"]) == {"conv", "detail", "complex", "overall"}
     assert saved["scienceqa"]["n"] == 6 and saved["scienceqa"]["n_image"] == 3
     assert report["template"] == template
@@ -228,10 +228,10 @@ def test_probe_answer_reads_the_answer_position_of_each_question(tmp_path):
     from PIL import Image
     from test_chat import make_tiny_checkpoint
 
-    from llava_mini.conversation import SHORT_ANSWER_PROMPT, tokenize_prompt
-    from llava_mini.data import load_image, preprocess_image
+    from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, tokenize_prompt
+    from llava_mini.data.images import load_image, preprocess_image
     probe = load_script("benchmarks/probe_answer.py")
-    model, tokenizer, template = ev.load_checkpoint(make_tiny_checkpoint(str(tmp_path / "ckpt")))
+    model, tokenizer, template = weights.load_checkpoint(make_tiny_checkpoint(str(tmp_path / "ckpt")))
     (tmp_path / "images").mkdir()
     for i, c in enumerate([(220, 40, 40), (40, 80, 220)]):
         Image.new("RGB", (32, 32), c).save(tmp_path / "images" / f"{i}.png")

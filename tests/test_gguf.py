@@ -8,8 +8,8 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
-from llava_mini import gguf_import  # noqa: E402
-from llava_mini.config import read_config  # noqa: E402
+from llava_mini.loading import gguf_import  # noqa: E402
+from llava_mini.model.config import read_config  # noqa: E402
 
 
 @pytest.mark.parametrize("type_name", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"])

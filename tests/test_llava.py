@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from llava_mini.config import LlavaConfig, TextConfig, VisionConfig
-from llava_mini.llava import LlavaForConditionalGeneration
+from llava_mini.model.attention import set_attention_backend
+from llava_mini.model.config import LlavaConfig, TextConfig, VisionConfig
+from llava_mini.model.llava import LlavaForConditionalGeneration
 
 transformers = pytest.importorskip("transformers")
 
@@ -61,7 +62,7 @@ def test_logits_match_transformers(act):
     with torch.no_grad():
         ref = hf(input_ids=expand(ids), pixel_values=pixels).logits
         for backend in ("eager", "sdpa"):
-            ours.set_attention_backend(backend)
+            set_attention_backend(ours, backend)
             out = ours(torch.tensor([ids]), pixel_values=pixels)
             assert out.logits.shape == ref.shape == (1, len(ids) - 2 + 2 * P, 99)
             assert (out.logits - ref).abs().max() <= TOL

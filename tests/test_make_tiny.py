@@ -6,14 +6,16 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import load_script
 from safetensors.torch import load_file
 
-from llava_mini import weights, world
-from llava_mini.config import CLIPConfig, TextConfig, read_config, read_json
-from llava_mini.conversation import tokenize_conversation
-from llava_mini.tokenizer import Tokenizer
-
-from conftest import load_script
+from llava_mini.training.recipes import BASES_REPORT
+from llava_mini.data.conversation import tokenize_conversation
+from llava_mini.data.tokenizer import Tokenizer
+from llava_mini.jsonio import read_json
+from llava_mini.loading import weights
+from llava_mini.model.config import CLIPConfig, TextConfig, read_config
+from llava_mini.synth import world
 
 make_tiny = load_script("weights/make_tiny.py")          # puts the repository root on sys.path
 import weights.tiny_clip as tiny_clip  # noqa: E402
@@ -106,7 +108,7 @@ def test_two_gloo_processes_make_the_same_bases_as_one(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_make_tiny_worker, args=(port, data, str(tmp_path / "two")), nprocs=2, join=True)
-    two = read_json(str(tmp_path / "two" / make_tiny.STATS_FILE))
+    two = read_json(str(tmp_path / "two" / BASES_REPORT))
     assert two["processes"] == 2 and one["processes"] == 1
     assert two["lm_heldout_loss"] == pytest.approx(one["lm_heldout_loss"], rel=1e-4)
     for name in ("tiny-clip", "tiny-llama"):
@@ -136,7 +138,7 @@ def test_region_logits_target_each_objects_own_phrase(tokenizer_json):
     from tokenizers import Tokenizer as HFTokenizer
     clip_tok = tiny_clip.clip_tokenizer(HFTokenizer.from_file(tokenizer_json))
     eot = clip_tok.token_to_id(tiny_clip.END_OF_TEXT)
-    from llava_mini.config import CLIPTextConfig, VisionConfig
+    from llava_mini.model.config import CLIPTextConfig, VisionConfig
     config = CLIPConfig(vision_config=VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                    num_attention_heads=1, image_size=32, patch_size=8, projection_dim=32),
                         text_config=CLIPTextConfig(vocab_size=clip_tok.get_vocab_size(), hidden_size=32,
@@ -213,8 +215,8 @@ def test_probe_tower_reads_colour_even_from_an_untrained_tower(tmp_path):
     probe = load_script("benchmarks/probe_tower.py")
     data = str(tmp_path / "shapes")
     world.generate_dataset(data, 120, 40, seed=0, image_size=32, quiet=True)
-    from llava_mini.clip import CLIPVisionModel
-    from llava_mini.config import VisionConfig
+    from llava_mini.model.clip import CLIPVisionModel
+    from llava_mini.model.config import VisionConfig
     torch.manual_seed(0)
     tower = make_tiny.init_weights(CLIPVisionModel(VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                                 num_attention_heads=1, image_size=32, patch_size=8)))

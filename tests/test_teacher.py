@@ -11,12 +11,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from llava_mini import world
-from llava_mini.coco import load_coco
-from llava_mini.llm_client import ChatClient, ChatError
-from llava_mini.llm_teacher import LLMTeacher, check_turns
-from llava_mini.teacher import (AnswerBalancer, NUMBER_WORDS, RuleTeacher, make_instruct_data, parse_objects,
-                                short_answer_questions)
+from llava_mini.synth import world
+from llava_mini.synth.coco import load_coco
+from llava_mini.synth.llm_client import ChatClient, ChatError
+from llava_mini.synth.llm_teacher import LLMTeacher, check_turns
+from llava_mini.synth.teacher import (
+    NUMBER_WORDS,
+    AnswerBalancer,
+    RuleTeacher,
+    make_instruct_data,
+    parse_objects,
+    short_answer_questions,
+)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "coco")
 SECRET = "sk-test-secret-4242"
@@ -279,6 +285,6 @@ def test_vqa_rounds_ask_more_questions_never_the_same_twice():
 
 
 def test_position_names_list_the_grid_row_by_row():
-    from llava_mini.teacher import POSITION_NAMES, position_name
+    from llava_mini.synth.teacher import POSITION_NAMES, position_name
     cells = [position_name((col + 0.5) / 3, (row + 0.5) / 3) for row in range(3) for col in range(3)]
     assert cells == list(POSITION_NAMES)

@@ -1,7 +1,7 @@
 """The tokenizer wrapper on the real LLaMA / Vicuna tokenizer.json."""
 import pytest
 
-from llava_mini.tokenizer import IMAGE_TOKEN, Tokenizer
+from llava_mini.data.tokenizer import IMAGE_TOKEN, Tokenizer
 
 
 @pytest.fixture(scope="module")

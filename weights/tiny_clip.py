@@ -2,7 +2,7 @@
 
 Used by weights/make_tiny.py (whose train_clip loop runs both losses) and benchmarks/probe_tower.py.
 - Text side: the CLIP tokenizer (the LLaMA-style BPE plus its own end-of-text token) and caption encoding.
-- Image-caption pairs: CLIP's loss (llava_mini.clip.clip_loss) on each scene and one of its captions.
+- Image-caption pairs: CLIP's loss (llava_mini.model.clip.clip_loss) on each scene and one of its captions.
 - Object-phrase pairs: each object's patches at the layer LLaVA reads, against "small red star at the top left"
   (why: make_tiny.train_clip and tutorials/07_training.md, section 6).
 - Checks on held-out scenes: image->caption and object->phrase retrieval.
@@ -14,10 +14,10 @@ import random
 import torch
 import torch.nn.functional as F
 
-from llava_mini.clip import CLIPModel
-from llava_mini.teacher import POSITION_NAMES, position_name
-from llava_mini.train_utils import gather_with_grad
-from llava_mini.world import SHAPES
+from llava_mini.model.clip import CLIPModel
+from llava_mini.synth.teacher import POSITION_NAMES, position_name
+from llava_mini.synth.world import SHAPES
+from llava_mini.training.distributed import gather_with_grad
 
 END_OF_TEXT = "<|endoftext|>"         # the tiny CLIP text tower's pooling token (see clip_tokenizer)
 

@@ -2,7 +2,7 @@
 text with the `tokenizers` library (weights/make_tiny.py, step 1).
 
     from weights.tiny_tokenizer import train_tokenizer
-    train_tokenizer(texts, vocab_size=1024).save("tokenizer.json")      # read back by llava_mini.tokenizer.Tokenizer
+    train_tokenizer(texts, vocab_size=1024).save("tokenizer.json")      # read back by llava_mini.data.tokenizer.Tokenizer
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import string
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from llava_mini.tokenizer import IMAGE_TOKEN
+from llava_mini.data.tokenizer import IMAGE_TOKEN
 
 SPACE = "\u2581"                      # SentencePiece's visible space, as in LLaMA's tokenizer
 SPECIALS = ["<unk>", "<s>", "</s>"]   # ids 0, 1, 2, as in LLaMA

@@ -1,0 +1,243 @@
+"""Measure what the model learned: VQA accuracy with baselines, a LLaVA-Bench-style judged score, ScienceQA.
+
+    python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes
+    python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --easyvqa data/easyvqa \
+        --bench --judge rule --out report.json
+    python -m llava_mini.eval.evaluate --model DIR --data data/shapes --bench --judge openai \
+        --judge-url http://127.0.0.1:8000/v1 --judge-model gpt-4o-mini
+    python -m llava_mini.eval.evaluate --model DIR --scienceqa tests/fixtures/scienceqa/test.json
+    python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --confusion position   # how it errs
+
+Three measurements, each split into a scoring layer (plain functions over strings, easy to test by hand) and a
+model layer (batched greedy generation):
+
+1. VQA accuracy. The model answers held-out short-answer questions with LLaVA-1.5's short-answer prompt; an
+   answer counts when it equals the reference after normalisation (lower case, no punctuation, no articles,
+   number words as digits). Two baselines say how much of that accuracy comes from the image:
+   - blind: every image is replaced by a blank mean-colour image. The projector still runs, so the LLM sees
+     image tokens of the kind it was trained on, but they carry nothing. What remains is the language prior
+     (e.g. "how many ...?" -> "2").
+   - no projector: the projector's output is zeroed, so the image positions hold zero vectors. This is the
+     same question asked more bluntly; it makes sense for a trained LLM (not for one whose only image signal is
+     the projector bias) and is reported next to "blind" so the two can be compared.
+2. LLaVA-Bench relative score. The model answers open questions; a judge that sees only the symbolic context
+   (captions and boxes) scores the reference answer and the model's answer 1-10; the score is
+   mean(model) / mean(reference) x 100 per category (conv, detail, complex) and overall. The judges are in
+   judges.py: `RuleJudge` checks the facts it can parse (colours, shapes, counts, positions) against the scene;
+   `LLMJudge` asks any OpenAI-compatible endpoint with a review prompt in the style of the paper.
+3. ScienceQA in LLaVA's converted format: multiple choice, the model answers with a letter; accuracy over all
+   questions and over those with an image.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+
+# SHORT_ANSWER_PROMPT: LLaVA-1.5's "\nAnswer the question using a single word or phrase."
+from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, TEMPLATES, stop_token_ids
+from llava_mini.eval.scoring import answer_confusion, read_scienceqa, scienceqa_accuracy, vqa_accuracy
+from llava_mini.jsonio import read_json, write_json
+from llava_mini.loading.weights import load_checkpoint
+
+LETTER_PROMPT = "\nAnswer with the option's letter from the given choices directly."
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model layer: load a checkpoint, answer prompts in batches
+
+def blank_image(vision_config):
+    """The blind baseline's image: one flat mean colour, i.e. all zeros after normalisation."""
+    from PIL import Image
+
+    from llava_mini.data.images import mean_color
+    return Image.new("RGB", (vision_config.image_size, vision_config.image_size), mean_color(vision_config))
+
+
+@contextlib.contextmanager
+def zeroed_projector(model):
+    """Inside this block the projector outputs zeros: the image positions are there, but carry nothing."""
+    handle = model.multi_modal_projector.register_forward_hook(lambda module, args, output: output * 0)
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
+def right_pad(ids: list[list[int]], pad_id: int):
+    """Token-id lists as one right-padded batch: input_ids (B, T) and segment ids (B, T), 1 on tokens, 0 on padding."""
+    import torch
+    T = max(map(len, ids))
+    input_ids = torch.full((len(ids), T), pad_id, dtype=torch.long)
+    segment_ids = torch.zeros(len(ids), T, dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, :len(x)], segment_ids[row, :len(x)] = torch.tensor(x), 1
+    return input_ids, segment_ids
+
+
+def generate_answers(model, tokenizer, prompts: list[str], images: list, *, template, batch_size: int = 16,
+                     max_new_tokens: int = 16, device: str = "cpu", desc: str = "answering") -> list[str]:
+    """Greedy answers to single-turn prompts. images[i] is a PIL image (the prompt gets `<image>\\n` in front) or
+    None. Prompts of similar length are batched together (right-padded, segment id 0 on the padding)."""
+    import torch
+    from tqdm import tqdm
+
+    from llava_mini.data.conversation import get_template, tokenize_prompt
+    from llava_mini.data.images import preprocess_image
+    template = get_template(template) if isinstance(template, str) else template
+    vision = model.config.vision_config
+    ids = [tokenize_prompt(tokenizer, [("<image>\n" if img is not None else "") + p], template)
+           for p, img in zip(prompts, images)]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    answers = [None] * len(ids)
+    stop = stop_token_ids(tokenizer, template)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=len(order) <= batch_size):
+        batch = order[start:start + batch_size]
+        input_ids, segment_ids = right_pad([ids[i] for i in batch], tokenizer.pad_id)
+        pixels = [preprocess_image(images[i], vision, model.config.image_aspect_ratio) for i in batch
+                  if images[i] is not None]
+        pixel_values = torch.stack(pixels).to(device, next(model.vision_tower.parameters()).dtype) if pixels else None
+        out = model.generate(input_ids.to(device), pixel_values, segment_ids.to(device),
+                             max_new_tokens=max_new_tokens, stop_token_ids=stop)
+        for row, i in enumerate(batch):
+            answers[i] = tokenizer.decode(out.tokens[row]).strip()
+    return answers
+
+
+def _load_images(paths: list[str], image_root: str) -> list:
+    from llava_mini.data.images import load_image
+    cache = {}
+    for p in paths:
+        if p is not None and p not in cache:
+            cache[p] = load_image(os.path.join(image_root, p))
+    return [cache[p] if p is not None else None for p in paths]
+
+
+def evaluate_vqa(model, tokenizer, questions: list[dict], image_root: str, *, template, blind: bool = False,
+                 batch_size: int = 16, device: str = "cpu", max_new_tokens: int = 16) -> dict:
+    """Accuracy on short-answer questions ({"id", "image", "question", "answer", "question_type"}), with
+    LLaVA-1.5's short-answer prompt. blind=True shows a blank mean-colour image instead of the real one."""
+    if blind:
+        images = [blank_image(model.config.vision_config)] * len(questions)
+    else:
+        images = _load_images([q["image"] for q in questions], image_root)
+    prompts = [q["question"] + SHORT_ANSWER_PROMPT for q in questions]
+    predictions = generate_answers(model, tokenizer, prompts, images, template=template, batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens, device=device,
+                                   desc="blind VQA" if blind else "VQA")
+    result = vqa_accuracy(questions, predictions)
+    result["predictions"] = [{"id": q["id"], "answer": q["answer"], "prediction": p}
+                             for q, p in zip(questions, predictions)]
+    return result
+
+
+def evaluate_scienceqa(model, tokenizer, samples: list[dict], image_root: str, *, template, batch_size: int = 16,
+                       device: str = "cpu") -> dict:
+    images = _load_images([s["image"] for s in samples], image_root)
+    prompts = [s["prompt"] + LETTER_PROMPT for s in samples]
+    predictions = generate_answers(model, tokenizer, prompts, images, template=template, batch_size=batch_size,
+                                   max_new_tokens=16, device=device, desc="ScienceQA")
+    return {**scienceqa_accuracy(samples, predictions), "predictions": predictions}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+def _print_vqa_table(name: str, runs: dict) -> None:
+    """One row per question type, one column per run (model, blind, no projector)."""
+    types = sorted(next(iter(runs.values()))["per_type"])
+    print(f"\n{name}: accuracy (normalised exact match)")
+    print(f"  {'question type':<16}{'n':>6}" + "".join(f"{r:>14}" for r in runs))
+    first = next(iter(runs.values()))
+    for t in types:
+        print(f"  {t:<16}{first['count_per_type'][t]:>6}" + "".join(f"{runs[r]['per_type'][t]:>14.1%}" for r in runs))
+    print(f"  {'overall':<16}{first['n']:>6}" + "".join(f"{runs[r]['overall']:>14.1%}" for r in runs))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="VQA accuracy with baselines, LLaVA-Bench relative score, ScienceQA")
+    p.add_argument("--model", required=True, help="checkpoint folder (ours, HF llava, or original LLaVA)")
+    p.add_argument("--vision-tower", help="CLIP folder, for the original LLaVA layout")
+    p.add_argument("--data", help="shapes world folder with test.json and bench.json (e.g. data/shapes)")
+    p.add_argument("--easyvqa", help="easy-VQA folder with easyvqa_test.json (python -m llava_mini.synth.easyvqa)")
+    p.add_argument("--bench", action="store_true", help="also run the LLaVA-Bench-style judged score on bench.json")
+    p.add_argument("--judge", choices=("rule", "openai"), default="rule")
+    p.add_argument("--judge-url", default="http://127.0.0.1:8000/v1")
+    p.add_argument("--judge-model", default="gpt-4o-mini")
+    p.add_argument("--scienceqa", help="ScienceQA in LLaVA's converted format (images relative to its folder)")
+    p.add_argument("--no-projector-baseline", action="store_true",
+                   help="also score with the projector's output zeroed (see the module docstring)")
+    p.add_argument("--limit", type=int, help="use only the first N questions of each set")
+    p.add_argument("--bench-max-new-tokens", type=int, default=128, help="length limit of the bench answers")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--template", choices=sorted(TEMPLATES), help="override the template stored with the checkpoint")
+    p.add_argument("--out", help="write the JSON report here")
+    p.add_argument("--confusion", metavar="TYPE", help="also print, for one question type (e.g. position), which "
+                   "replies the model gave to each right answer")
+    args = p.parse_args(argv)
+    if not (args.data or args.easyvqa or args.scienceqa):
+        p.error("nothing to evaluate: give --data (with --bench for the judged score), --easyvqa or --scienceqa")
+    if args.bench and not args.data:
+        p.error("--bench needs --data (bench.json lives there)")
+
+    try:
+        model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device)
+    except (OSError, ValueError) as e:
+        p.exit(1, f"error: cannot load the model: {e}\n")
+    template = args.template or template
+    common = dict(template=template, batch_size=args.batch_size, device=args.device)
+    report = {"model": args.model, "template": template}
+    sets = []
+    if args.data:
+        sets.append(("shapes", os.path.join(args.data, "test.json"), args.data))
+    if args.easyvqa:
+        sets.append(("easyvqa", os.path.join(args.easyvqa, "easyvqa_test.json"), args.easyvqa))
+    for name, path, root in sets:
+        questions = read_json(path)[:args.limit]
+        runs = {"model": evaluate_vqa(model, tokenizer, questions, root, **common),
+                "blind": evaluate_vqa(model, tokenizer, questions, root, blind=True, **common)}
+        if args.no_projector_baseline:
+            with zeroed_projector(model):
+                runs["no projector"] = evaluate_vqa(model, tokenizer, questions, root, **common)
+        report[name] = runs
+        _print_vqa_table(name, runs)
+        if args.confusion:
+            table = answer_confusion(questions, [p["prediction"] for p in runs["model"]["predictions"]], args.confusion)
+            print(f"  {args.confusion}: right answer -> the model's replies, most common first")
+            for answer, replies in table.items():
+                print(f"    {answer:<14}" + ", ".join(f"{r or '(empty)'} {n}" for r, n in replies.most_common()))
+
+    if args.bench:
+        from llava_mini.eval.judges import LLMJudge, RuleJudge, score_bench
+        items = read_json(os.path.join(args.data, "bench.json"))[:args.limit]
+        images = _load_images([it["image"] for it in items], args.data)
+        answers = generate_answers(model, tokenizer, [it["question"] for it in items], images,
+                                   max_new_tokens=args.bench_max_new_tokens, desc="bench", **common)
+        if args.judge == "rule":
+            judge = RuleJudge()
+        else:
+            from llava_mini.synth.llm_client import ChatClient
+            judge = LLMJudge(ChatClient(args.judge_url, args.judge_model))
+        report["bench"] = score_bench(items, answers, judge)
+        print(f"\nLLaVA-Bench-style relative score ({args.judge} judge): mean(model) / mean(reference) x 100")
+        for cat, s in report["bench"]["scores"].items():
+            print(f"  {cat:<10}{s['relative']:>8.1f}%   model {s['model']:.2f} / reference {s['reference']:.2f}"
+                  f"   n={s['n']}")
+        if report["bench"]["judge_failures"]:
+            print(f"  ({len(report['bench']['judge_failures'])} judge replies could not be parsed; left out)")
+
+    if args.scienceqa:
+        samples = read_scienceqa(args.scienceqa)[:args.limit]
+        report["scienceqa"] = evaluate_scienceqa(model, tokenizer, samples, os.path.dirname(args.scienceqa), **common)
+        s = report["scienceqa"]
+        print(f"\nScienceQA: accuracy {s['accuracy']:.1%} (n={s['n']}), with images {s['image_accuracy']:.1%} "
+              f"(n={s['n_image']}), unparsed replies {s['unparsed']}")
+
+    if args.out:
+        write_json(report, args.out)
+        print(f"\nreport written to {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

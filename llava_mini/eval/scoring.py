@@ -1,0 +1,108 @@
+"""The scoring layer of evaluation: plain functions over strings, easy to check by hand. Both the evaluation
+(eval/evaluate.py) and the judges (eval/judges.py) use them.
+
+    normalize_answer("The Two.")              # -> "2"
+    vqa_accuracy(questions, predictions)      # {"overall", "n", "per_type", "count_per_type"}
+    parse_letter("The answer is B.", "ABC")   # -> "B"
+"""
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter, defaultdict
+
+from llava_mini.jsonio import read_json
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. VQA scoring
+
+NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+ARTICLES = {"a", "an", "the"}
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize_answer(text: str) -> str:
+    """'The Two.' -> '2', 'a Red circle!' -> 'red circle'. Apostrophes vanish ("don't" -> 'dont'), other
+    punctuation separates words."""
+    text = text.lower().replace("'", "")
+    words = _PUNCTUATION.sub(" ", text).split()
+    return " ".join(NUMBER_WORDS.get(w, w) for w in words if w not in ARTICLES)
+
+
+def vqa_accuracy(questions: list[dict], predictions: list[str]) -> dict:
+    """Normalised exact match. questions: [{"answer", "question_type", ...}]; predictions: one string each.
+    Returns {"overall", "n", "per_type": {type: accuracy}, "count_per_type": {type: n}}."""
+    if len(questions) != len(predictions):
+        raise ValueError(f"{len(questions)} questions but {len(predictions)} predictions")
+    hits, counts = defaultdict(int), defaultdict(int)
+    for q, pred in zip(questions, predictions):
+        qtype = q.get("question_type", "all")
+        counts[qtype] += 1
+        hits[qtype] += normalize_answer(pred) == normalize_answer(str(q["answer"]))
+    n = sum(counts.values())
+    return {"overall": sum(hits.values()) / n if n else 0.0, "n": n,
+            "per_type": {t: hits[t] / counts[t] for t in sorted(counts)},
+            "count_per_type": {t: counts[t] for t in sorted(counts)}}
+
+
+def answer_confusion(questions: list[dict], predictions: list[str], question_type: str) -> dict[str, Counter]:
+    """How a model is wrong, for one question type: for each right answer, how often each reply was given (both
+    normalised). {"top left": Counter({"top": 15, "top left": 5}), ...}"""
+    table: dict[str, Counter] = defaultdict(Counter)
+    for q, pred in zip(questions, predictions):
+        if q.get("question_type") == question_type:
+            table[normalize_answer(str(q["answer"]))][normalize_answer(pred)] += 1
+    return dict(sorted(table.items()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. ScienceQA (LLaVA's converted format)
+
+_OPTION = re.compile(r"\(([A-Z])\)")
+_ANSWER_IS = re.compile(r"The answer is ([A-Z])\.?")
+
+
+def parse_letter(text: str, options: str) -> str | None:
+    """The letter a reply chooses, as LLaVA reads it: a bare letter ("B"), a letter then ". " ("B. red"), or
+    exactly one "The answer is B." anywhere. None if it names no option."""
+    text = text.strip()
+    if len(text) == 1 and text in options:
+        return text
+    if len(text) >= 3 and text[0] in options and text[1:3] == ". ":
+        return text[0]
+    if len(text) == 2 and text[0] in options and text[1] in ".)":
+        return text[0]
+    found = _ANSWER_IS.findall(text)
+    return found[0] if len(found) == 1 and found[0] in options else None
+
+
+def read_scienceqa(path: str) -> list[dict]:
+    """LLaVA's converted ScienceQA: [{"id", "image"?, "conversations": [{"from": "human", "value": "Context: ...
+    Question: ... Options: (A) ... (B) ..."}, {"from": "gpt", "value": "B" or "... The answer is B."}]}].
+    Returns [{"id", "image" or None, "prompt", "answer", "options"}]."""
+    out = []
+    for entry in read_json(path):
+        sid = entry.get("id", "?")
+        try:
+            human, gpt = entry["conversations"][0]["value"], entry["conversations"][1]["value"]
+        except (KeyError, IndexError):
+            raise ValueError(f"{path}: sample {sid!r} needs two conversation turns") from None
+        options = "".join(_OPTION.findall(human.split("Options:")[-1]))
+        answer = parse_letter(gpt, options)
+        if not options or answer is None:
+            raise ValueError(f"{path}: sample {sid!r} has no options or no answer letter ({gpt[:80]!r})")
+        prompt = human.replace("<image>", "").strip()
+        out.append({"id": sid, "image": entry.get("image"), "prompt": prompt, "answer": answer, "options": options})
+    return out
+
+
+def scienceqa_accuracy(samples: list[dict], predictions: list[str]) -> dict:
+    """Accuracy overall and on questions with an image. A reply naming no option is wrong (LLaVA guesses at
+    random instead; we count it, in "unparsed", so the number is deterministic)."""
+    correct = [parse_letter(p, s["options"]) == s["answer"] for s, p in zip(samples, predictions)]
+    with_image = [c for c, s in zip(correct, samples) if s["image"]]
+    return {"accuracy": sum(correct) / len(correct) if correct else 0.0, "n": len(correct),
+            "image_accuracy": sum(with_image) / len(with_image) if with_image else 0.0, "n_image": len(with_image),
+            "unparsed": sum(parse_letter(p, s["options"]) is None for s, p in zip(samples, predictions))}

@@ -1,0 +1,349 @@
+"""Instruction data from the symbolic form of an image: LLaVA's text-only teacher.
+
+The teacher sees what the paper's GPT-4 saw: a few captions and boxes written `name: [x1, y1, x2, y2]` (normalised).
+It never sees pixels. It writes the three kinds of LLaVA-Instruct data (conversation, detailed description, complex
+reasoning), stage-1 caption pairs, and short-answer VQA turns (LLaVA-1.5's "Answer the question using a single word
+or phrase."). Two teachers share one interface, `conversation(context, rng)`, `detail(...)`, `complex(...)`, each
+returning LLaVA turns or None (rejected):
+
+- RuleTeacher: templates and arithmetic over the boxes; exact, free, reproducible. Object names are split into an
+  optional colour word and a noun ("red circle" -> red, circle; "dog" -> dog), so it also works on COCO categories.
+- LLMTeacher (llm_teacher.py): the same interface, written by any OpenAI-compatible endpoint from the same context.
+
+The COCO route (the same teachers on COCO captions + boxes) is coco.py.
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+from tqdm import tqdm
+
+from llava_mini.data.conversation import SHORT_ANSWER_PROMPT  # "\nAnswer the question using a single word or phrase."
+
+BRIEF_INSTRUCTIONS = [
+    "Describe the image concisely.", "Provide a brief description of the given image.",
+    "Offer a succinct explanation of the picture presented.", "Summarize the visual content of the image.",
+    "Give a short and clear explanation of the subsequent image.", "Share a concise interpretation of the image provided.",
+    "Write a terse but informative summary of the picture.", "Render a clear and concise summary of the photo.",
+]
+DETAIL_INSTRUCTIONS = [
+    "Describe the following image in detail.", "Provide a detailed description of the given image.",
+    "Give an elaborate explanation of the image you see.", "Explain the various aspects of the image before you.",
+    "What do you see happening in this image? Describe it thoroughly.", "Write a detailed account of the picture.",
+]
+COLOR_WORDS = {"red", "green", "blue", "yellow", "black", "gray", "grey", "teal", "brown", "white", "purple", "orange",
+               "pink", "cyan", "magenta", "violet"}
+NUMBER_WORDS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "knife": "knives", "sheep": "sheep", "skis": "skis"}
+AMBIGUITY_MARGIN = 0.04  # a box centre this close to a 1/3 or 2/3 line has no clear position name
+
+
+# ---------------------------------------------------------------------------- the symbolic form
+
+def boxes_of(named_boxes) -> list[str]:
+    """[(name, [x1, y1, x2, y2]), ...] -> ["name: [0.10, 0.20, 0.35, 0.45]", ...] (the paper's format)."""
+    return [f"{name}: [{', '.join(f'{v:.2f}' for v in box)}]" for name, box in named_boxes]
+
+
+BOX_RE = re.compile(r"^\s*(.+?)\s*:\s*\[\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]+)\s*\]\s*$")
+
+
+def parse_objects(boxes: list[str]) -> list[dict]:
+    """Box strings -> objects {name, color (or None), noun, box, cx, cy, area}."""
+    objects = []
+    for line in boxes:
+        m = BOX_RE.match(line)
+        if not m:
+            raise ValueError(f"box line {line!r} is not 'name: [x1, y1, x2, y2]'")
+        name, box = m.group(1), [float(m.group(i)) for i in range(2, 6)]
+        color, noun = split_name(name)
+        objects.append({"name": name, "color": color, "noun": noun, "box": box, "cx": (box[0] + box[2]) / 2,
+                        "cy": (box[1] + box[3]) / 2, "area": (box[2] - box[0]) * (box[3] - box[1])})
+    return objects
+
+
+def split_name(name: str) -> tuple[str | None, str]:
+    first, _, rest = name.partition(" ")
+    return (first, rest) if first in COLOR_WORDS and rest else (None, name)
+
+
+def plural(noun: str) -> str:
+    if noun in IRREGULAR_PLURALS:
+        return IRREGULAR_PLURALS[noun]
+    return noun + "es" if noun.endswith(("s", "x", "ch", "sh")) else noun + "s"
+
+
+def article(words: str) -> str:
+    return ("an " if words[0] in "aeiou" else "a ") + words
+
+
+def count_phrase(n: int, noun: str) -> str:
+    return f"{NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else n} {noun if n == 1 else plural(noun)}"
+
+
+def join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+# What position_name can answer: the 3x3 grid, row by row.
+POSITION_NAMES = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+
+
+def position_name(cx: float, cy: float, margin: float = AMBIGUITY_MARGIN) -> str | None:
+    """3x3 grid name ('top left', 'left', 'center', ...) or None when the point is closer than `margin` to a grid
+    line (margin=0: always a name)."""
+    if min(abs(v - t) for v in (cx, cy) for t in (1 / 3, 2 / 3)) < margin:
+        return None
+    col = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else ""
+    row = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else ""
+    return f"{row} {col}".strip() or "center"
+
+
+def where_phrase(pos: str) -> str:
+    return "in the center of the image" if pos == "center" else f"at the {pos} of the image"
+
+
+# ---------------------------------------------------------------------------- short-answer VQA
+
+class AnswerBalancer:
+    """Picks, for each question type, a question whose answer has been used least so far, so that no answer
+    dominates a type and a blind model cannot do better than chance by guessing the common one."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.counts: dict[str, Counter] = {}
+        self.asked: list[dict] = []
+
+    def pick(self, qtype: str, candidates: list[tuple[str, str]]) -> dict | None:
+        if not candidates:
+            return None
+        counts = self.counts.setdefault(qtype, Counter())
+        by_answer: dict[str, list[str]] = {}
+        for question, answer in candidates:
+            by_answer.setdefault(answer, []).append(question)
+        least = min(counts[a] for a in by_answer)
+        answer = self.rng.choice(sorted(a for a in by_answer if counts[a] == least))
+        counts[answer] += 1
+        picked = {"question": self.rng.choice(by_answer[answer]), "answer": answer, "question_type": qtype}
+        self.asked.append(picked)
+        return picked
+
+
+def short_answer_questions(boxes: list[str], vocabulary: list[str], balancer: AnswerBalancer,
+                           exclude: frozenset = frozenset()) -> list[dict]:
+    """At most one question per type for this image, each unambiguous and answerable from the boxes alone.
+
+    Types: count, count_color, count_shape, color, shape, exists, position. Answers are lower case, numbers as digits.
+    `vocabulary` (all object names the source can produce) supplies absent colours, nouns and names for negatives.
+    Questions in `exclude` (already asked about this image) are not asked again."""
+    objs = parse_objects(boxes)
+    rng = balancer.rng
+    names, nouns, colors = Counter(o["name"] for o in objs), Counter(o["noun"] for o in objs), \
+        Counter(o["color"] for o in objs if o["color"])
+    vocab_colors = sorted({c for c, _ in map(split_name, vocabulary) if c})
+    vocab_nouns = sorted({n for _, n in map(split_name, vocabulary)})
+    candidates = {
+        "count": [("How many objects are there?", str(len(objs)))],
+        "count_color": [(f"How many {c} objects are there?", str(colors[c])) for c in vocab_colors],
+        "count_shape": [(f"How many {plural(n)} are there?", str(nouns[n])) for n in vocab_nouns],
+        "color": [(f"What color is the {o['noun']}?", o["color"]) for o in objs if o["color"] and nouns[o["noun"]] == 1],
+        "shape": [(f"What shape is the {o['color']} object?", o["noun"]) for o in objs
+                  if o["color"] and colors[o["color"]] == 1],
+        "position": [(f"Where is the {o['name']}?", position_name(o["cx"], o["cy"])) for o in objs
+                     if names[o["name"]] == 1 and position_name(o["cx"], o["cy"])],
+    }
+    # Yes/no: negatives half the time share a colour or noun with an object present ("hard" negatives), so that
+    # knowing which colours and which shapes are present is not enough: the model must bind them.
+    absent = [n for n in vocabulary if n not in names]
+    hard = [n for n in absent if split_name(n)[0] in colors or split_name(n)[1] in nouns]
+    negatives = hard if hard and rng.random() < 0.5 else absent
+    candidates["exists"] = [(f"Is there {article(n)}?", "yes") for n in sorted(names)] + \
+                           [(f"Is there {article(n)}?", "no") for n in negatives]
+    picked = [balancer.pick(qtype, [(q, a) for q, a in c if q not in exclude]) for qtype, c in candidates.items()]
+    return [p for p in picked if p is not None]
+
+
+# ---------------------------------------------------------------------------- the rule teacher
+
+def _turns(pairs: list[tuple[str, str]]) -> list[dict]:
+    turns = []
+    for i, (q, a) in enumerate(pairs):
+        turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
+    return turns
+
+
+class RuleTeacher:
+    """Writes instruction data from captions + boxes with templates; every statement is computed from the boxes."""
+
+    def __init__(self, vocabulary: list[str]):
+        self.vocabulary = list(vocabulary)  # names the negatives ("Is there a ...?" -> no) are drawn from
+        self.rejected = Counter()           # same interface as LLMTeacher; templates never fail
+
+    def conversation(self, context: dict, rng: random.Random) -> list[dict]:
+        objs = parse_objects(context["boxes"])
+        names, nouns = Counter(o["name"] for o in objs), Counter(o["noun"] for o in objs)
+        unique = [o for o in objs if names[o["name"]] == 1]
+        listing = join([article(o["name"]) for o in objs])
+        qa = [("What objects can you see in the image?",
+               f"I can see {count_phrase(len(objs), 'object')}: {listing}."),
+              ("How many objects are there in the image?",
+               f"There {'is' if len(objs) == 1 else 'are'} {count_phrase(len(objs), 'object')} in the image.")]
+        for o in unique:
+            pos = position_name(o["cx"], o["cy"])
+            if pos:
+                qa.append((f"Where is the {o['name']} located?", f"The {o['name']} is {where_phrase(pos)}."))
+            if o["color"] and nouns[o["noun"]] == 1:
+                qa.append((f"What color is the {o['noun']}?", f"The {o['noun']} is {o['color']}."))
+        for a in unique:
+            for b in unique:
+                if a is b:
+                    continue
+                if abs(a["cx"] - b["cx"]) > 0.1:
+                    side = "left" if a["cx"] < b["cx"] else "right"
+                    yes = side == "left"
+                    qa.append((f"Is the {a['name']} to the left of the {b['name']}?",
+                               f"{'Yes' if yes else 'No'}, the {a['name']} is to the {side} of the {b['name']}."))
+                if abs(a["cy"] - b["cy"]) > 0.1:
+                    above = a["cy"] < b["cy"]
+                    qa.append((f"Is the {a['name']} above the {b['name']}?",
+                               f"{'Yes' if above else 'No'}, the {a['name']} is {'above' if above else 'below'} "
+                               f"the {b['name']}."))
+        absent = [n for n in self.vocabulary if n not in names]
+        if absent:
+            n = rng.choice(absent)
+            qa.append((f"Is there {article(n)} in the image?", f"No, there is no {n} in the image."))
+        o = rng.choice(objs)
+        qa.append((f"Is there {article(o['name'])} in the image?", f"Yes, there is {article(o['name'])} in the image."))
+        noun = rng.choice(sorted(set(n for _, n in map(split_name, self.vocabulary)) | set(nouns)))
+        k = nouns[noun]
+        qa.append((f"How many {plural(noun)} are there?",
+                   f"There {'is' if k == 1 else 'are'} {count_phrase(k, noun)} in the image."))
+        rng.shuffle(qa)
+        return _turns(qa[:rng.randint(3, 5)])
+
+    def detail(self, context: dict, rng: random.Random) -> list[dict]:
+        objs = parse_objects(context["boxes"])
+        sentences = [context["captions"][0] if context["captions"] else "",
+                     f"Looking closer, the image contains {count_phrase(len(objs), 'object')}."]
+        for o in objs:
+            pos = position_name(o["cx"], o["cy"])
+            place = where_phrase(pos) if pos else f"near ({o['cx']:.2f}, {o['cy']:.2f}) in image coordinates"
+            sentences.append(f"There is {article(o['name'])} {place}.")
+        by_area = sorted(objs, key=lambda o: -o["area"])
+        if len(objs) > 1 and by_area[0]["area"] > 1.2 * by_area[1]["area"]:  # only when clearly the largest
+            big = by_area[0]
+            sentences.append(f"The largest object is the {big['name']}, covering about "
+                             f"{100 * big['area']:.0f}% of the image.")
+        answer = " ".join(s for s in sentences if s)
+        return _turns([(rng.choice(DETAIL_INSTRUCTIONS), answer)])
+
+    def complex(self, context: dict, rng: random.Random) -> list[dict]:
+        """A question whose answer needs a few steps; the answer shows the steps."""
+        objs = parse_objects(context["boxes"])
+        names = Counter(o["name"] for o in objs)
+        options = [self._remove_group, self._closest_to_corner, self._compare_sizes, self._add_one]
+        rng.shuffle(options)
+        for make in options:
+            qa = make(objs, names, rng)
+            if qa:
+                return _turns([qa])
+        raise AssertionError("_add_one always applies")
+
+    @staticmethod
+    def _remove_group(objs, names, rng):
+        if len(objs) < 2:
+            return None
+        key = "color" if all(o["color"] for o in objs) else "noun"
+        group = rng.choice(sorted({o[key] for o in objs}))
+        label = f"{group} objects" if key == "color" else plural(group)
+        gone = [o for o in objs if o[key] == group]
+        rest = len(objs) - len(gone)
+        return (f"If all the {label} were removed, how many objects would be left?",
+                f"Let's count step by step. There are {count_phrase(len(objs), 'object')} in total: "
+                f"{join([article(o['name']) for o in objs])}. Of these, {len(gone)} "
+                f"{'is' if len(gone) == 1 else 'are'} {group}: {join([article(o['name']) for o in gone])}. "
+                f"Removing them leaves {len(objs)} - {len(gone)} = {rest}, so "
+                f"{count_phrase(rest, 'object')} would be left.")
+
+    @staticmethod
+    def _closest_to_corner(objs, names, rng):
+        unique = [o for o in objs if names[o["name"]] == 1]
+        if len(unique) < 2 or len(unique) != len(objs):
+            return None
+        corner, (x, y) = rng.choice([("top left", (0, 0)), ("top right", (1, 0)), ("bottom left", (0, 1)),
+                                     ("bottom right", (1, 1))])
+        dist = sorted(((((o["cx"] - x) ** 2 + (o["cy"] - y) ** 2) ** 0.5, o["name"], o) for o in objs))
+        if dist[1][0] - dist[0][0] < 0.05:  # too close to call from rounded boxes
+            return None
+        steps = "; ".join(f"the {o['name']}'s midpoint is ({o['cx']:.2f}, {o['cy']:.2f}), {d:.2f} away"
+                          for d, _, o in dist)
+        return (f"Which object is closest to the {corner} corner of the image?",
+                f"The {corner} corner is at ({x}, {y}) in image coordinates. Measuring from the midpoint of each "
+                f"object's box: {steps}. The smallest distance is {dist[0][0]:.2f}, so the {dist[0][1]} is closest to "
+                f"the {corner} corner.")
+
+    @staticmethod
+    def _compare_sizes(objs, names, rng):
+        unique = [o for o in objs if names[o["name"]] == 1]
+        pairs = [(a, b) for a in unique for b in unique if a is not b and a["area"] > 1.3 * b["area"]]
+        if not pairs:
+            return None
+        a, b = rng.choice(pairs)
+        if rng.random() < 0.5:
+            first, second = a, b
+        else:
+            first, second = b, a
+        return (f"Which is bigger, the {first['name']} or the {second['name']}?",
+                f"Compare the areas of their boxes. The {a['name']} covers about {100 * a['area']:.0f}% of the "
+                f"image and the {b['name']} about {100 * b['area']:.0f}%. Since {100 * a['area']:.0f}% is more "
+                f"than {100 * b['area']:.0f}%, the {a['name']} is bigger.")
+
+    @staticmethod
+    def _add_one(objs, names, rng):
+        o = rng.choice(objs)
+        n, k = len(objs), names[o["name"]]
+        return (f"If one more {o['name']} were added to the image, how many {plural(o['name'])} would there be, "
+                f"and how many objects in total?",
+                f"At the moment there {'is' if k == 1 else 'are'} {count_phrase(k, o['name'])} among "
+                f"{count_phrase(n, 'object')}. Adding one more makes {k} + 1 = {k + 1} "
+                f"{plural(o['name']) if k + 1 != 1 else o['name']}, and {n} + 1 = {n + 1} objects in total.")
+
+
+# ---------------------------------------------------------------------------- datasets
+
+def stage1_pairs(items: list[dict], seed: int) -> list[dict]:
+    """Stage-1 data: a brief-description instruction and one of the image's captions."""
+    out = []
+    for it in items:
+        rng = random.Random(f"{seed}:{it['id']}:stage1")
+        out.append({"id": f"{it['id']}_cap", "image": it["image"],
+                    "conversations": _turns([(rng.choice(BRIEF_INSTRUCTIONS), rng.choice(it["context"]["captions"]))])})
+    return out
+
+
+def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[str] | None = None,
+                       balancer: AnswerBalancer | None = None, progress: bool = True, vqa_rounds: int = 1) -> list[dict]:
+    """LLaVA JSON for items {id, image, context}: conv, detail, complex per image (rejected replies are skipped),
+    plus, with a balancer, one multi-turn short-answer VQA sample per image (ids end in _conv/_detail/_complex/_vqa).
+
+    The VQA sample asks `vqa_rounds` rounds of short_answer_questions (at most one question per type per round,
+    none twice), as LLaVA-1.5 puts all of an image's VQA questions in one conversation: each extra answer costs a
+    dozen tokens, while the image costs its patches once."""
+    out = []
+    for it in tqdm(items, desc="teacher", disable=not progress):
+        for kind, write in (("conv", teacher.conversation), ("detail", teacher.detail),
+                            ("complex", teacher.complex)):
+            turns = write(it["context"], random.Random(f"{seed}:{it['id']}:{kind}"))
+            if turns:
+                out.append({"id": f"{it['id']}_{kind}", "image": it["image"], "conversations": turns})
+        if balancer is not None:
+            qs = []
+            for _ in range(vqa_rounds):
+                qs += short_answer_questions(it["context"]["boxes"], vocabulary, balancer,
+                                             exclude=frozenset(q["question"] for q in qs))
+            if qs:
+                out.append({"id": f"{it['id']}_vqa", "image": it["image"],
+                            "conversations": _turns([(q["question"] + SHORT_ANSWER_PROMPT, q["answer"]) for q in qs])})
+    return out

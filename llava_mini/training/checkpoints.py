@@ -1,0 +1,76 @@
+"""Resumable training checkpoints: checkpoint-NNNNNN/ folders written atomically, and the RNG states a resume needs.
+
+    save_checkpoint(out_dir, step, write_model, trainer_state)   # atomic: a killed save leaves the last one intact
+    path = latest_checkpoint(out_dir)                            # newest complete checkpoint-NNNNNN folder
+    state = load_trainer_state(path)                             # optimizer, scheduler, RNG states, step
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+
+import numpy as np
+import torch
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE = "trainer_state.pt"     # optimizer, scheduler, RNG states, data position
+
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out_dir: str, step: int, write_model, trainer_state: dict, keep: int = 2) -> str:
+    """Write {out_dir}/checkpoint-{step:06d}/ atomically and return its path.
+
+    `write_model(folder)` writes the model files (model.safetensors, config.json, tokenizer.json, llava_mini.json);
+    trainer_state.pt holds what a resume needs. Everything is written into a temporary folder first and renamed
+    in one step, so a save killed half-way leaves only a stray temp folder and the previous checkpoint intact.
+    Older checkpoints beyond `keep` are deleted after the new one is in place."""
+    final = os.path.join(out_dir, f"checkpoint-{step:06d}")
+    tmp = os.path.join(out_dir, f".tmp-checkpoint-{step:06d}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    write_model(tmp)
+    torch.save(trainer_state, os.path.join(tmp, TRAINER_STATE))
+    if os.path.exists(final):           # the same step saved again (e.g. Ctrl-C right after a periodic save)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(out_dir: str) -> list[str]:
+    """Complete checkpoint folders in step order (temp folders of interrupted saves are not listed)."""
+    if not os.path.isdir(out_dir):
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(out_dir) if (m := CHECKPOINT_RE.match(name))
+             and os.path.exists(os.path.join(out_dir, name, TRAINER_STATE))]
+    return [os.path.join(out_dir, name) for _, name in sorted(found)]
+
+
+def latest_checkpoint(out_dir: str) -> str | None:
+    found = list_checkpoints(out_dir)
+    return found[-1] if found else None
+
+
+def load_trainer_state(checkpoint_dir: str) -> dict:
+    path = os.path.join(checkpoint_dir, TRAINER_STATE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{checkpoint_dir}: no {TRAINER_STATE}, not a resumable checkpoint")
+    return torch.load(path, map_location="cpu", weights_only=False)

