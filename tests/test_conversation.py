@@ -1,6 +1,6 @@
 """Templates and labels, token-exact against the real LLaMA / Vicuna tokenizer.
 
-The expected ids below are written out by hand from the template rules (DESIGN.md "Templates and labels") and the
+The expected ids below are written out by hand from the template rules (docs/ARCHITECTURE.md, "Templates and labels") and the
 LLaMA vocabulary; each id is annotated with its piece. Rules that shape them (the legacy SentencePiece behaviour LLaVA
 was trained with, which this tokenizer.json reproduces):
   - every chunk of text gets a "▁" in front: at the start and after each special token (`<image>`, `</s>`);

@@ -249,15 +249,28 @@ def test_make_bases_under_torchrun_matches_one_process(tiny, tmp_path):
                             what=f"{name}: ")
 
 
-def test_default_pipeline_quick(tmp_path):
+def test_default_pipeline_quick(tmp_path, capsys):
     report = pipeline.run_pipeline(parse_args(["--quick", "--workdir", str(tmp_path), "--no-easyvqa", "--quiet",
-                                                  "--threads", "1"]))
+                                               "--threads", "1"]))
     final = tmp_path / "checkpoints" / "tiny-quick" / "final"
     assert report["final"] == str(final) and os.path.exists(final / "model.safetensors")
     assert set(report["results"]) == {"shapes world"}
     loss_start, loss_end = report["caption_loss"]
     assert loss_end < loss_start            # even two steps of stage 1 lower the held-out caption loss
     assert os.path.exists(tmp_path / "checkpoints" / "tiny-quick" / "loss.png")
+
+    # Each stage's printed command, run alone, reproduces the pipeline's stage to the bit: the pipeline passes
+    # nothing that the preset (--preset quick, read from recipes.QUICK) does not say.
+    printed = {line.split(":", 1)[0]: line.split("python train.py ", 1)[1].split()
+               for line in capsys.readouterr().out.splitlines() if line.startswith(("[3/6]", "[4/6]"))}
+    assert set(printed) == {"[3/6] stage 1", "[4/6] stage 2"}
+    for step, argv in printed.items():
+        out = argv.index("--out") + 1
+        pipeline_out, argv[out] = argv[out], str(tmp_path / "alone" / step)
+        alone = loop.train(parse_args(argv))
+        ours = load_file(os.path.join(pipeline_out, "final", "model.safetensors"))
+        theirs = load_file(os.path.join(alone, "model.safetensors"))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), step
 
 
 def test_pipeline_gives_a_longer_trained_tower_its_own_bases_and_run(tmp_path):

