@@ -10,7 +10,7 @@ short-answer samples (`stage2.json`); held-out ones are `test.json`. Kinds whose
 shape, colour) are probed; counts and yes/no are left out. Chance is 1 / the number of answers.
 
 If the tower probe is high and these are low, the answer's information reaches the LLM but is not gathered where
-the answer is spoken: the failure is the LLM's look-up or readout, not the features (README, "Where position is lost").
+the answer is spoken: the failure is the LLM's look-up or readout, not the features (docs/EXPERIMENTS.md, "Where position is lost").
 """
 import argparse
 import os

@@ -11,7 +11,7 @@ held-out scenes. Chance: shape 1/6, colour 1/11, position 1/9 (the 3x3 grid the 
 
 A probe standardises every direction first, so it finds an attribute however quiet it is. The LLM does not: its
 RMSNorm scales each token as a whole. So each attribute's share of the features' variance is printed too
-(variance_shares); after stage 2, colour is most of it (README: what stage 2 does to the projector).
+(variance_shares); after stage 2, colour is most of it (docs/EXPERIMENTS.md: what stage 2 does to the projector).
 """
 import argparse
 import os

@@ -8,7 +8,7 @@ blue star", Vicuna says how many red things there are. Stage 1 and 2 then teach 
 tokens instead of words. This measures that starting point for the classroom's stand-in LLM: each held-out world
 question is asked with the scene's captions where the image would be (the form weights/make_tiny.py trains the LM on,
 see read_world_text), answered greedily, and scored like the image questions (normalised exact match). An LLM near
-the blind rate here has little reasoning for LLaVA to build on; README has the figures.
+the blind rate here has little reasoning for LLaVA to build on; docs/EXPERIMENTS.md has the figures.
 """
 import argparse
 import os

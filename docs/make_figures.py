@@ -150,7 +150,9 @@ def loss_curves(run: str, path: str) -> None:
     plt.close(fig)
 
 
-def attention_figure(run: str, data: str, path: str) -> None:
+def attention_figure(run: str, data: str, path: str, image_id: str = "shapes_test_000003",
+                     question: str = "What color is the star?") -> None:
+    """The README's chat example: where the trained model looked while it answered."""
     import torch
 
     from llava_mini.data.images import load_image
@@ -159,20 +161,20 @@ def attention_figure(run: str, data: str, path: str) -> None:
     from llava_mini.loading.weights import load_checkpoint
     torch.manual_seed(0)
     model, tokenizer, template = load_checkpoint(os.path.join(run, "final"))
-    question = next(q for q in read_json(os.path.join(data, "test.json")) if q["question_type"] == "color")
-    image = load_image(os.path.join(data, question["image"]))
-    answer, weights = answer_attention(model, tokenizer, image, question["question"], template)
+    scene = next(s for s in read_json(os.path.join(data, "scenes_test.json")) if s["id"] == image_id)
+    image = load_image(os.path.join(data, scene["image"]))
+    answer, weights = answer_attention(model, tokenizer, image, question, template)
     fig, (a, b) = plt.subplots(1, 2, figsize=(6, 3.3))
     a.imshow(image.resize((256, 256), 0))
-    a.set_title(f"Q: {question['question']}", fontsize=8)
+    a.set_title(f"{scene['image']}", fontsize=8)
     b.imshow(overlay(image, weights, model.config.image_aspect_ratio, scale=4))
-    b.set_title(f"A: {answer}  (reference: {question['answer']})", fontsize=8)
+    b.set_title(f"{question} -> {answer}", fontsize=8)
     for ax in (a, b):
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, **PNG)
     plt.close(fig)
-    print(f"attention map: {question['image']}: {question['question']} -> {answer}")
+    print(f"attention map: {scene['image']}: {question} -> {answer}")
 
 
 def main(argv=None):

@@ -152,7 +152,7 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
     only. Contrasting each object's patches with its phrase ("small red star at the top left"), as region-level
     CLIPs do, puts shape and position into exactly the features the LLM will read. With `hard_negatives` each
     region also competes with its own phrase with the shape swapped and with the position swapped (one random swap of
-    each per step, counterfactual_phrases), which a batch rarely supplies; README has what they change.
+    each per step, counterfactual_phrases), which a batch rarely supplies; docs/EXPERIMENTS.md has what they change.
 
     Under torchrun (`world` processes) every process draws the same global batch from the same seeded generator
     and runs its own slice of the images and of the texts; the features are gathered, so the loss contrasts the
