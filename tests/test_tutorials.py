@@ -113,3 +113,10 @@ def test_a_failing_block_names_its_lesson_and_number(tmp_path):
     lesson.write_text("Fine:\n\n```python\nx = 1\n```\n\nBroken:\n\n```python\nassert x == 2, 'x is not 2'\n```\n")
     with pytest.raises(pytest.fail.Exception, match=r"(?s)99_broken.md: python block 2 \(line 9\).*x is not 2"):
         run_lesson(lesson, tmp_path)
+
+
+def test_every_image_a_lesson_embeds_exists():
+    for lesson in LESSONS + [TUTORIALS / "README.md"]:
+        for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", lesson.read_text(encoding="utf-8")):
+            assert (lesson.parent / target).exists(), f"{lesson.name} embeds a missing image: {target}"
+
