@@ -10,6 +10,7 @@ from conftest import load_script
 
 from llava_mini.eval import evaluate as ev
 from llava_mini.eval import judges, scoring
+from llava_mini.eval.describe import description_score, description_summary
 from llava_mini.loading import weights
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -167,6 +168,27 @@ def test_scienceqa_fixture_scores():
     assert acc["n"] == 6 and acc["n_image"] == 3 and acc["unparsed"] == 1
 
 
+def test_description_score_on_a_scene_with_known_objects():
+    """SCENE: two red circles (top left, top right) and a blue square (bottom left)."""
+    full = description_score("Two red circles and a small blue square on a pale blue background.", SCENE)
+    assert (full["recall"], full["precision"], full["all_named"], full["exact"]) == (1.0, 1.0, True, True)
+    half = description_score("A red circle and a green star.", SCENE)          # one right, one invented
+    assert (half["recall"], half["precision"], half["all_named"]) == (0.5, 0.5, False)
+    extra = description_score("Red circles, a blue square and a yellow star.", SCENE)
+    assert extra["all_named"] and not extra["exact"] and extra["precision"] == pytest.approx(2 / 3)
+    placed = description_score("The blue square is at the bottom left.", SCENE)
+    wrong = description_score("The blue square is at the top right.", SCENE)
+    assert (placed["positions"], placed["positions_true"]) == (1, 1) and (wrong["positions"], wrong["positions_true"]) == (1, 0)
+    word = description_score("3", SCENE)                                      # a count is not a description
+    assert (word["named"], word["recall"], word["precision"], word["all_named"]) == (0, 0.0, 0.0, False)
+    summary = description_summary([full, half, word, placed, wrong])
+    assert summary["n"] == 5 and summary["all_named"] == pytest.approx(1 / 5)
+    assert summary["recall"] == pytest.approx((1 + 0.5 + 0 + 0.5 + 0.5) / 5)
+    assert summary["position_accuracy"] == pytest.approx(1 / 2)
+    with pytest.raises(ValueError):
+        description_summary([])
+
+
 def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path):
     """Through a tiny random model: batching (right padding, mixed lengths) must not change any answer; then the
     command line writes a full report (VQA + baselines, bench with the rule judge, ScienceQA fixture)."""
@@ -206,8 +228,9 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path):
     ev.write_json([{"id": f"b{c}", "image": "images/0.png", "category": c, "question": "Describe the image.",
                     "reference": "Two red circles and a blue square.", "context": {"captions": [], "boxes": []},
                     "scene": scene} for c in judges.CATEGORIES], str(data / "bench.json"))
+    ev.write_json([dict(scene, id="s0", captions=["Two red circles and a blue square."])], str(data / "scenes_test.json"))
     out = tmp_path / "report.json"
-    report = ev.main(["--model", model_dir, "--data", str(data), "--bench", "--bench-max-new-tokens", "8",
+    report = ev.main(["--model", model_dir, "--data", str(data), "--bench", "--bench-max-new-tokens", "8", "--describe",
                       "--no-projector-baseline",
                       "--scienceqa", os.path.join(FIXTURES, "scienceqa", "test.json"), "--out", str(out)])
     saved = json.load(open(out))
@@ -215,6 +238,8 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path):
     saved_preds = [p["prediction"] for p in saved["shapes"]["model"]["predictions"]]
     assert saved["shapes"]["model"]["overall"] == pytest.approx(scoring.vqa_accuracy(questions, saved_preds)["overall"])
     assert set(saved["bench"]["scores"]) == {"conv", "detail", "complex", "overall"}
+    described = saved["describe"]["descriptions"][0]
+    assert saved["describe"]["n"] == 1 and described["recall"] == description_score(described["answer"], scene)["recall"]
     assert saved["scienceqa"]["n"] == 6 and saved["scienceqa"]["n_image"] == 3
     assert report["template"] == template
 

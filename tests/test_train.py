@@ -2,6 +2,7 @@
 pipeline at toy size. Everything runs on a 32 px world with 2-layer, 32-wide models made by weights/make_tiny.py."""
 import csv
 import dataclasses
+import json
 import os
 import shutil
 import socket
@@ -258,6 +259,9 @@ def test_default_pipeline_quick(tmp_path, capsys):
     loss_start, loss_end = report["caption_loss"]
     assert loss_end < loss_start            # even two steps of stage 1 lower the held-out caption loss
     assert os.path.exists(tmp_path / "checkpoints" / "tiny-quick" / "loss.png")
+    saved = json.load(open(final / "report.json"))                       # the report, beside the model
+    assert set(saved["bench"]) == {"conv", "detail", "complex", "overall"} and saved["describe"]["n"] == 8
+    assert len(saved["examples"]) == 3 and all(e["question"] and e["reference"] for e in saved["examples"])
 
     # Each stage's printed command, run alone, reproduces the pipeline's stage to the bit: the pipeline passes
     # nothing that the preset (--preset quick, read from recipes.QUICK) does not say.

@@ -7,6 +7,7 @@
         --judge-url http://127.0.0.1:8000/v1 --judge-model gpt-4o-mini
     python -m llava_mini.eval.evaluate --model DIR --scienceqa tests/fixtures/scienceqa/test.json
     python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --confusion position   # how it errs
+    python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --describe   # "Describe the image."
 
 Three measurements, each split into a scoring layer (plain functions over strings, easy to test by hand) and a
 model layer (batched greedy generation):
@@ -41,6 +42,7 @@ from llava_mini.jsonio import read_json, write_json
 from llava_mini.loading.weights import load_checkpoint
 
 LETTER_PROMPT = "\nAnswer with the option's letter from the given choices directly."
+DESCRIBE_PROMPT = "Describe the image."
 
 # ---------------------------------------------------------------------------------------------------------------
 # The model layer: load a checkpoint, answer prompts in batches
@@ -130,6 +132,31 @@ def evaluate_vqa(model, tokenizer, questions: list[dict], image_root: str, *, te
     return result
 
 
+def evaluate_bench(model, tokenizer, items: list[dict], image_root: str, *, judge, template, batch_size: int = 16,
+                   device: str = "cpu", max_new_tokens: int = 128) -> dict:
+    """The LLaVA-Bench-style relative score: the model answers each open question of bench.json, the judge scores
+    its answer and the reference (judges.score_bench). The answers are kept beside the scores."""
+    from llava_mini.eval.judges import score_bench
+    images = _load_images([it["image"] for it in items], image_root)
+    answers = generate_answers(model, tokenizer, [it["question"] for it in items], images, template=template,
+                               batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, desc="bench")
+    return score_bench(items, answers, judge)
+
+
+def evaluate_descriptions(model, tokenizer, scenes: list[dict], image_root: str, *, template, batch_size: int = 16,
+                          device: str = "cpu", max_new_tokens: int = 96, prompt: str = DESCRIBE_PROMPT) -> dict:
+    """Ask `prompt` about every scene's image and score each answer against the scene (eval/describe.py): object
+    recall and precision, the share of images with every object named, and described exactly."""
+    from llava_mini.eval.describe import description_score, description_summary
+    images = _load_images([s["image"] for s in scenes], image_root)
+    answers = generate_answers(model, tokenizer, [prompt] * len(scenes), images, template=template,
+                               batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, desc="describe")
+    scores = [description_score(a, s) for a, s in zip(answers, scenes)]
+    return {**description_summary(scores), "prompt": prompt,
+            "descriptions": [{"id": s["id"], "answer": a, "captions": s["captions"], **sc}
+                             for s, a, sc in zip(scenes, answers, scores)]}
+
+
 def evaluate_scienceqa(model, tokenizer, samples: list[dict], image_root: str, *, template, batch_size: int = 16,
                        device: str = "cpu") -> dict:
     images = _load_images([s["image"] for s in samples], image_root)
@@ -160,6 +187,8 @@ def main(argv=None):
     p.add_argument("--data", help="shapes world folder with test.json and bench.json (e.g. data/shapes)")
     p.add_argument("--easyvqa", help="easy-VQA folder with easyvqa_test.json (python -m llava_mini.synth.easyvqa)")
     p.add_argument("--bench", action="store_true", help="also run the LLaVA-Bench-style judged score on bench.json")
+    p.add_argument("--describe", action="store_true",
+                   help="also ask 'Describe the image.' about every held-out scene and score the objects it names")
     p.add_argument("--judge", choices=("rule", "openai"), default="rule")
     p.add_argument("--judge-url", default="http://127.0.0.1:8000/v1")
     p.add_argument("--judge-model", default="gpt-4o-mini")
@@ -177,8 +206,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not (args.data or args.easyvqa or args.scienceqa):
         p.error("nothing to evaluate: give --data (with --bench for the judged score), --easyvqa or --scienceqa")
-    if args.bench and not args.data:
-        p.error("--bench needs --data (bench.json lives there)")
+    if (args.bench or args.describe) and not args.data:
+        p.error("--bench and --describe need --data (bench.json and scenes_test.json live there)")
 
     try:
         model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device)
@@ -208,23 +237,29 @@ def main(argv=None):
                 print(f"    {answer:<14}" + ", ".join(f"{r or '(empty)'} {n}" for r, n in replies.most_common()))
 
     if args.bench:
-        from llava_mini.eval.judges import LLMJudge, RuleJudge, score_bench
+        from llava_mini.eval.judges import LLMJudge, RuleJudge
         items = read_json(os.path.join(args.data, "bench.json"))[:args.limit]
-        images = _load_images([it["image"] for it in items], args.data)
-        answers = generate_answers(model, tokenizer, [it["question"] for it in items], images,
-                                   max_new_tokens=args.bench_max_new_tokens, desc="bench", **common)
         if args.judge == "rule":
             judge = RuleJudge()
         else:
             from llava_mini.synth.llm_client import ChatClient
             judge = LLMJudge(ChatClient(args.judge_url, args.judge_model))
-        report["bench"] = score_bench(items, answers, judge)
+        report["bench"] = evaluate_bench(model, tokenizer, items, args.data, judge=judge,
+                                         max_new_tokens=args.bench_max_new_tokens, **common)
         print(f"\nLLaVA-Bench-style relative score ({args.judge} judge): mean(model) / mean(reference) x 100")
         for cat, s in report["bench"]["scores"].items():
             print(f"  {cat:<10}{s['relative']:>8.1f}%   model {s['model']:.2f} / reference {s['reference']:.2f}"
                   f"   n={s['n']}")
         if report["bench"]["judge_failures"]:
             print(f"  ({len(report['bench']['judge_failures'])} judge replies could not be parsed; left out)")
+
+    if args.describe:
+        scenes = read_json(os.path.join(args.data, "scenes_test.json"))[:args.limit]
+        report["describe"] = d = evaluate_descriptions(model, tokenizer, scenes, args.data, **common)
+        print(f"\n\"{d['prompt']}\" on {d['n']} held-out images: object recall {d['recall']:.1%}, precision "
+              f"{d['precision']:.1%}; every object named {d['all_named']:.1%}, exactly {d['exact']:.1%}")
+        for example in d["descriptions"][:3]:
+            print(f"  {example['id']}: {example['answer']!r}\n    truth: {example['captions'][0]}")
 
     if args.scienceqa:
         samples = read_scienceqa(args.scienceqa)[:args.limit]

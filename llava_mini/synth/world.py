@@ -9,7 +9,8 @@ It writes under --out (the contract in docs/ARCHITECTURE.md, "Files on disk that
     images/{train,test}/{id}.png    scenes_{train,test}.json
     stage1.json   caption pairs          stage2.json   conversation, detail, complex, short-answer VQA
     test.json     held-out short-answer questions with exact answers and question_type
-    bench.json    30 LLaVA-Bench-style questions (10 conv, 10 detail, 10 complex) with context and references
+    bench.json    LLaVA-Bench-style questions: one conv, one detail and one complex question on each of the first
+                  BENCH_IMAGES held-out scenes (150 with the default 500), with context and references
 and prints answer statistics (the majority-answer rate per question type is what a blind model could score).
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ SIZES = {"small": (0.20, 0.24), "large": (0.32, 0.38)}  # side of the (unrotated
 # Draw at 4x and average each 4x4 block (Image.BOX): anti-aliased edges, and unlike LANCZOS no ringing halo,
 # so every pixel that differs from the background lies inside its object's box.
 SUPERSAMPLE = 4
+BENCH_IMAGES = 50   # held-out scenes in the LLaVA-Bench-style set (x 3 categories)
 
 
 @dataclass
@@ -250,7 +252,7 @@ def generate_dataset(out_dir: str, n_train: int, n_test: int, seed: int = 0, ima
             test.append({"id": f"{s['id']}_q{k}", "image": s["image"], "question": q["question"],
                          "answer": q["answer"], "question_type": q["question_type"]})
     write_json(test, os.path.join(out_dir, "test.json"))
-    write_json(make_bench(scenes["test"][:10], teacher, seed), os.path.join(out_dir, "bench.json"))
+    write_json(make_bench(scenes["test"][:BENCH_IMAGES], teacher, seed), os.path.join(out_dir, "bench.json"))
 
     stats = {"train_vqa": answer_statistics(train_balancer.asked), "test": answer_statistics(test),
              "files": {"stage1": len(stage1), "stage2": dict(Counter(e["id"].rsplit("_", 1)[1] for e in stage2)),

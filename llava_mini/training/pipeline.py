@@ -23,7 +23,8 @@ import time
 import torch
 
 from llava_mini.data.dataset import shuffled_turns
-from llava_mini.eval.evaluate import evaluate_vqa
+from llava_mini.eval.evaluate import evaluate_bench, evaluate_descriptions, evaluate_vqa
+from llava_mini.eval.judges import RuleJudge
 from llava_mini.jsonio import read_json, write_json
 from llava_mini.loading import weights
 from llava_mini.synth import easyvqa, world
@@ -185,13 +186,34 @@ def run_pipeline(args) -> dict:
                                                  blind=blind, batch_size=64)
                              for blind, n in ((False, size.eval_questions), (True, size.blind_questions))}
             results[name]["majority"] = world.answer_statistics(questions[:size.blind_questions])
+        # What a visual assistant is measured by: open questions (rule judge) and "Describe the image."
+        items = read_json(os.path.join(data_dir, "bench.json"))
+        references = {it["id"]: it["reference"] for it in items}
+        bench = evaluate_bench(model, tokenizer, items, data_dir, judge=RuleJudge(), template=template, batch_size=64)
+        described = evaluate_descriptions(model, tokenizer, read_json(os.path.join(data_dir, "scenes_test.json")),
+                                          data_dir, template=template, batch_size=64)
 
     minutes = (time.time() - t0) / 60
     print_report(minutes, threads, processes, base_stats, caption_loss, mix, size.stage2_kinds, results, final)
-    return {"minutes": minutes, "caption_loss": caption_loss, "final": final,
-            "results": {k: {"seen": v[False]["overall"], "blind": v[True]["overall"],
-                            "per_type": v[False]["per_type"], "blind_per_type": v[True]["per_type"]}
-                        for k, v in results.items()}}
+    print_assistant_report(bench, described)
+    report = {"minutes": minutes, "caption_loss": caption_loss, "final": final, "bases": base_stats,
+              "results": {k: {"seen": v[False]["overall"], "blind": v[True]["overall"],
+                              "per_type": v[False]["per_type"], "blind_per_type": v[True]["per_type"]}
+                          for k, v in results.items()},
+              "bench": bench["scores"], "describe": {k: v for k, v in described.items() if k != "descriptions"},
+              "examples": [{"question": r["question"], "answer": r["answer"], "reference": references[r["id"]]}
+                           for r in bench["records"][:3]]}
+    write_json(report, os.path.join(final, "report.json"))
+    print(f"  report written to {os.path.join(final, 'report.json')}")
+    return report
+
+
+def print_assistant_report(bench: dict, described: dict) -> None:
+    scores = bench["scores"]
+    print("  LLaVA-Bench-style relative score (rule judge): " +
+          ", ".join(f"{c} {s['relative']:.1f}%" for c, s in scores.items()) + f" (n={scores['overall']['n']})")
+    print(f"  \"{described['prompt']}\" on {described['n']} held-out images: object recall {described['recall']:.1%}, "
+          f"precision {described['precision']:.1%}; every object named in {described['all_named']:.1%}")
 
 
 def print_report(minutes, threads, processes, base_stats, caption_loss, mix, kinds, results, final) -> None:
