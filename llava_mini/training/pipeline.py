@@ -194,8 +194,8 @@ def run_pipeline(args) -> dict:
                                           data_dir, template=template, batch_size=64)
 
     minutes = (time.time() - t0) / 60
-    print_report(minutes, threads, processes, base_stats, caption_loss, mix, size.stage2_kinds, results, final)
-    print_assistant_report(bench, described)
+    print_report(minutes, threads, processes, base_stats, caption_loss, mix, size.stage2_kinds, results, bench,
+                 described, final)
     report = {"minutes": minutes, "caption_loss": caption_loss, "final": final, "bases": base_stats,
               "results": {k: {"seen": v[False]["overall"], "blind": v[True]["overall"],
                               "per_type": v[False]["per_type"], "blind_per_type": v[True]["per_type"]}
@@ -208,15 +208,8 @@ def run_pipeline(args) -> dict:
     return report
 
 
-def print_assistant_report(bench: dict, described: dict) -> None:
-    scores = bench["scores"]
-    print("  LLaVA-Bench-style relative score (rule judge): " +
-          ", ".join(f"{c} {s['relative']:.1f}%" for c, s in scores.items()) + f" (n={scores['overall']['n']})")
-    print(f"  \"{described['prompt']}\" on {described['n']} held-out images: object recall {described['recall']:.1%}, "
-          f"precision {described['precision']:.1%}; every object named in {described['all_named']:.1%}")
-
-
-def print_report(minutes, threads, processes, base_stats, caption_loss, mix, kinds, results, final) -> None:
+def print_report(minutes, threads, processes, base_stats, caption_loss, mix, kinds, results, bench, described,
+                 final) -> None:
     print(f"\n[6/6] report ({minutes:.1f} min wall, {threads} threads" +
           (f"; tiny bases and stage 2 as {processes} processes)" if processes > 1 else ")"))
     if base_stats:
@@ -232,5 +225,10 @@ def print_report(minutes, threads, processes, base_stats, caption_loss, mix, kin
         for t in seen["per_type"]:
             print(f"    {t:<12} {seen['per_type'][t]:7.1%} {blind['per_type'].get(t, float('nan')):7.1%} "
                   f"{majority.get(t, {}).get('majority_rate', float('nan')):9.1%}   n={seen['count_per_type'][t]}")
+    scores = bench["scores"]
+    print("  LLaVA-Bench-style relative score (rule judge): " +
+          ", ".join(f"{c} {s['relative']:.1f}%" for c, s in scores.items()) + f" (n={scores['overall']['n']})")
+    print(f"  \"{described['prompt']}\" on {described['n']} held-out images: object recall {described['recall']:.1%}, "
+          f"precision {described['precision']:.1%}; every object named in {described['all_named']:.1%}")
     print(f"  model saved in {final}")
     print(f"  chat with it:  python chat.py --model {final}")
