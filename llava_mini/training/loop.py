@@ -129,6 +129,14 @@ def slice_rows(rows: dict, start: int, stop: int, image_token_id: int) -> dict:
             "pixel_values": None if pixels is None or images_in == 0 else pixels[images_before:images_before + images_in]}
 
 
+def model_inputs(batch: dict, device) -> dict:
+    """A batch's tensors as the model's keyword arguments, on `device` (pixel_values is None without images)."""
+    pixels = batch["pixel_values"]
+    return {"input_ids": batch["input_ids"].to(device), "labels": batch["labels"].to(device),
+            "attention_mask": batch["attention_mask"].to(device),
+            "pixel_values": None if pixels is None else pixels.to(device)}
+
+
 def trained_tokens(batch: dict) -> int:
     """How many positions of a batch carry a loss (llama.count_trained_tokens: the one rule)."""
     return count_trained_tokens(batch["labels"], batch["attention_mask"])
@@ -140,13 +148,11 @@ def mean_loss(model, dataset, pad_id: int, batch_size: int = 32) -> float:
     was_training = model.training
     model.eval()
     total = count = 0.0
+    device = next(model.parameters()).device
     for s in range(0, len(dataset), batch_size):
         batch = collate([dataset[i] for i in range(s, min(len(dataset), s + batch_size))], pad_id)
         n = trained_tokens(batch)
-        device = next(model.parameters()).device
-        out = model(batch["input_ids"].to(device),
-                    None if batch["pixel_values"] is None else batch["pixel_values"].to(device),
-                    batch["attention_mask"].to(device), batch["labels"].to(device))
+        out = model(**model_inputs(batch, device))
         total += out.loss.item() * n
         count += n
     model.train(was_training)
@@ -287,10 +293,7 @@ def train_step(run: Run, step: int, autocast) -> tuple[torch.Tensor, torch.Tenso
     for k, batch in enumerate(batches):
         sync = k == len(batches) - 1 or run.world == 1
         with (contextlib.nullcontext() if sync or run.args.fsdp else run.net.no_sync()), autocast:
-            out = run.net(input_ids=batch["input_ids"].to(run.device), labels=batch["labels"].to(run.device),
-                          attention_mask=batch["attention_mask"].to(run.device),
-                          pixel_values=None if batch["pixel_values"] is None else batch["pixel_values"].to(run.device),
-                          return_logits=False)
+            out = run.net(**model_inputs(batch, run.device), return_logits=False)
             # mean over this micro-batch's tokens -> its share of the mean over the global batch's tokens;
             # x world because DDP/FSDP average the gradients over processes.
             weight = trained_tokens(batch) / n_tokens.item()

@@ -37,28 +37,25 @@ TRAIN_PY = os.path.join(REPO, "train.py")
 MAKE_TINY_PY = os.path.join(REPO, "weights", "make_tiny.py")
 
 
-def torchrun(script: str, argv: list[str], processes: int, threads: int) -> None:
-    """`torchrun --standalone --nproc_per_node PROCESSES SCRIPT ARGV`, each process with `threads` threads, the way
-    a multi-GPU run is launched. Raises SystemExit naming the command if it fails."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-           script] + argv
+def run_command(cmd: list[str], script: str, threads: int) -> None:
+    """Run `cmd` (which runs `script`) as a child process with `threads` threads per process. Raises SystemExit
+    naming the script and the command if it fails."""
     # torchrun would set OMP_NUM_THREADS=1 itself, with a warning; say the thread count it gets
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     try:
         code = proc.wait()
     except KeyboardInterrupt:
-        proc.wait()      # Ctrl-C reached the workers too: let them write their resumable checkpoint
+        proc.wait()      # Ctrl-C reached the children too: let them write their resumable checkpoint
         raise
     if code != 0:
         raise SystemExit(f"{os.path.basename(script)} failed with exit code {code}: {' '.join(cmd)}")
 
 
-def run_script(script: str, argv: list[str], threads: int) -> None:
-    """`python SCRIPT ARGV` as a child process with `threads` threads. Raises SystemExit naming the command if it fails."""
-    cmd = [sys.executable, script] + argv
-    code = subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    if code != 0:
-        raise SystemExit(f"{os.path.basename(script)} failed with exit code {code}: {' '.join(cmd)}")
+def torchrun(script: str, argv: list[str], processes: int, threads: int) -> None:
+    """`torchrun --standalone --nproc_per_node PROCESSES SCRIPT ARGV`, each process with `threads` threads, the way
+    a multi-GPU run is launched."""
+    run_command([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                 script] + argv, script, threads)
 
 
 def launcher(processes: int) -> str:
@@ -84,7 +81,7 @@ def make_bases(data_dir: str, base_dir: str, extra_text: list[str], sizes: BaseS
     argv += ["--threads", str(threads)]
     print(f"[2/6] tiny bases: {launcher(processes)} weights/make_tiny.py " + " ".join(argv))
     if processes == 1:
-        run_script(MAKE_TINY_PY, argv, threads)
+        run_command([sys.executable, MAKE_TINY_PY] + argv, MAKE_TINY_PY, threads)
     else:
         torchrun(MAKE_TINY_PY, argv, processes, threads)
     return read_json(os.path.join(base_dir, BASES_REPORT))
