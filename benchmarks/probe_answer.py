@@ -22,7 +22,6 @@ import torch
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-from benchmarks.probe_tower import linear_probe  # noqa: E402
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, tokenize_prompt  # noqa: E402
 from llava_mini.data.images import load_image, preprocess_image  # noqa: E402
 from llava_mini.data.tokenizer import Tokenizer  # noqa: E402
@@ -31,6 +30,7 @@ from llava_mini.jsonio import read_json  # noqa: E402
 from llava_mini.loading import weights  # noqa: E402
 from llava_mini.synth import world  # noqa: E402
 from llava_mini.synth.teacher import POSITION_NAMES  # noqa: E402
+from weights.tiny_clip import linear_probe  # noqa: E402
 
 KINDS = {"position": POSITION_NAMES, "shape": world.SHAPES, "color": tuple(world.COLORS)}
 

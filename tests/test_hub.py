@@ -31,6 +31,7 @@ class FakeHub:
         self.revisions = {"main"}   # every revision serves the current `files`
         self.cut_after = None
         self.corrupt = False
+        self.redirect_gets_to = None    # an endpoint: GETs of small files answer 302 to its /cdn/ (not the HEAD)
         self.requests = []      # (method, path, Range header, Authorization header)
         hubself = self
 
@@ -62,6 +63,8 @@ class FakeHub:
                         return self.send(302, b"", {"Location": f"http://{host}/cdn/{name}", "X-Repo-Commit": COMMIT,
                                                     "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
                                                     "ETag": f'"{sha}"'}, body)
+                    if hubself.redirect_gets_to and self.command == "GET":
+                        return self.send(302, b"", {"Location": f"{hubself.redirect_gets_to}/cdn/{name}"}, body)
                     blob = hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
                     if hubself.corrupt:
                         data = bytes([data[0] ^ 1]) + data[1:]
@@ -134,6 +137,24 @@ def test_download_fetches_needed_files_and_verifies(fake_hub, tmp_path, monkeypa
     n_gets = sum(method == "GET" and path.startswith("/cdn/") for method, path, _, _ in fake_hub.requests)
     hub.download(REPO, cache_dir=str(tmp_path), endpoint=fake_hub.endpoint)
     assert sum(method == "GET" and path.startswith("/cdn/") for method, path, _, _ in fake_hub.requests) == n_gets
+
+
+def test_the_token_never_follows_a_redirect_to_another_host(fake_hub, tmp_path, monkeypatch):
+    """urllib copies every header onto a redirected request; the hub client must drop Authorization when the
+    redirect leaves the hub's host (here a GET that the HEAD did not announce)."""
+    other = FakeHub()
+    other.files = fake_hub.files
+    other.thread.start()
+    try:
+        fake_hub.redirect_gets_to = other.endpoint.replace("127.0.0.1", "localhost")
+        monkeypatch.setenv("HF_TOKEN", "hf_secret")
+        folder = hub.download(REPO, files=["config.json"], cache_dir=str(tmp_path), endpoint=fake_hub.endpoint)
+        assert open(os.path.join(folder, "config.json"), "rb").read() == fake_hub.files["config.json"]
+        assert other.requests and all(auth is None for _, _, _, auth in other.requests), other.requests
+        assert any(auth == "Bearer hf_secret" for _, _, _, auth in fake_hub.requests)
+    finally:
+        other.server.shutdown()
+        other.server.server_close()
 
 
 def test_revision_is_fetched_and_a_stale_same_size_file_replaced(fake_hub, tmp_path):

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from llava_mini.training.recipes import BASES_REPORT
 from llava_mini.data.conversation import tokenize_conversation
 from llava_mini.data.tokenizer import Tokenizer
+from llava_mini.eval import text_qa
 from llava_mini.jsonio import read_json
 from llava_mini.loading import weights
 from llava_mini.model.config import CLIPConfig, TextConfig, read_config
@@ -65,7 +66,7 @@ def test_make_tiny_writes_loadable_hf_folders(tmp_path):
     world.generate_dataset(data, 24, 8, seed=0, image_size=32, quiet=True)
     stats = make_tiny.make_tiny(data, str(tmp_path / "base"), image_size=32, vision_hidden=32, vision_layers=2,
                                 text_hidden=32, text_layers=2, vocab_size=400, clip_steps=3, clip_batch=8,
-                                lm_steps=3, lm_batch=4, lm_block=32)
+                                lm_steps=3, sft_steps=2, lm_batch=4, lm_block=1024)
     assert 0.0 <= stats["clip_retrieval_top1"] <= 1.0 and stats["lm_heldout_loss"] > 0
     clip_dir, llama_dir = stats["clip_dir"], stats["llama_dir"]
     assert isinstance(read_config(clip_dir), CLIPConfig) and isinstance(read_config(llama_dir), TextConfig)
@@ -86,7 +87,7 @@ def test_make_tiny_writes_loadable_hf_folders(tmp_path):
 
 
 TINY_SIZES = dict(image_size=32, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, vocab_size=400,
-                  clip_steps=3, clip_batch=8, lm_steps=3, lm_batch=4, lm_block=32)
+                  clip_steps=3, clip_batch=8, lm_steps=3, sft_steps=2, lm_batch=4, lm_block=1024)
 
 
 def _make_tiny_worker(rank: int, port: int, data: str, out: str):
@@ -116,7 +117,9 @@ def test_two_gloo_processes_make_the_same_bases_as_one(tmp_path):
         b = load_file(str(tmp_path / "two" / name / "model.safetensors"))
         assert a.keys() == b.keys()
         for k in a:
-            torch.testing.assert_close(b[k], a[k], rtol=0, atol=5e-5, msg=f"{name}: {k}")   # Adam amplifies float noise in near-zero gradients
+            # Adam turns float noise in near-zero gradients (a key bias has none) into steps of up to lr; 3 steps of
+            # lr 2e-3 move a weight by up to 6e-3, so 1e-3 still fails a wrong split of the batch
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-3, msg=f"{name}: {k}")
     # and they trained: 3 steps moved the weights away from the seeded initialisation
     init = make_tiny.init_weights(make_tiny.LlamaForCausalLM(read_config(str(tmp_path / "one" / "tiny-llama"))))
     assert not torch.equal(init.model.embed_tokens.weight, a["model.embed_tokens.weight"])
@@ -181,38 +184,38 @@ def test_counterfactual_phrases_swap_only_the_shape_or_only_the_position():
 
 
 def test_text_qa_asks_about_the_captions_and_scores_the_answers(tmp_path):
-    """benchmarks/text_qa.py: each held-out question is asked with its scene's captions in the prompt; a model that
+    """eval/text_qa.py: each held-out question is asked with its scene's captions in the prompt; a model that
     answers right scores 100%, the tiny untrained one gives a real number."""
-    text_qa = load_script("benchmarks/text_qa.py")
     data = str(tmp_path / "shapes")
     world.generate_dataset(data, 24, 8, seed=0, image_size=32, quiet=True)
     tok_path = str(tmp_path / "tokenizer.json")
-    make_tiny.train_tokenizer(make_tiny.read_world_text(data, [])["train"], vocab_size=400).save(tok_path)
+    make_tiny.train_tokenizer(make_tiny.read_world_text(data, [])["text"], vocab_size=400).save(tok_path)
     tok = Tokenizer.from_file(tok_path)
     scene = read_json(os.path.join(data, "scenes_test.json"))[0]
     question = read_json(os.path.join(data, "test.json"))[0]
     prompt = tok.decode(text_qa.text_prompt(tok, " ".join(scene["captions"]), question["question"]))
     assert scene["captions"][0] in prompt and question["question"] in prompt and prompt.endswith("ASSISTANT:")
 
-    questions = read_json(os.path.join(data, "test.json"))[:5]
+    scenes, questions = read_json(os.path.join(data, "scenes_test.json")), read_json(os.path.join(data, "test.json"))
+    pending = list(questions[:5])
 
-    class Oracle:                                     # answers the questions in order, always right
+    class Oracle:                                     # answers the questions of each batch in order, always right
         def generate(self, ids, **kw):
             from types import SimpleNamespace
-            return SimpleNamespace(tokens=[tok.encode(str(questions.pop(0)["answer"]))])
-    assert text_qa.text_qa(Oracle(), tok, data, 5)["overall"] == 1.0
+            return SimpleNamespace(tokens=[tok.encode(str(pending.pop(0)["answer"])) for _ in range(len(ids))])
+    right = text_qa.text_qa(Oracle(), tok, scenes, questions[:5], batch_size=2)
+    assert right["overall"] == 1.0 and set(right["per_phrasing"]) <= {"seen", "heldout"}
     torch.manual_seed(0)
     llm = make_tiny.init_weights(make_tiny.LlamaForCausalLM(TextConfig(
         vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
         num_key_value_heads=1, eos_token_id=tok.eos_id)))
-    result = text_qa.text_qa(llm.eval(), tok, data, 10)
+    result = text_qa.text_qa(llm.eval(), tok, scenes, questions[:10])
     assert result["n"] == 10 and 0.0 <= result["overall"] < 1.0
 
 
 def test_probe_tower_reads_colour_even_from_an_untrained_tower(tmp_path):
     """benchmarks/probe_tower.py: per-object linear probes. Colour is linear in the raw pixels, so even an untrained
     tower's patch features give it far above chance (1/11); the probe's labels line up with the objects."""
-    probe = load_script("benchmarks/probe_tower.py")
     data = str(tmp_path / "shapes")
     world.generate_dataset(data, 120, 40, seed=0, image_size=32, quiet=True)
     from llava_mini.model.clip import CLIPVisionModel
@@ -221,17 +224,17 @@ def test_probe_tower_reads_colour_even_from_an_untrained_tower(tmp_path):
     tower = make_tiny.init_weights(CLIPVisionModel(VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                                 num_attention_heads=1, image_size=32, patch_size=8)))
     scenes = read_json(os.path.join(data, "scenes_test.json"))
-    x, y = probe.object_features(tower, make_tiny.load_images(data, scenes, tower.config), scenes, layer=-2)
+    x, y = tiny_clip.object_features(tower, tiny_clip.load_images(data, scenes, tower.config), scenes, layer=-2)
     assert x.shape == (sum(len(s["objects"]) for s in scenes), 32)
     assert y["colour"][0] == list(world.COLORS).index(scenes[0]["objects"][0]["color"])
-    result = probe.probe_tower(tower, data, n_train=120)
+    result = tiny_clip.probe_tower(tower, data, n_train=120)
     assert set(result) == {"shape", "colour", "position"}
     assert result["colour"]["probe"] > 0.5, result
     # in the raw pixels colour is most of the variance, far more than where the object is
     assert result["colour"]["share"] > result["position"]["share"] and 0 < result["position"]["share"] < 1, result
     # --llava probes whatever `encode` gives (a model's projector outputs); here the pixels' own features, which
     # must read differently from the tower's
-    flat = probe.probe_tower(tower, data, n_train=120, encode=lambda x: x.unfold(2, 8, 8).unfold(3, 8, 8).permute(
+    flat = tiny_clip.probe_tower(tower, data, n_train=120, encode=lambda x: x.unfold(2, 8, 8).unfold(3, 8, 8).permute(
         0, 2, 3, 1, 4, 5).reshape(len(x), 16, -1))                                  # (B, 16 patches, 3*8*8)
     assert set(flat) == set(result) and flat != result and flat["colour"]["probe"] > 0.5
 
@@ -240,10 +243,9 @@ def test_variance_shares_measure_each_attribute_at_the_scale_the_llm_sees():
     """probe_tower.variance_shares: between-class over total variance. Feature 0 is +-3 by attribute a, feature 1 is
     +-1 by attribute b, so a explains 9/10 of the variance and b 1/10, however separable b is; scaling every
     feature together changes nothing."""
-    probe = load_script("benchmarks/probe_tower.py")
     a = torch.tensor([0, 1] * 50)
     b = torch.tensor([0, 0, 1, 1] * 25)
     x = torch.stack([3.0 * (2 * a - 1), 1.0 * (2 * b - 1)], dim=1).float()              # (100, 2)
-    shares = probe.variance_shares(x, {"a": a, "b": b})
+    shares = tiny_clip.variance_shares(x, {"a": a, "b": b})
     assert shares == pytest.approx({"a": 0.9, "b": 0.1})
-    assert probe.variance_shares(7 * x + 2, {"a": a, "b": b}) == pytest.approx(shares)
+    assert tiny_clip.variance_shares(7 * x + 2, {"a": a, "b": b}) == pytest.approx(shares)

@@ -15,6 +15,7 @@ from llava_mini.synth import world
 from llava_mini.synth.coco import load_coco
 from llava_mini.synth.llm_client import ChatClient, ChatError
 from llava_mini.synth.llm_teacher import LLMTeacher, check_turns
+from llava_mini.synth.phrasings import question_parser
 from llava_mini.synth.teacher import (
     NUMBER_WORDS,
     AnswerBalancer,
@@ -45,19 +46,23 @@ def place_phrase(cx, cy):
     return "in the center of the image" if cell == "center" else f"at the {cell} of the image"
 
 
-def test_rule_teacher_statements_are_true_of_the_scene():
-    teacher = RuleTeacher(world.vocabulary(world.WorldConfig()))
-    checked, forms = 0, set()
+@pytest.mark.parametrize("heldout", [False, True])
+def test_rule_teacher_statements_are_true_of_the_scene(heldout):
+    vocab = world.vocabulary(world.WorldConfig())
+    teacher, parse = RuleTeacher(vocab, heldout=heldout), question_parser(vocab)
+    checked, kinds = 0, set()
     for s in scenes(150):
         ctx, objs = world.symbolic_context(s), s["objects"]
         centre = {f"{o['color']} {o['shape']}": ((o["bbox"][0] + o["bbox"][2]) / 2, (o["bbox"][1] + o["bbox"][3]) / 2)
                   for o in objs}
         count = Counter(f"{o['color']} {o['shape']}" for o in objs)
+        area = {f"{o['color']} {o['shape']}": (o["bbox"][2] - o["bbox"][0]) * (o["bbox"][3] - o["bbox"][1]) for o in objs}
         rng = random.Random(s["id"])
         turns = teacher.conversation(ctx, rng) + teacher.complex(ctx, rng)
         assert turns[0]["value"].startswith("<image>\n")
         # The detailed description: one sentence per object, each at its true place.
-        detail = teacher.detail(ctx, rng)[1]["value"]
+        instruction, detail = [t["value"] for t in teacher.detail(ctx, rng)]
+        assert parse(instruction.replace("<image>\n", ""))[:2] == ("detail", "heldout" if heldout else "seen")
         assert f"contains {NUMBER_WORDS[len(objs)]} object" in detail
         for name, (cx, cy) in centre.items():
             if count[name] == 1:      # near a grid line the teacher gives coordinates instead of a cell name
@@ -66,56 +71,52 @@ def test_rule_teacher_statements_are_true_of_the_scene():
                     near and abs(float(near[1]) - cx) < 0.011 and abs(float(near[2]) - cy) < 0.011), (name, detail)
         for q, a in zip([t["value"] for t in turns[::2]], [t["value"] for t in turns[1::2]]):
             q = q.replace("<image>\n", "")
-            form = q.split(" the ")[0]
-            if q == "How many objects are there in the image?":
+            parsed = parse(q)
+            assert parsed, f"no phrasing wrote {q!r}"
+            kind, split, f = parsed
+            assert split == ("heldout" if heldout else "seen"), q
+            if kind == "count":
                 assert f" {NUMBER_WORDS[len(objs)]} object" in a
-            elif q == "What objects can you see in the image?":
-                assert a.startswith(f"I can see {NUMBER_WORDS[len(objs)]} object")
+            elif kind == "list":
+                assert f"{NUMBER_WORDS[len(objs)]} object" in a.split(":")[0]
                 assert all(a.count(f" {name}") == k for name, k in count.items()), (a, count)
-            elif q.startswith("Where is the ") and q.endswith(" located?"):
-                name = q.removeprefix("Where is the ").removesuffix(" located?")
-                assert a == f"The {name} is {place_phrase(*centre[name])}.", (q, a)
-            elif q.startswith("What color is the "):
-                shape = q.removeprefix("What color is the ").removesuffix("?")
-                (color,) = [o["color"] for o in objs if o["shape"] == shape]
-                assert a == f"The {shape} is {color}.", (q, a)
-            elif q.startswith("How many ") and q.endswith(" are there?"):
-                shape = q.removeprefix("How many ").removesuffix("s are there?")
+            elif kind == "position":
+                assert a == f"The {f['name']} is {place_phrase(*centre[f['name']])}.", (q, a)
+            elif kind == "color":
+                (color,) = [o["color"] for o in objs if o["shape"] == f["noun"]]
+                assert a == f"The {f['noun']} is {color}.", (q, a)
+            elif kind == "count_shape":
+                shape = f["nouns"][:-1]
                 k = sum(o["shape"] == shape for o in objs)
                 assert f" {NUMBER_WORDS[k]} {shape}" in a, (q, a)
-            elif q.startswith("If one more "):
-                name = q.removeprefix("If one more ").split(" were added")[0]
+            elif kind == "add_one":
+                name = f["name"]
                 assert f"makes {count[name]} + 1 = {count[name] + 1} " in a
                 assert f"{len(objs)} + 1 = {len(objs) + 1} objects" in a
-            elif q.startswith("Is the ") and " to the left of the " in q:
-                a_name, b_name = q[len("Is the "):-1].split(" to the left of the ")
-                assert a.startswith("Yes" if centre[a_name][0] < centre[b_name][0] else "No"), (q, a)
-            elif q.startswith("Is the ") and " above the " in q:
-                a_name, b_name = q[len("Is the "):-1].split(" above the ")
-                assert a.startswith("Yes" if centre[a_name][1] < centre[b_name][1] else "No"), (q, a)
-            elif q.startswith("Is there "):
-                name = q.removeprefix("Is there ").removesuffix(" in the image?").split(" ", 1)[1]
+            elif kind == "left_of":
+                assert a.startswith("Yes" if centre[f["name"]][0] < centre[f["other"]][0] else "No"), (q, a)
+            elif kind == "above":
+                assert a.startswith("Yes" if centre[f["name"]][1] < centre[f["other"]][1] else "No"), (q, a)
+            elif kind == "exists":
+                name = f["a_name"].split(" ", 1)[1]
                 assert a.startswith("Yes" if name in centre else "No"), (q, a)
-            elif q.startswith("If all the ") and " objects were removed" in q:
-                color = q.removeprefix("If all the ").split()[0]
+            elif kind == "remove_group" and f["group"].endswith(" objects"):
+                color = f["group"].split()[0]
                 left = sum(o["color"] != color for o in objs)
                 assert a.endswith(f"so {NUMBER_WORDS[left]} {'object' if left == 1 else 'objects'} would be left.")
-            elif q.startswith("Which object is closest to the "):
-                corner = q.removeprefix("Which object is closest to the ").split(" corner")[0]
-                x, y = {"top left": (0, 0), "top right": (1, 0), "bottom left": (0, 1), "bottom right": (1, 1)}[corner]
+            elif kind == "closest_to_corner":
+                x, y = {"top left": (0, 0), "top right": (1, 0), "bottom left": (0, 1),
+                        "bottom right": (1, 1)}[f["corner"]]
                 best = min(centre, key=lambda n: (centre[n][0] - x) ** 2 + (centre[n][1] - y) ** 2)
-                assert a.endswith(f"the {best} is closest to the {corner} corner."), (q, a)
-            elif q.startswith("Which is bigger, the "):
-                names = q.removeprefix("Which is bigger, the ").removesuffix("?").split(" or the ")
-                area = {f"{o['color']} {o['shape']}": (o["bbox"][2] - o["bbox"][0]) * (o["bbox"][3] - o["bbox"][1])
-                        for o in objs}
-                assert a.endswith(f"the {max(names, key=area.get)} is bigger."), (q, a)
+                assert a.endswith(f"the {best} is closest to the {f['corner']} corner."), (q, a)
+            elif kind == "compare_sizes":
+                assert a.endswith(f"the {max((f['name'], f['other']), key=area.get)} is bigger."), (q, a)
             else:
                 continue
             checked += 1
-            forms.add(form)
+            kinds.add(kind)
     assert checked > 300
-    assert len(forms) >= 10, forms        # every question form above was met and checked
+    assert len(kinds) >= 11, kinds        # every question kind above was met and checked
 
 
 def test_coco_route_on_fixture():
@@ -171,11 +172,22 @@ class FakeServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):                   # a redirected POST that became a GET would land here
+                server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": None})
+                self.send_response(200)
+                self.end_headers()
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
                 status, content, delay = server.script.pop(0) if server.script else (200, GOOD_REPLY, 0)
                 time.sleep(delay)
+                if status in (301, 302, 303, 307, 308):            # content: where to
+                    self.send_response(status)
+                    self.send_header("Location", content)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if status == 200:
                     payload = {"choices": [{"message": {"role": "assistant", "content": content}}]}
                 else:
@@ -258,6 +270,22 @@ def test_llm_teacher_rejects_bad_json_and_gives_up(server, tmp_path, monkeypatch
     with pytest.raises(ChatError, match="HTTP 401") as err:
         client.chat([{"role": "user", "content": "unauthorised"}])
     assert SECRET not in str(err.value) and len(server.requests) == 7
+
+
+@pytest.mark.parametrize("status", [301, 302, 307])
+def test_llm_client_never_follows_a_redirect_with_the_key(server, tmp_path, monkeypatch, status):
+    """The request carries the API key and a POST body: a redirect to another host is an error naming where it
+    pointed, never a request that takes the key there, nor a POST silently turned into a GET."""
+    elsewhere = FakeServer()
+    try:
+        client = make_client(server, tmp_path, monkeypatch, max_retries=2)
+        server.script = [(status, elsewhere.url.replace("127.0.0.1", "localhost") + "/chat/completions", 0)]
+        with pytest.raises(ChatError, match=f"redirect \\(HTTP {status}\\) to http://localhost:.*not followed"):
+            client.chat([{"role": "user", "content": "hi"}])
+        assert elsewhere.requests == [] and len(server.requests) == 1
+    finally:
+        elsewhere.httpd.shutdown()
+        elsewhere.httpd.server_close()
 
 
 def test_short_answers_need_no_colour_words():

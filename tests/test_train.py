@@ -25,7 +25,8 @@ from llava_mini.synth import world  # noqa: E402
 from llava_mini.training import loop, pipeline  # noqa: E402
 from llava_mini.training.args import parse_args, recipe  # noqa: E402
 from llava_mini.training.recipes import CLASSROOM, QUICK  # noqa: E402
-from llava_mini.training.checkpoints import latest_checkpoint, list_checkpoints, save_checkpoint  # noqa: E402
+from llava_mini.training.checkpoints import (latest_checkpoint, list_checkpoints, load_trainer_state,  # noqa: E402
+                                            save_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +142,22 @@ def test_resume_continues_exactly(tiny, stage1, tmp_path):
     resumed = state(final)
     for k, v in final_state.items():
         assert torch.equal(resumed[k], v), k
+
+
+class _Payload:
+    """Unpickling this runs code (os.system); a trainer state must never be read that way."""
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_trainer_state_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "checkpoint-000002"
+    folder.mkdir()
+    torch.save({"step": 2, "evil": _Payload()}, folder / "trainer_state.pt")
+    with pytest.raises(ValueError, match="trainer_state.pt: refusing to load"):
+        load_trainer_state(str(folder))
+    assert not (tmp_path / "PWNED").exists()
 
 
 def test_killed_save_leaves_previous_checkpoint_loadable(tiny, stage1, tmp_path):
@@ -261,7 +278,14 @@ def test_default_pipeline_quick(tmp_path, capsys):
     assert os.path.exists(tmp_path / "checkpoints" / "tiny-quick" / "loss.png")
     saved = json.load(open(final / "report.json"))                       # the report, beside the model
     assert set(saved["bench"]) == {"conv", "detail", "complex", "overall"} and saved["describe"]["n"] == 8
-    assert len(saved["examples"]) == 3 and all(e["question"] and e["reference"] for e in saved["examples"])
+    assert len(saved["examples"]) == 3 and all(e["question"] and e["truth"] for e in saved["examples"])
+    # stage 2 learns from the paper's mix: the world's conversations, detailed descriptions, complex reasoning and
+    # short answers (easy-VQA joins them unless --no-easyvqa)
+    mix = [e for path in saved["stage2_mix"] for e in json.load(open(path))]
+    assert {e["id"].rsplit("_", 1)[1] for e in mix} == {"conv", "detail", "complex", "vqa"}
+    # it started from the shipped bases, and reports what they can do
+    assert saved["bases"]["llama_dir"].endswith(os.path.join("tiny", "tiny-llama")) and "text_qa" in saved["bases"]
+    assert set(saved["results"]["shapes world"]["per_phrasing"]) <= {"seen", "heldout"}
 
     # Each stage's printed command, run alone, reproduces the pipeline's stage to the bit: the pipeline passes
     # nothing that the preset (--preset quick, read from recipes.QUICK) does not say.
@@ -277,15 +301,16 @@ def test_default_pipeline_quick(tmp_path, capsys):
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), step
 
 
-def test_pipeline_gives_a_longer_trained_tower_its_own_bases_and_run(tmp_path):
+def test_pipeline_starts_from_the_shipped_bases_and_gives_own_bases_their_own_run(tmp_path):
     def dirs(*argv, size=CLASSROOM):
         return pipeline.pipeline_dirs(parse_args(["--workdir", str(tmp_path), *argv]), size)[2:]
     ckpt = tmp_path / "checkpoints"
-    assert dirs() == dirs("--clip-steps", "2000") == (str(ckpt / "base"), str(ckpt / "tiny"))
+    assert dirs() == (pipeline.SHIPPED_BASES, str(ckpt / "tiny"))
+    assert dirs("--make-bases") == (str(ckpt / "base"), str(ckpt / "tiny-ownbases"))
     assert dirs("--clip-steps", "4000", "--seed", "1") == (str(ckpt / "base-clip4000"),
                                                            str(ckpt / "tiny-clip4000-seed1"))
-    assert dirs("--clip-steps", "3", size=QUICK) == (str(ckpt / "base-quick-clip3"),
-                                                              str(ckpt / "tiny-quick-clip3"))
+    assert dirs("--make-bases", "--clip-steps", "3", size=QUICK) == (str(ckpt / "base-quick-clip3"),
+                                                                     str(ckpt / "tiny-quick-clip3"))
     with pytest.raises(SystemExit):
         parse_args(["--clip-steps", "0"])
 

@@ -4,7 +4,6 @@ import filecmp
 import json
 import os
 import random
-import re
 from collections import Counter
 
 import numpy as np
@@ -12,7 +11,8 @@ import pytest
 
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT
 from llava_mini.synth import world
-from llava_mini.synth.teacher import AnswerBalancer, short_answer_questions
+from llava_mini.synth.phrasings import question_parser
+from llava_mini.synth.teacher import BRIEF_INSTRUCTIONS, AnswerBalancer, short_answer_questions
 
 N_TRAIN, N_TEST = 24, 12
 
@@ -45,6 +45,10 @@ def test_same_seed_same_bytes_other_seed_differs(dataset, tmp_path):
 
 
 # An independent oracle: re-derive each answer from the scene's objects (not from the boxes text the teacher read).
+# The question is read by the phrasing parser, so every wording, seen or held out, is checked.
+PARSE = question_parser(world.vocabulary(world.WorldConfig()))
+
+
 def oracle(question, objects):
     def pos(o):
         x1, y1, x2, y2 = o["bbox"]
@@ -53,28 +57,30 @@ def oracle(question, objects):
         row = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else ""
         return f"{row} {col}".strip() or "center"
 
+    def only(matches):
+        assert len(matches) == 1, f"ambiguous question {q!r}"
+        return matches[0]
+
     q = question.removesuffix(SHORT_ANSWER_PROMPT).replace("<image>\n", "")
-    if q == "How many objects are there?":
+    parsed = PARSE(q)
+    assert parsed, f"unknown question form {q!r}"
+    kind, _, f = parsed
+    named = lambda name: [o for o in objects if f"{o['color']} {o['shape']}" == name]  # noqa: E731
+    if kind == "count":
         return str(len(objects))
-    if m := re.fullmatch(r"How many (\w+) objects are there\?", q):
-        return str(sum(o["color"] == m[1] for o in objects))
-    if m := re.fullmatch(r"How many (\w+)s are there\?", q):
-        return str(sum(o["shape"] == m[1] for o in objects))
-    if m := re.fullmatch(r"What color is the (\w+)\?", q):
-        matches = [o for o in objects if o["shape"] == m[1]]
-        assert len(matches) == 1, f"ambiguous question {q!r}"
-        return matches[0]["color"]
-    if m := re.fullmatch(r"What shape is the (\w+) object\?", q):
-        matches = [o for o in objects if o["color"] == m[1]]
-        assert len(matches) == 1, f"ambiguous question {q!r}"
-        return matches[0]["shape"]
-    if m := re.fullmatch(r"Is there an? (\w+) (\w+)\?", q):
-        return "yes" if any(o["color"] == m[1] and o["shape"] == m[2] for o in objects) else "no"
-    if m := re.fullmatch(r"Where is the (\w+) (\w+)\?", q):
-        matches = [o for o in objects if o["color"] == m[1] and o["shape"] == m[2]]
-        assert len(matches) == 1, f"ambiguous question {q!r}"
-        return pos(matches[0])
-    raise AssertionError(f"unknown question form {q!r}")
+    if kind == "count_color":
+        return str(sum(o["color"] == f["color"] for o in objects))
+    if kind == "count_shape":
+        return str(sum(o["shape"] + "s" == f["nouns"] for o in objects))
+    if kind == "color":
+        return only([o for o in objects if o["shape"] == f["noun"]])["color"]
+    if kind == "shape":
+        return only([o for o in objects if o["color"] == f["color"]])["shape"]
+    if kind == "exists":
+        return "yes" if named(f["a_name"].split(" ", 1)[1]) else "no"
+    if kind == "position":
+        return pos(only(named(f["name"])))
+    raise AssertionError(f"not a short-answer question {q!r}")
 
 
 def test_every_short_answer_is_true_of_the_scene(dataset):
@@ -94,6 +100,25 @@ def test_every_short_answer_is_true_of_the_scene(dataset):
     assert checked >= 5 * N_TRAIN
     assert {q["question_type"] for q in test} == {"count", "count_color", "count_shape", "color", "shape", "exists",
                                                   "position"}
+
+
+def test_heldout_phrasings_never_reach_a_training_file(dataset):
+    """Every human turn of stage 1 and stage 2 was written by a seen phrasing (or is a stage-1 caption request);
+    test.json and bench.json ask both kinds, and say which."""
+    root, _ = dataset
+    for name in ("stage1.json", "stage2.json"):
+        for e in read(root, name):
+            for turn in e["conversations"][::2]:
+                q = turn["value"].replace("<image>\n", "").removesuffix(SHORT_ANSWER_PROMPT)
+                parsed = PARSE(q)
+                assert (parsed and parsed[1] == "seen") or (name == "stage1.json" and q in BRIEF_INSTRUCTIONS), \
+                    (name, e["id"], q)
+    test = read(root, "test.json")
+    assert {q["phrasing"] for q in test} == {"seen", "heldout"}
+    assert all(PARSE(q["question"])[1] == q["phrasing"] for q in test)
+    bench = read(root, "bench.json")
+    assert {b["phrasing"] for b in bench} == {"seen", "heldout"}
+    assert all(PARSE(b["question"]) is None or PARSE(b["question"])[1] == b["phrasing"] for b in bench)
 
 
 @pytest.mark.parametrize("rotate", [False, True])
@@ -151,7 +176,7 @@ def test_files_follow_the_contract(dataset):
         else:
             assert not any(SHORT_ANSWER_PROMPT in q for q in asks)
     for q in read(root, "test.json"):
-        assert set(q) == {"id", "image", "question", "answer", "question_type"}
+        assert set(q) == {"id", "image", "question", "answer", "question_type", "phrasing"}
         assert q["answer"] == q["answer"].lower() and "<image>" not in q["question"]
         assert not q["question"].endswith(SHORT_ANSWER_PROMPT) and q["image"].startswith("images/test/")
     bench = read(root, "bench.json")

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import math
 import os
+import platform
 import random
+import re
 import sys
 import time
 
@@ -36,18 +39,22 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
 
-from llava_mini.data.conversation import get_template  # noqa: E402
-from llava_mini.data.dataset import shuffled_turns  # noqa: E402
-from llava_mini.data.images import load_image, preprocess_image  # noqa: E402
+from llava_mini.data.conversation import get_template, tokenize_conversation  # noqa: E402
+from llava_mini.data.dataset import pack, shuffled_turns  # noqa: E402
 from llava_mini.data.tokenizer import IMAGE_TOKEN, Tokenizer  # noqa: E402
+from llava_mini.eval.text_qa import text_qa  # noqa: E402
 from llava_mini.jsonio import read_json, write_json  # noqa: E402
 from llava_mini.loading import weights  # noqa: E402
+from llava_mini.loading.manifest import write_manifest  # noqa: E402
 from llava_mini.model.clip import CLIPModel, clip_loss  # noqa: E402
+from llava_mini.synth.world import scene_in_words  # noqa: E402
 from llava_mini.model.config import CLIPConfig, CLIPTextConfig, TextConfig, VisionConfig  # noqa: E402
-from llava_mini.model.llama import LlamaForCausalLM  # noqa: E402
+from llava_mini.model.llama import LlamaForCausalLM, count_trained_tokens  # noqa: E402
 from llava_mini.training.distributed import barrier, gather_with_grad, sum_gradients  # noqa: E402
+from llava_mini.training.pipeline import launcher  # noqa: E402
 from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, BaseSizes  # noqa: E402
-from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions, object_regions,  # noqa: E402
+from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions, load_images,  # noqa: E402
+                               object_regions, probe_tower,
                                region_accuracy, region_logits, retrieval_accuracy)
 from weights.tiny_tokenizer import train_tokenizer  # noqa: E402
 
@@ -63,53 +70,50 @@ def strip_image(turns: list[dict]) -> list[dict]:
              .replace(IMAGE_TOKEN, "").strip()} for t in turns]
 
 
-def render_chat(turns: list[dict], template, context: str | None = None) -> str:
-    """A conversation as chat text without its image. With `context` (the scene in words), the description takes
-    the image's place at the start of the first user turn."""
+def scene_chats(turns: list[dict], context: str | None = None, pairs: int = 3) -> list[list[str]]:
+    """A conversation's turn texts without its image, cut into chats of at most `pairs` question-answer pairs (a
+    short-answer sample asks about twenty). With `context` (the scene in words), the description takes the image's
+    place at the start of each chat's first user turn."""
     values = [t["value"] for t in strip_image(turns)]
-    if context:
-        values[0] = f"{context}\n{values[0]}"
-    return "".join(seg.text for seg in template.render(values))
+    chats = [values[i:i + 2 * pairs] for i in range(0, len(values), 2 * pairs)]
+    return [[f"{context}\n{c[0]}" if context else c[0], *c[1:]] for c in chats]
 
 
-def scene_in_words(scene: dict) -> str:
-    """The scene as the LM reads it where the image would be: its captions, one after another."""
-    return " ".join(scene["captions"])
+def chat_text(turns: list[str]) -> str:
+    """Turn texts rendered as one chat in CHAT_TEMPLATE (what the tokenizer learns from)."""
+    return "".join(seg.text for seg in get_template(CHAT_TEMPLATE).render(turns))
 
 
 def read_world_text(data_dir: str, extra_files: list[str]) -> dict:
-    """Training and held-out text for the tokenizer and the LM.
+    """Training and held-out text for the tokenizer and the LM, as turn lists (rendered with CHAT_TEMPLATE).
 
-    Train: the train scenes' captions, and every stage-2 conversation preceded by its scene's captions where the
-    image would be. So the LM learns to answer questions about a scene described before the question (as Vicuna
-    answers about a text in its prompt); LLaVA later replaces that description by image tokens, and stage 1 teaches
-    the projector to make image tokens the LM can read the same way. Extra LLaVA-JSON files (easy-VQA) join as
-    plain chats. Held out: the test scenes' captions and test questions, in the same form."""
-    template = get_template(CHAT_TEMPLATE)
+    - "captions": the train scenes' captions, plain text;
+    - "chats": every stage-2 conversation with its scene's captions where the image would be, and the extra
+      LLaVA-JSON files (easy-VQA) as plain chats. The LM first reads all of it (pretraining), then is
+      instruction-tuned on the world's chats with the loss on the answers only, as Vicuna was tuned on chats. So it
+      learns to answer about a scene described before the question; LLaVA later replaces that description by image
+      tokens, and stage 1 teaches the projector to make image tokens the LM can read the same way;
+    - "instructions": the world's chats of the above (the instruction-tuning set);
+    - "test": the test scenes' captions and test questions in the same form (the held-out loss).
+    None of it holds a held-out phrasing (world.generate_dataset writes them into test.json only)."""
     train_scenes = read_json(os.path.join(data_dir, "scenes_train.json"))
     test_scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
     described = {s["id"]: scene_in_words(s) for s in train_scenes + test_scenes}
-    chats = [render_chat(shuffled_turns(e, seed=0)["conversations"] if e["id"].endswith("_vqa") else e["conversations"],
-                         template, described.get(e["id"].rsplit("_", 1)[0]))
-             for e in read_json(os.path.join(data_dir, "stage2.json"))]
-    for path in extra_files:
-        chats += [render_chat(e["conversations"], template) for e in read_json(path)]
-    held_out = [render_chat([{"from": "human", "value": q["question"]}, {"from": "gpt", "value": q["answer"]}],
-                            template, described[q["id"].rsplit("_", 1)[0]])
+    instructions = [chat for e in read_json(os.path.join(data_dir, "stage2.json"))
+                    for chat in scene_chats(shuffled_turns(e, seed=0)["conversations"] if e["id"].endswith("_vqa")
+                                            else e["conversations"], described[e["id"].rsplit("_", 1)[0]])]
+    extra = [chat for path in extra_files for e in read_json(path) for chat in scene_chats(e["conversations"])]
+    held_out = [[f"{described[q['id'].rsplit('_', 1)[0]]}\n{q['question']}", q["answer"]]
                 for q in read_json(os.path.join(data_dir, "test.json"))]
-    return {"train": [c for s in train_scenes for c in s["captions"]] + chats,
-            "test": [c for s in test_scenes for c in s["captions"]] + held_out,
+    return {"captions": [c for s in train_scenes for c in s["captions"]], "chats": instructions + extra,
+            "instructions": instructions,
+            "text": [c for s in train_scenes for c in s["captions"]] + [chat_text(c) for c in instructions + extra],
+            "test": [c for s in test_scenes for c in s["captions"]] + [chat_text(c) for c in held_out],
             "train_scenes": train_scenes, "test_scenes": test_scenes}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # 2. Tiny CLIP
-
-def load_images(data_dir: str, scenes: list[dict], vision_config) -> torch.Tensor:
-    """All scene images preprocessed once: (N, 3, H, W). The world is small enough to keep in memory."""
-    return torch.stack([preprocess_image(load_image(os.path.join(data_dir, s["image"])), vision_config, "crop")
-                        for s in tqdm(scenes, desc="images", leave=False)])
-
 
 def init_weights(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
     """GPT-2 / HF-style initialisation: weights N(0, 0.02), biases 0, norms 1. PyTorch's defaults (N(0, 1) for
@@ -207,25 +211,57 @@ def pack_text(tokenizer: Tokenizer, texts: list[str], block: int) -> torch.Tenso
     return torch.tensor(stream[:n * block], dtype=torch.long).view(n, block)
 
 
-def train_llama(config, train_blocks: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int,
-                rank: int = 0, world: int = 1):
-    """Next-token prediction on blocks of the world's text. Under torchrun each process takes its slice of the same
-    global batch (every block has the same number of predicted tokens, so the mean is the mean of the slices)."""
-    if batch_size % world:
-        raise ValueError(f"the LM batch ({batch_size}) must split evenly over {world} processes")
+def lm_samples(tokenizer: Tokenizer, texts: list[str], chats: list[list[str]], answers_only: bool,
+               block: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input_ids, labels) per sample: plain texts as <s> text </s>, chats in CHAT_TEMPLATE. Pretraining trains
+    every token; instruction tuning (`answers_only`) only the answers, with the same labels stage 2 uses
+    (conversation.tokenize_conversation). A sample longer than `block` is left out (cut, it could lose its answer)."""
+    samples = []
+    for t in texts:
+        ids = tokenizer.encode(t, add_bos=True) + [tokenizer.eos_id]
+        samples.append((ids, ids))
+    for i, chat in enumerate(tqdm(chats, desc="tokenizing chats", leave=False)):
+        ids, labels = tokenize_conversation(tokenizer, chat, CHAT_TEMPLATE, sample_id=f"chat {i}")
+        samples.append((ids, labels if answers_only else ids))
+    kept = [(torch.tensor(ids), torch.tensor(labels)) for ids, labels in samples if len(ids) <= block]
+    if not kept:
+        raise ValueError(f"every LM sample is longer than --lm-block {block}")
+    if len(kept) < len(samples):
+        print(f"  {len(samples) - len(kept)} of {len(samples)} LM samples are longer than --lm-block {block}: left out")
+    return kept
+
+
+def packed_batch(samples: list[tuple[torch.Tensor, torch.Tensor]], block: int, pad_id: int) -> dict:
+    """Whole samples packed into rows of at most `block` tokens (dataset.pack: segment ids keep them apart)."""
+    return pack([{"input_ids": ids, "labels": labels, "length": len(ids), "pixel_values": torch.empty(0), "id": ""}
+                 for ids, labels in samples], block, pad_id)
+
+
+def train_llama(config, phases: list[tuple[str, list, int]], *, batch_size: int, block: int, lr: float, seed: int,
+                rank: int = 0, world: int = 1, model=None):
+    """Next-token prediction, phase by phase: each (name, samples, steps) draws `batch_size` samples per step, packs
+    them whole into rows of `block` tokens and runs its own warmup + cosine schedule.
+
+    Under torchrun every process draws and packs the same global batch, runs every `world`-th row, and weights its
+    mean loss by its share of the batch's trained tokens: the summed gradients are the one-process gradient."""
     torch.manual_seed(seed)
-    model = init_weights(LlamaForCausalLM(config))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 20)))
+    model = model or init_weights(LlamaForCausalLM(config))
     gen = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(steps), desc="tiny LLaMA", disable=rank != 0)
-    share = batch_size // world
-    for _ in bar:
-        batch = train_blocks[torch.randint(len(train_blocks), (batch_size,), generator=gen)]
-        batch = batch[rank * share:(rank + 1) * share]                                    # this process's slice
-        loss = model(batch, labels=batch).loss
-        optimizer_step(model, opt, sched, loss / world, world)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+    for name, samples, steps in phases:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 20)))
+        bar = tqdm(range(steps), desc=f"tiny LLaMA {name}", disable=rank != 0)
+        for _ in bar:
+            picked = torch.randint(len(samples), (batch_size,), generator=gen).tolist()
+            batch = packed_batch([samples[i] for i in picked], block, config.pad_token_id or 0)
+            if len(batch["input_ids"]) < world:
+                raise ValueError(f"a batch of {batch_size} samples packs into fewer rows than {world} processes")
+            total = count_trained_tokens(batch["labels"], batch["attention_mask"])
+            mine = {k: batch[k][rank::world] for k in ("input_ids", "labels", "attention_mask")}
+            share = count_trained_tokens(mine["labels"], mine["attention_mask"]) / total
+            loss = model(**mine, return_logits=False).loss
+            optimizer_step(model, opt, sched, loss * share, world)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
     return model.eval()
 
 
@@ -259,7 +295,8 @@ def text_config(z: BaseSizes, tokenizer: Tokenizer) -> TextConfig:
 # ---------------------------------------------------------------------------------------------------------------
 
 def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", extra_text: list[str] = (), *,
-              region_weight: float = 1.0, hard_negatives: bool = True, seed: int = 0, **sizes) -> dict:
+              region_weight: float = 1.0, hard_negatives: bool = True, seed: int = 0, command: str | None = None,
+              **sizes) -> dict:
     """Make tokenizer, tiny CLIP and tiny LLaMA; write them to {out_dir}/tiny-clip and {out_dir}/tiny-llama, and
     the measurements (retrieval accuracy, LM loss) to {out_dir}/make_tiny.json; returns them as a dict. `sizes`
     overrides fields of the classroom's BaseSizes (llava_mini/training/recipes.py), e.g. clip_steps=500.
@@ -272,13 +309,13 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     os.makedirs(out_dir, exist_ok=True)
     tok_path = os.path.join(out_dir, "tokenizer.json")
     if rank == 0:
-        train_tokenizer(text["train"], z.vocab_size).save(tok_path)
+        train_tokenizer(text["text"], z.vocab_size).save(tok_path)
     barrier(world)                                    # the others read the tokenizer the first process wrote
     hf_tok = HFTokenizer.from_file(tok_path)
     tokenizer = Tokenizer.from_file(tok_path)
     say = print if rank == 0 else (lambda *a, **k: None)
     say(f"tokenizer: {tokenizer.vocab_size} tokens (<image> = {tokenizer.image_token_id}), "
-        f"trained on {len(text['train'])} texts")
+        f"trained on {len(text['text'])} texts")
 
     # --- CLIP
     vision = vision_config(z)
@@ -311,24 +348,115 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
         os.replace(clip_tok_path, os.path.join(clip_dir, "tokenizer.json"))
         stats = {"clip_retrieval_top1": retrieval, "clip_retrieval_pool": pool, "clip_region_top1": objects}
 
-    # --- LLaMA
+    # --- LLaMA: pretraining on all the world's text, then instruction tuning on its chats (answers only)
     llama_config = text_config(z, tokenizer)
-    train_blocks = pack_text(tokenizer, text["train"], z.lm_block)
-    llama = train_llama(llama_config, train_blocks, steps=z.lm_steps, batch_size=z.lm_batch, lr=z.lm_lr, seed=seed,
-                        rank=rank, world=world)
+    phases = [("pretraining", lm_samples(tokenizer, text["captions"], text["chats"], False, z.lm_block), z.lm_steps),
+              ("instruction tuning", lm_samples(tokenizer, [], text["instructions"], True, z.lm_block), z.sft_steps)]
+    llama = train_llama(llama_config, [ph for ph in phases if ph[2] > 0], batch_size=z.lm_batch, block=z.lm_block,
+                        lr=z.lm_lr, seed=seed, rank=rank, world=world)
     llama_dir = os.path.join(out_dir, "tiny-llama")
     if rank == 0:
         held_out = lm_loss(llama, pack_text(tokenizer, text["test"], z.lm_block))
         print(f"tiny LLaMA: held-out loss {held_out:.3f} (perplexity {math.exp(held_out):.2f}; "
               f"uniform over the vocabulary would be {math.log(tokenizer.vocab_size):.2f})")
+        premise = text_qa(llama, tokenizer, text["test_scenes"], read_json(os.path.join(data_dir, "test.json")))
+        print(f"tiny LLaMA: held-out world questions answered from the scene in words, {premise['overall']:.1%} "
+              f"(n={premise['n']}; {', '.join(f'{k} phrasings {v:.1%}' for k, v in premise['per_phrasing'].items())})")
         weights.save_llama(llama, llama_dir, tokenizer_json=tok_path)
-        stats.update(lm_heldout_loss=held_out, vocab_size=tokenizer.vocab_size, clip_dir=clip_dir,
-                     llama_dir=llama_dir, processes=world, seconds=round(time.time() - t0, 1))
+        os.remove(tok_path)                       # its copy lives in tiny-llama/ (the CLIP's own in tiny-clip/)
+        probes = probe_tower(weights.load_clip(clip_dir, vision_only=True), data_dir)
+        print("tiny CLIP: linear probes of each held-out object in the layer -2 patch features: " +
+              ", ".join(f"{k} {v['probe']:.1%}" for k, v in probes.items()))
+        stats.update(lm_heldout_loss=held_out, text_qa={k: premise[k] for k in ("overall", "n", "per_type",
+                                                                                "per_phrasing")},
+                     tower_probes={k: v["probe"] for k, v in probes.items()}, vocab_size=tokenizer.vocab_size,
+                     clip_dir=clip_dir, llama_dir=llama_dir, processes=world, seed=seed, sizes=dataclasses.asdict(z),
+                     seconds=round(time.time() - t0, 1), training_text=text_fingerprint(text["text"]),
+                     command=command, machine=machine())
         write_json(stats, os.path.join(out_dir, BASES_REPORT))
+        write_model_cards(out_dir, stats)
         print(f"wrote {clip_dir} and {llama_dir} in {time.time() - t0:.0f} s" +
               (f" ({world} processes)" if world > 1 else ""))
     barrier(world)                                    # nobody leaves before the files are there
     return stats
+
+
+def write_model_cards(out_dir: str, stats: dict) -> None:
+    """A model card (README.md, Hugging Face style) in each base's folder, from what make_tiny measured, and the
+    folder's SHA256SUMS (loading/manifest.py), which the pipeline checks before it uses the bases."""
+    z, text, qa = stats["sizes"], stats["training_text"], stats["text_qa"]
+    made = (f"- Command: `{stats['command']}`, seed {stats['seed']}\n"
+            f"- Made in {stats['seconds'] / 60:.1f} min on {stats['machine']} ({stats['processes']} processes)\n"
+            f"- Training text: {text['texts']} texts of the shapes world (train scenes only), sha256 "
+            f"`{text['sha256'][:16]}...`, {len(text['words'])} distinct words (all in `{BASES_REPORT}`); no held-out "
+            f"phrasing and no test scene is in it\n")
+    cards = {
+        "tiny-clip": f"""---
+library_name: llava_mini
+tags: [clip, vision, synthetic-data]
+---
+# tiny-clip: the classroom's stand-in for openai/clip-vit-large-patch14-336
+
+A CLIP (ViT vision tower + text tower) trained from scratch, contrastively, on the shapes world's image-caption pairs
+and object-phrase pairs, with shape- and position-swapped phrases as hard negatives (weights/make_tiny.py,
+train_clip). Hugging Face's CLIP layout: `transformers.CLIPModel.from_pretrained` and `llava_mini.loading.weights
+.load_clip` both read it. LLaVA reads the vision tower's layer -2 patch features and never trains it.
+
+- Vision: {z['image_size']} px images, {z['patch_size']} px patches ({(z['image_size'] // z['patch_size']) ** 2} image
+  tokens), hidden {z['vision_hidden']}, {z['vision_layers']} layers; {z['clip_steps']} steps of batch {z['clip_batch']},
+  lr {z['clip_lr']}
+{made}
+## Quality (held-out scenes)
+- Zero-shot image->caption retrieval, top-1 among {stats['clip_retrieval_pool']}: {stats['clip_retrieval_top1']:.1%}
+- Object->phrase retrieval: {stats['clip_region_top1']:.1%}
+- Linear probes of each object in the layer -2 patch features (`python benchmarks/probe_tower.py --clip
+  weights/tiny/tiny-clip`): """ + ", ".join(f"{k} {v:.1%}" for k, v in stats["tower_probes"].items()) + "\n",
+        "tiny-llama": f"""---
+library_name: llava_mini
+tags: [llama, text-generation, synthetic-data]
+---
+# tiny-llama: the classroom's stand-in for Vicuna
+
+A LLaMA (RMSNorm, RoPE, SwiGLU, grouped-query attention, tied embeddings) with a LLaMA-style BPE tokenizer (`<s>`,
+`</s>`, byte fallback, `<image>` added), trained from scratch in two phases (weights/make_tiny.py, train_llama):
+pretraining on all the world's text ({z['lm_steps']} steps), then instruction tuning on the world's conversations,
+detailed descriptions, complex reasoning and short answers with the scene given in words where the image will be,
+the loss on the answers only ({z['sft_steps']} steps; batches of {z['lm_batch']} samples packed into rows of
+{z['lm_block']} tokens, lr {z['lm_lr']}). Chat template: vicuna_v1. Hugging Face's LLaMA layout:
+`transformers.LlamaForCausalLM.from_pretrained` and `llava_mini.loading.weights.load_llama` both read it.
+
+- Hidden {z['text_hidden']}, {z['text_layers']} layers, vocabulary {stats['vocab_size']}
+{made}
+## Quality (held-out scenes)
+- Held-out loss on the test scenes' captions and questions: {stats['lm_heldout_loss']:.3f}
+- The text-only premise (`python -m llava_mini.eval.text_qa --llm weights/tiny/tiny-llama`): the held-out short-answer
+  questions answered from the scene in words, {qa['overall']:.1%} (n={qa['n']}); """ +
+        ", ".join(f"{k} phrasings {v:.1%}" for k, v in qa["per_phrasing"].items()) + "; per type " +
+        ", ".join(f"{k} {v:.1%}" for k, v in qa["per_type"].items()) + "\n",
+    }
+    for name, card in cards.items():
+        with open(os.path.join(out_dir, name, "README.md"), "w") as f:
+            f.write(card)
+    write_manifest(out_dir)
+
+
+def machine() -> str:
+    """Where the bases were made, for their model cards."""
+    return (f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+
+
+def text_fingerprint(texts: list[str]) -> dict:
+    """Which version of the world's text the bases learned: its sha256, and every word in it (a test checks that
+    today's world writes no word the shipped bases never saw)."""
+    joined = "\n".join(texts)
+    return {"texts": len(texts), "sha256": hashlib.sha256(joined.encode()).hexdigest(),
+            "words": sorted(set(world_words(joined)))}
+
+
+def world_words(text: str) -> list[str]:
+    """The words of a text, lower case ("A red circle." -> ["a", "red", "circle"])."""
+    return re.findall(r"[a-z]+", text.lower())
 
 
 def main(argv=None):
@@ -354,6 +482,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
     make_tiny(args.data, args.out, args.extra_text, region_weight=args.region_weight,
               hard_negatives=not args.no_hard_negatives, seed=args.seed,
+              command=" ".join([launcher(world), "weights/make_tiny.py", *(argv if argv is not None else sys.argv[1:])]),
               **{f.name: getattr(args, f.name) for f in dataclasses.fields(BaseSizes)})
     if world > 1:
         dist.destroy_process_group()

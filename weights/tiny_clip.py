@@ -5,16 +5,22 @@ Used by weights/make_tiny.py (whose train_clip loop runs both losses) and benchm
 - Image-caption pairs: CLIP's loss (llava_mini.model.clip.clip_loss) on each scene and one of its captions.
 - Object-phrase pairs: each object's patches at the layer LLaVA reads, against "small red star at the top left"
   (why: make_tiny.train_clip and tutorials/07_training.md, section 6).
-- Checks on held-out scenes: image->caption and object->phrase retrieval.
+- Checks on held-out scenes: image->caption and object->phrase retrieval, and linear probes of each object's
+  shape, colour and position in the patch features (probe_tower).
 """
 from __future__ import annotations
 
+import os
 import random
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from llava_mini.model.clip import CLIPModel
+from llava_mini.data.images import load_image, preprocess_image
+from llava_mini.jsonio import read_json
+from llava_mini.model.clip import CLIPModel, CLIPVisionModel
+from llava_mini.synth import world
 from llava_mini.synth.teacher import POSITION_NAMES, position_name
 from llava_mini.synth.world import SHAPES
 from llava_mini.training.distributed import gather_with_grad
@@ -137,3 +143,79 @@ def retrieval_accuracy(model: CLIPModel, images: torch.Tensor, scenes: list[dict
         hits += (logits.argmax(dim=1) == torch.arange(len(chunk))).sum().item()
         total += len(chunk)
     return hits / max(1, total)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the tower's patch features know (benchmarks/probe_tower.py)
+
+def load_images(data_dir: str, scenes: list[dict], vision_config) -> torch.Tensor:
+    """All scene images preprocessed once: (N, 3, H, W). The world is small enough to keep in memory."""
+    return torch.stack([preprocess_image(load_image(os.path.join(data_dir, s["image"])), vision_config, "crop")
+                        for s in tqdm(scenes, desc="images", leave=False)])
+
+
+@torch.no_grad()
+def object_features(tower: CLIPVisionModel, images: torch.Tensor, scenes: list[dict], layer: int,
+                    batch_size: int = 256, encode=None) -> tuple[torch.Tensor, dict]:
+    """Per-object mean patch feature at `layer`: (n_objects, hidden), and labels {attribute: (n_objects,)}.
+    `encode` (images -> (B, P, hidden)) replaces the tower's features, e.g. a LLaVA model's projector outputs."""
+    config = tower.config
+    grid = config.image_size // config.patch_size
+    features, labels = [], {"shape": [], "colour": [], "position": []}
+    for start in range(0, len(scenes), batch_size):
+        chunk = images[start:start + batch_size]
+        patches = encode(chunk) if encode else tower.select_features(chunk, layer=layer)     # (B, P, hidden)
+        for b, scene in enumerate(scenes[start:start + batch_size]):
+            masks, _ = object_regions(scene, grid)                                           # (n_objects, P)
+            features.append(masks @ patches[b] / masks.sum(1, keepdim=True))                 # (n_objects, hidden)
+            for o in scene["objects"]:
+                labels["shape"].append(world.SHAPES.index(o["shape"]))
+                labels["colour"].append(list(world.COLORS).index(o["color"]))
+                labels["position"].append(POSITION_NAMES.index(position_name(*o["center"], margin=0)))
+    return torch.cat(features), {k: torch.tensor(v) for k, v in labels.items()}
+
+
+def linear_probe(train_x, train_y, test_x, test_y, n_classes: int, steps: int = 300, seed: int = 0) -> float:
+    """Multinomial logistic regression (full-batch Adam on standardised features); returns held-out accuracy."""
+    torch.manual_seed(seed)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-5
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    probe = torch.nn.Linear(train_x.shape[1], n_classes)
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(probe(train_x), train_y).backward()
+        opt.step()
+    with torch.no_grad():
+        return (probe(test_x).argmax(1) == test_y).float().mean().item()
+
+
+def variance_shares(x: torch.Tensor, labels: dict) -> dict:
+    """Per attribute, the share of the features' total variance that its class means explain (between-class
+    variance / total variance, in [0, 1]). Unlike a probe, which standardises every direction, this sees the scale
+    the LLM sees: after its RMSNorm a direction that holds 1% of the variance is 1% of the signal."""
+    x = x - x.mean(0)                                                                   # (n_objects, hidden)
+    total = (x ** 2).sum(1).mean()
+    shares = {}
+    for name, y in labels.items():
+        classes = y.unique()
+        means = torch.stack([x[y == c].mean(0) for c in classes])                       # (n_classes, hidden)
+        weights = torch.stack([(y == c).float().mean() for c in classes])               # (n_classes,)
+        shares[name] = float((weights * (means ** 2).sum(1)).sum() / total)
+    return shares
+
+
+def probe_tower(tower: CLIPVisionModel, data_dir: str, n_train: int = 2000, layer: int = -2, encode=None) -> dict:
+    """Per attribute, {"probe": held-out linear-probe accuracy, "share": variance_shares on the held-out objects},
+    for the objects of `data_dir`'s scenes (of `encode`'s features if given, see object_features)."""
+    train_scenes = read_json(os.path.join(data_dir, "scenes_train.json"))[:n_train]
+    test_scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
+    tower = tower.eval()
+    train_x, train_y = object_features(tower, load_images(data_dir, train_scenes, tower.config), train_scenes, layer,
+                                       encode=encode)
+    test_x, test_y = object_features(tower, load_images(data_dir, test_scenes, tower.config), test_scenes, layer,
+                                     encode=encode)
+    classes = {"shape": len(world.SHAPES), "colour": len(world.COLORS), "position": len(POSITION_NAMES)}
+    shares = variance_shares(test_x, test_y)
+    return {k: {"probe": linear_probe(train_x, train_y[k], test_x, test_y[k], n), "share": shares[k]}
+            for k, n in classes.items()}

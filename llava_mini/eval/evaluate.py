@@ -178,6 +178,8 @@ def _print_vqa_table(name: str, runs: dict) -> None:
     for t in types:
         print(f"  {t:<16}{first['count_per_type'][t]:>6}" + "".join(f"{runs[r]['per_type'][t]:>14.1%}" for r in runs))
     print(f"  {'overall':<16}{first['n']:>6}" + "".join(f"{runs[r]['overall']:>14.1%}" for r in runs))
+    for k in first.get("per_phrasing", {}):
+        print(f"  {k + ' phrasings':<22}" + "".join(f"{runs[r]['per_phrasing'][k]:>14.1%}" for r in runs))
 
 
 def main(argv=None):
@@ -250,6 +252,8 @@ def main(argv=None):
         for cat, s in report["bench"]["scores"].items():
             print(f"  {cat:<10}{s['relative']:>8.1f}%   model {s['model']:.2f} / reference {s['reference']:.2f}"
                   f"   n={s['n']}")
+        for phrasing, relative in report["bench"]["per_phrasing"].items():
+            print(f"  {phrasing + ' phrasings':<18}{relative:>8.1f}%")
         if report["bench"]["judge_failures"]:
             print(f"  ({len(report['bench']['judge_failures'])} judge replies could not be parsed; left out)")
 

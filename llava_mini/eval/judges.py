@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from llava_mini.eval.scoring import NUMBER_WORDS, normalize_answer
 from llava_mini.synth.llm_teacher import format_context
-from llava_mini.synth.teacher import COLOR_WORDS
+from llava_mini.synth.phrasings import COLOR_WORDS
 
 CATEGORIES = ("conv", "detail", "complex")
 
@@ -217,6 +217,10 @@ def score_bench(items: list[dict], answers: list[str], judge) -> dict:
         except JudgeReplyError as e:
             failures.append({"id": item.get("id"), "error": str(e)})
             continue
-        records.append({"id": item.get("id"), "category": item["category"], "question": item["question"],
-                        "answer": answer, "score_reference": ref_score, "score_model": model_score})
-    return {"scores": relative_scores(records), "records": records, "judge_failures": failures}
+        records.append({"id": item.get("id"), "image": item.get("image"), "category": item["category"],
+                        "phrasing": item.get("phrasing"), "question": item["question"], "answer": answer,
+                        "score_reference": ref_score, "score_model": model_score})
+    phrasings = sorted({r["phrasing"] for r in records if r["phrasing"]})
+    return {"scores": relative_scores(records), "records": records, "judge_failures": failures,
+            "per_phrasing": {p: relative_scores([r for r in records if r["phrasing"] == p])["overall"]["relative"]
+                             for p in phrasings}}

@@ -33,18 +33,26 @@ def normalize_answer(text: str) -> str:
 
 def vqa_accuracy(questions: list[dict], predictions: list[str]) -> dict:
     """Normalised exact match. questions: [{"answer", "question_type", ...}]; predictions: one string each.
-    Returns {"overall", "n", "per_type": {type: accuracy}, "count_per_type": {type: n}}."""
+    Returns {"overall", "n", "per_type": {type: accuracy}, "count_per_type": {type: n}}, and where the questions
+    say how they are worded ("phrasing": "seen" or "heldout", world.generate_dataset), "per_phrasing" too."""
     if len(questions) != len(predictions):
         raise ValueError(f"{len(questions)} questions but {len(predictions)} predictions")
     hits, counts = defaultdict(int), defaultdict(int)
+    phrasing_hits, phrasing_counts = defaultdict(int), defaultdict(int)
     for q, pred in zip(questions, predictions):
-        qtype = q.get("question_type", "all")
+        qtype, right = q.get("question_type", "all"), normalize_answer(pred) == normalize_answer(str(q["answer"]))
         counts[qtype] += 1
-        hits[qtype] += normalize_answer(pred) == normalize_answer(str(q["answer"]))
+        hits[qtype] += right
+        if "phrasing" in q:
+            phrasing_counts[q["phrasing"]] += 1
+            phrasing_hits[q["phrasing"]] += right
     n = sum(counts.values())
-    return {"overall": sum(hits.values()) / n if n else 0.0, "n": n,
-            "per_type": {t: hits[t] / counts[t] for t in sorted(counts)},
-            "count_per_type": {t: counts[t] for t in sorted(counts)}}
+    result = {"overall": sum(hits.values()) / n if n else 0.0, "n": n,
+              "per_type": {t: hits[t] / counts[t] for t in sorted(counts)},
+              "count_per_type": {t: counts[t] for t in sorted(counts)}}
+    if phrasing_counts:
+        result["per_phrasing"] = {k: phrasing_hits[k] / phrasing_counts[k] for k in sorted(phrasing_counts)}
+    return result
 
 
 def answer_confusion(questions: list[dict], predictions: list[str], question_type: str) -> dict[str, Counter]:

@@ -34,6 +34,8 @@ import zipfile
 
 from tqdm import tqdm
 
+from llava_mini.loading.manifest import sha256_file
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 20   # bytes read per network call
 
@@ -153,6 +155,20 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _no_redirect_opener = urllib.request.build_opener(_NoRedirect)
 
 
+class _CredentialSafeRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect, but carry the token only to the same scheme and host: urllib copies every header of a
+    request onto its redirect, Authorization included."""
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        before, after = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
+        if new is not None and (before.scheme, before.netloc) != (after.scheme, after.netloc):
+            new.remove_header("Authorization")
+        return new
+
+
+_download_opener = urllib.request.build_opener(_CredentialSafeRedirect)     # every hub GET goes through it
+
+
 def _headers_for(url: str, endpoint: str) -> dict:
     """Send the token (HF_TOKEN) to the hub only, never to the CDN a file redirects to."""
     token = os.environ.get("HF_TOKEN")
@@ -179,7 +195,7 @@ def list_repo_files(repo_id: str, revision: str = "main", endpoint: str | None =
     url = f"{endpoint}/api/models/{repo_id}/revision/{urllib.parse.quote(revision, safe='')}"
     request = urllib.request.Request(url, headers=_headers_for(url, endpoint))
     try:
-        with urllib.request.urlopen(request, timeout=30) as r:
+        with _download_opener.open(request, timeout=30) as r:
             info = json.load(r)
     except urllib.error.HTTPError as e:
         raise _http_error(e, f"{repo_id}@{revision}") from None
@@ -210,15 +226,15 @@ def _file_hash(path: str, etag: str) -> tuple[str, str] | None:
     """(kind, hex digest) matching the ETag's form: 64 hex digits = sha256 of the content (git-LFS files),
     40 = git's blob sha1 (small files in git). Anything else cannot be checked."""
     if re.fullmatch(r"[0-9a-f]{64}", etag):
-        h = hashlib.sha256()
-    elif re.fullmatch(r"[0-9a-f]{40}", etag):
+        return "sha256", sha256_file(path)
+    if re.fullmatch(r"[0-9a-f]{40}", etag):
         h = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
     else:
         return None
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
-    return h.name, h.hexdigest()
+    return "sha1", h.hexdigest()
 
 
 def download_file(url: str, dest: str, endpoint: str, retries: int = 3) -> str:
@@ -244,7 +260,7 @@ def download_file(url: str, dest: str, endpoint: str, retries: int = 3) -> str:
         if start:
             headers["Range"] = f"bytes={start}-"
         try:
-            with urllib.request.urlopen(urllib.request.Request(meta["url"], headers=headers), timeout=60) as r:
+            with _download_opener.open(urllib.request.Request(meta["url"], headers=headers), timeout=60) as r:
                 if start and r.status != 206:       # the server ignored the Range header: start over
                     start = 0
                 with open(partial, "ab" if start else "wb") as f, \

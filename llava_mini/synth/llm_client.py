@@ -9,6 +9,8 @@ Used by the LLM teacher (llm_teacher.py) and the LLM judge (judges.py). Any serv
 - The API key is read from the environment variable named by `api_key_env` at request time. It is sent in the
   Authorization header and nowhere else: not in the cache key, not in cache files, not in error messages or logs.
 - Retries with exponential backoff on 429, 5xx, connection errors and timeouts; other 4xx fail at once.
+- A redirect is an error naming where it points, never followed: following would send the key to another host and
+  turn the POST into a GET.
 - With `cache_dir`, each answer is stored under the hash of the request (URL, model, messages, temperature), so a rerun
   of the same requests costs nothing.
 """
@@ -25,6 +27,16 @@ import urllib.request
 from llava_mini.jsonio import read_json, write_json
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+REDIRECT_STATUS = {301, 302, 303, 307, 308}
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow: urllib would copy the Authorization header to any host and turn a POST into a GET."""
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
 
 
 class ChatError(RuntimeError):
@@ -83,7 +95,7 @@ class ChatClient:
             self.http_requests += 1
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with _opener.open(request, timeout=self.timeout) as response:
                     answer = json.loads(response.read().decode())
                 try:
                     return answer["choices"][0]["message"]["content"]
@@ -91,6 +103,11 @@ class ChatClient:
                     raise ChatError(f"{self.url}: response has no choices[0].message.content: "
                                     f"{self._redact(json.dumps(answer))[:300]}") from None
             except urllib.error.HTTPError as e:
+                if e.code in REDIRECT_STATUS:
+                    raise ChatError(f"{self.url}: the server answered a redirect (HTTP {e.code}) to "
+                                    f"{self._redact(e.headers.get('Location', '?'))[:200]}; not followed (it would "
+                                    f"take the API key and the request elsewhere): point base_url there if you "
+                                    f"trust it") from None
                 detail = self._redact(e.read().decode(errors="replace"))[:300]
                 last_error = f"HTTP {e.code}: {detail}"
                 if e.code not in RETRY_STATUS:

@@ -14,6 +14,7 @@ The COCO route (the same teachers on COCO captions + boxes) is coco.py.
 """
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections import Counter
@@ -21,6 +22,7 @@ from collections import Counter
 from tqdm import tqdm
 
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT  # "\nAnswer the question using a single word or phrase."
+from llava_mini.synth.phrasings import DETAIL_INSTRUCTIONS, article, ask, canonical, plural, split_name
 
 BRIEF_INSTRUCTIONS = [
     "Describe the image concisely.", "Provide a brief description of the given image.",
@@ -28,15 +30,7 @@ BRIEF_INSTRUCTIONS = [
     "Give a short and clear explanation of the subsequent image.", "Share a concise interpretation of the image provided.",
     "Write a terse but informative summary of the picture.", "Render a clear and concise summary of the photo.",
 ]
-DETAIL_INSTRUCTIONS = [
-    "Describe the following image in detail.", "Provide a detailed description of the given image.",
-    "Give an elaborate explanation of the image you see.", "Explain the various aspects of the image before you.",
-    "What do you see happening in this image? Describe it thoroughly.", "Write a detailed account of the picture.",
-]
-COLOR_WORDS = {"red", "green", "blue", "yellow", "black", "gray", "grey", "teal", "brown", "white", "purple", "orange",
-               "pink", "cyan", "magenta", "violet"}
 NUMBER_WORDS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
-IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "knife": "knives", "sheep": "sheep", "skis": "skis"}
 AMBIGUITY_MARGIN = 0.04  # a box centre this close to a 1/3 or 2/3 line has no clear position name
 
 
@@ -62,21 +56,6 @@ def parse_objects(boxes: list[str]) -> list[dict]:
         objects.append({"name": name, "color": color, "noun": noun, "box": box, "cx": (box[0] + box[2]) / 2,
                         "cy": (box[1] + box[3]) / 2, "area": (box[2] - box[0]) * (box[3] - box[1])})
     return objects
-
-
-def split_name(name: str) -> tuple[str | None, str]:
-    first, _, rest = name.partition(" ")
-    return (first, rest) if first in COLOR_WORDS and rest else (None, name)
-
-
-def plural(noun: str) -> str:
-    if noun in IRREGULAR_PLURALS:
-        return IRREGULAR_PLURALS[noun]
-    return noun + "es" if noun.endswith(("s", "x", "ch", "sh")) else noun + "s"
-
-
-def article(words: str) -> str:
-    return ("an " if words[0] in "aeiou" else "a ") + words
 
 
 def count_phrase(n: int, noun: str) -> str:
@@ -132,26 +111,27 @@ class AnswerBalancer:
 
 
 def short_answer_questions(boxes: list[str], vocabulary: list[str], balancer: AnswerBalancer,
-                           exclude: frozenset = frozenset()) -> list[dict]:
+                           exclude: frozenset = frozenset(), heldout: bool = False) -> list[dict]:
     """At most one question per type for this image, each unambiguous and answerable from the boxes alone.
 
     Types: count, count_color, count_shape, color, shape, exists, position. Answers are lower case, numbers as digits.
     `vocabulary` (all object names the source can produce) supplies absent colours, nouns and names for negatives.
-    Questions in `exclude` (already asked about this image) are not asked again."""
+    Each question is worded with a seen phrasing, or with `heldout` a held-out one (phrasings.py); its "key" is the
+    canonical wording, and questions whose key is in `exclude` (already asked about this image) are not asked again."""
     objs = parse_objects(boxes)
     rng = balancer.rng
     names, nouns, colors = Counter(o["name"] for o in objs), Counter(o["noun"] for o in objs), \
         Counter(o["color"] for o in objs if o["color"])
     vocab_colors = sorted({c for c, _ in map(split_name, vocabulary) if c})
     vocab_nouns = sorted({n for _, n in map(split_name, vocabulary)})
+    # per type: (fields of the question, answer)
     candidates = {
-        "count": [("How many objects are there?", str(len(objs)))],
-        "count_color": [(f"How many {c} objects are there?", str(colors[c])) for c in vocab_colors],
-        "count_shape": [(f"How many {plural(n)} are there?", str(nouns[n])) for n in vocab_nouns],
-        "color": [(f"What color is the {o['noun']}?", o["color"]) for o in objs if o["color"] and nouns[o["noun"]] == 1],
-        "shape": [(f"What shape is the {o['color']} object?", o["noun"]) for o in objs
-                  if o["color"] and colors[o["color"]] == 1],
-        "position": [(f"Where is the {o['name']}?", position_name(o["cx"], o["cy"])) for o in objs
+        "count": [({}, str(len(objs)))],
+        "count_color": [({"color": c}, str(colors[c])) for c in vocab_colors],
+        "count_shape": [({"nouns": plural(n)}, str(nouns[n])) for n in vocab_nouns],
+        "color": [({"noun": o["noun"]}, o["color"]) for o in objs if o["color"] and nouns[o["noun"]] == 1],
+        "shape": [({"color": o["color"]}, o["noun"]) for o in objs if o["color"] and colors[o["color"]] == 1],
+        "position": [({"name": o["name"]}, position_name(o["cx"], o["cy"])) for o in objs
                      if names[o["name"]] == 1 and position_name(o["cx"], o["cy"])],
     }
     # Yes/no: negatives half the time share a colour or noun with an object present ("hard" negatives), so that
@@ -159,10 +139,16 @@ def short_answer_questions(boxes: list[str], vocabulary: list[str], balancer: An
     absent = [n for n in vocabulary if n not in names]
     hard = [n for n in absent if split_name(n)[0] in colors or split_name(n)[1] in nouns]
     negatives = hard if hard and rng.random() < 0.5 else absent
-    candidates["exists"] = [(f"Is there {article(n)}?", "yes") for n in sorted(names)] + \
-                           [(f"Is there {article(n)}?", "no") for n in negatives]
-    picked = [balancer.pick(qtype, [(q, a) for q, a in c if q not in exclude]) for qtype, c in candidates.items()]
-    return [p for p in picked if p is not None]
+    candidates["exists"] = [({"a_name": article(n)}, "yes") for n in sorted(names)] + \
+                           [({"a_name": article(n)}, "no") for n in negatives]
+    picked = []
+    for qtype, options in candidates.items():
+        by_key = {canonical(qtype, **fields): (fields, answer) for fields, answer in options}
+        p = balancer.pick(qtype, [(key, answer) for key, (_, answer) in by_key.items() if key not in exclude])
+        if p is not None:
+            p["key"], p["question"] = p["question"], ask(qtype, rng, heldout, **by_key[p["question"]][0])
+            picked.append(p)
+    return picked
 
 
 # ---------------------------------------------------------------------------- the rule teacher
@@ -177,8 +163,9 @@ def _turns(pairs: list[tuple[str, str]]) -> list[dict]:
 class RuleTeacher:
     """Writes instruction data from captions + boxes with templates; every statement is computed from the boxes."""
 
-    def __init__(self, vocabulary: list[str]):
+    def __init__(self, vocabulary: list[str], heldout: bool = False):
         self.vocabulary = list(vocabulary)  # names the negatives ("Is there a ...?" -> no) are drawn from
+        self.heldout = heldout              # word the questions with held-out phrasings (evaluation only)
         self.rejected = Counter()           # same interface as LLMTeacher; templates never fail
 
     def conversation(self, context: dict, rng: random.Random) -> list[dict]:
@@ -186,16 +173,17 @@ class RuleTeacher:
         names, nouns = Counter(o["name"] for o in objs), Counter(o["noun"] for o in objs)
         unique = [o for o in objs if names[o["name"]] == 1]
         listing = join([article(o["name"]) for o in objs])
-        qa = [("What objects can you see in the image?",
-               f"I can see {count_phrase(len(objs), 'object')}: {listing}."),
-              ("How many objects are there in the image?",
+        ask_ = functools.partial(ask, rng=rng, heldout=self.heldout)      # ask_(kind, **fields)
+        qa = [(ask_("list"), rng.choice((f"I can see {count_phrase(len(objs), 'object')}: {listing}.",
+                                         f"The image shows {count_phrase(len(objs), 'object')}: {listing}."))),
+              (ask_("count"),
                f"There {'is' if len(objs) == 1 else 'are'} {count_phrase(len(objs), 'object')} in the image.")]
         for o in unique:
             pos = position_name(o["cx"], o["cy"])
             if pos:
-                qa.append((f"Where is the {o['name']} located?", f"The {o['name']} is {where_phrase(pos)}."))
+                qa.append((ask_("position", name=o["name"]), f"The {o['name']} is {where_phrase(pos)}."))
             if o["color"] and nouns[o["noun"]] == 1:
-                qa.append((f"What color is the {o['noun']}?", f"The {o['noun']} is {o['color']}."))
+                qa.append((ask_("color", noun=o["noun"]), f"The {o['noun']} is {o['color']}."))
         for a in unique:
             for b in unique:
                 if a is b:
@@ -203,22 +191,22 @@ class RuleTeacher:
                 if abs(a["cx"] - b["cx"]) > 0.1:
                     side = "left" if a["cx"] < b["cx"] else "right"
                     yes = side == "left"
-                    qa.append((f"Is the {a['name']} to the left of the {b['name']}?",
+                    qa.append((ask_("left_of", name=a["name"], other=b["name"]),
                                f"{'Yes' if yes else 'No'}, the {a['name']} is to the {side} of the {b['name']}."))
                 if abs(a["cy"] - b["cy"]) > 0.1:
                     above = a["cy"] < b["cy"]
-                    qa.append((f"Is the {a['name']} above the {b['name']}?",
+                    qa.append((ask_("above", name=a["name"], other=b["name"]),
                                f"{'Yes' if above else 'No'}, the {a['name']} is {'above' if above else 'below'} "
                                f"the {b['name']}."))
         absent = [n for n in self.vocabulary if n not in names]
         if absent:
             n = rng.choice(absent)
-            qa.append((f"Is there {article(n)} in the image?", f"No, there is no {n} in the image."))
+            qa.append((ask_("exists", a_name=article(n)), f"No, there is no {n} in the image."))
         o = rng.choice(objs)
-        qa.append((f"Is there {article(o['name'])} in the image?", f"Yes, there is {article(o['name'])} in the image."))
+        qa.append((ask_("exists", a_name=article(o["name"])), f"Yes, there is {article(o['name'])} in the image."))
         noun = rng.choice(sorted(set(n for _, n in map(split_name, self.vocabulary)) | set(nouns)))
         k = nouns[noun]
-        qa.append((f"How many {plural(noun)} are there?",
+        qa.append((ask_("count_shape", nouns=plural(noun)),
                    f"There {'is' if k == 1 else 'are'} {count_phrase(k, noun)} in the image."))
         rng.shuffle(qa)
         return _turns(qa[:rng.randint(3, 5)])
@@ -237,7 +225,7 @@ class RuleTeacher:
             sentences.append(f"The largest object is the {big['name']}, covering about "
                              f"{100 * big['area']:.0f}% of the image.")
         answer = " ".join(s for s in sentences if s)
-        return _turns([(rng.choice(DETAIL_INSTRUCTIONS), answer)])
+        return _turns([(DETAIL_INSTRUCTIONS.pick(rng, self.heldout), answer)])
 
     def complex(self, context: dict, rng: random.Random) -> list[dict]:
         """A question whose answer needs a few steps; the answer shows the steps."""
@@ -246,13 +234,13 @@ class RuleTeacher:
         options = [self._remove_group, self._closest_to_corner, self._compare_sizes, self._add_one]
         rng.shuffle(options)
         for make in options:
-            qa = make(objs, names, rng)
+            qa = make(objs, names, rng, self.heldout)
             if qa:
                 return _turns([qa])
         raise AssertionError("_add_one always applies")
 
     @staticmethod
-    def _remove_group(objs, names, rng):
+    def _remove_group(objs, names, rng, heldout):
         if len(objs) < 2:
             return None
         key = "color" if all(o["color"] for o in objs) else "noun"
@@ -260,7 +248,7 @@ class RuleTeacher:
         label = f"{group} objects" if key == "color" else plural(group)
         gone = [o for o in objs if o[key] == group]
         rest = len(objs) - len(gone)
-        return (f"If all the {label} were removed, how many objects would be left?",
+        return (ask("remove_group", rng, heldout, group=label),
                 f"Let's count step by step. There are {count_phrase(len(objs), 'object')} in total: "
                 f"{join([article(o['name']) for o in objs])}. Of these, {len(gone)} "
                 f"{'is' if len(gone) == 1 else 'are'} {group}: {join([article(o['name']) for o in gone])}. "
@@ -268,7 +256,7 @@ class RuleTeacher:
                 f"{count_phrase(rest, 'object')} would be left.")
 
     @staticmethod
-    def _closest_to_corner(objs, names, rng):
+    def _closest_to_corner(objs, names, rng, heldout):
         unique = [o for o in objs if names[o["name"]] == 1]
         if len(unique) < 2 or len(unique) != len(objs):
             return None
@@ -279,13 +267,13 @@ class RuleTeacher:
             return None
         steps = "; ".join(f"the {o['name']}'s midpoint is ({o['cx']:.2f}, {o['cy']:.2f}), {d:.2f} away"
                           for d, _, o in dist)
-        return (f"Which object is closest to the {corner} corner of the image?",
+        return (ask("closest_to_corner", rng, heldout, corner=corner),
                 f"The {corner} corner is at ({x}, {y}) in image coordinates. Measuring from the midpoint of each "
                 f"object's box: {steps}. The smallest distance is {dist[0][0]:.2f}, so the {dist[0][1]} is closest to "
                 f"the {corner} corner.")
 
     @staticmethod
-    def _compare_sizes(objs, names, rng):
+    def _compare_sizes(objs, names, rng, heldout):
         unique = [o for o in objs if names[o["name"]] == 1]
         pairs = [(a, b) for a in unique for b in unique if a is not b and a["area"] > 1.3 * b["area"]]
         if not pairs:
@@ -295,17 +283,16 @@ class RuleTeacher:
             first, second = a, b
         else:
             first, second = b, a
-        return (f"Which is bigger, the {first['name']} or the {second['name']}?",
+        return (ask("compare_sizes", rng, heldout, name=first["name"], other=second["name"]),
                 f"Compare the areas of their boxes. The {a['name']} covers about {100 * a['area']:.0f}% of the "
                 f"image and the {b['name']} about {100 * b['area']:.0f}%. Since {100 * a['area']:.0f}% is more "
                 f"than {100 * b['area']:.0f}%, the {a['name']} is bigger.")
 
     @staticmethod
-    def _add_one(objs, names, rng):
+    def _add_one(objs, names, rng, heldout):
         o = rng.choice(objs)
         n, k = len(objs), names[o["name"]]
-        return (f"If one more {o['name']} were added to the image, how many {plural(o['name'])} would there be, "
-                f"and how many objects in total?",
+        return (ask("add_one", rng, heldout, name=o["name"], nouns=plural(o["name"])),
                 f"At the moment there {'is' if k == 1 else 'are'} {count_phrase(k, o['name'])} among "
                 f"{count_phrase(n, 'object')}. Adding one more makes {k} + 1 = {k + 1} "
                 f"{plural(o['name']) if k + 1 != 1 else o['name']}, and {n} + 1 = {n + 1} objects in total.")
@@ -342,7 +329,7 @@ def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[s
             qs = []
             for _ in range(vqa_rounds):
                 qs += short_answer_questions(it["context"]["boxes"], vocabulary, balancer,
-                                             exclude=frozenset(q["question"] for q in qs))
+                                             exclude=frozenset(q["key"] for q in qs))
             if qs:
                 out.append({"id": f"{it['id']}_vqa", "image": it["image"],
                             "conversations": _turns([(q["question"] + SHORT_ANSWER_PROMPT, q["answer"]) for q in qs])})

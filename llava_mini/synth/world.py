@@ -184,6 +184,11 @@ def captions(scene: dict, rng: random.Random) -> list[str]:
     return options[:3]
 
 
+def scene_in_words(scene: dict) -> str:
+    """The scene as a text-only LLM reads it where the image would be: its captions, one after another."""
+    return " ".join(scene["captions"])
+
+
 def symbolic_context(scene: dict) -> dict:
     """What the teacher may see: captions and boxes `name: [x1, y1, x2, y2]`, never pixels or hidden fields."""
     return {"captions": list(scene["captions"]),
@@ -245,14 +250,17 @@ def generate_dataset(out_dir: str, n_train: int, n_test: int, seed: int = 0, ima
     write_json(stage1, os.path.join(out_dir, "stage1.json"))
     write_json(stage2, os.path.join(out_dir, "stage2.json"))
 
-    # Held-out questions: every question type the test scene allows, answers balanced across the split.
+    # Held-out questions: every question type the test scene allows, answers balanced across the split; every
+    # other scene's questions are worded with held-out phrasings (phrasings.py), which no training file contains.
     balancer, test = AnswerBalancer(random.Random(f"{seed}:test-questions")), []
-    for s in scenes["test"]:
-        for k, q in enumerate(short_answer_questions(symbolic_context(s)["boxes"], vocab, balancer)):
+    for i, s in enumerate(scenes["test"]):
+        phrasing = "heldout" if i % 2 else "seen"
+        for k, q in enumerate(short_answer_questions(symbolic_context(s)["boxes"], vocab, balancer,
+                                                     heldout=phrasing == "heldout")):
             test.append({"id": f"{s['id']}_q{k}", "image": s["image"], "question": q["question"],
-                         "answer": q["answer"], "question_type": q["question_type"]})
+                         "answer": q["answer"], "question_type": q["question_type"], "phrasing": phrasing})
     write_json(test, os.path.join(out_dir, "test.json"))
-    write_json(make_bench(scenes["test"][:BENCH_IMAGES], teacher, seed), os.path.join(out_dir, "bench.json"))
+    write_json(make_bench(scenes["test"][:BENCH_IMAGES], vocab, seed), os.path.join(out_dir, "bench.json"))
 
     stats = {"train_vqa": answer_statistics(train_balancer.asked), "test": answer_statistics(test),
              "files": {"stage1": len(stage1), "stage2": dict(Counter(e["id"].rsplit("_", 1)[1] for e in stage2)),
@@ -266,16 +274,18 @@ def generate_dataset(out_dir: str, n_train: int, n_test: int, seed: int = 0, ima
     return stats
 
 
-def make_bench(scenes: list[dict], teacher: RuleTeacher, seed: int) -> list[dict]:
-    """LLaVA-Bench-style set: for each scene one conv, one detail and one complex question with a reference answer."""
+def make_bench(scenes: list[dict], vocab: list[str], seed: int) -> list[dict]:
+    """LLaVA-Bench-style set: for each scene one conv, one detail and one complex question with a reference answer;
+    every other scene's questions in held-out phrasings."""
     bench = []
-    for s in scenes:
-        ctx = symbolic_context(s)
+    for i, s in enumerate(scenes):
+        ctx, teacher = symbolic_context(s), RuleTeacher(vocab, heldout=bool(i % 2))
         for category, write in (("conv", teacher.conversation), ("detail", teacher.detail),
                                 ("complex", teacher.complex)):
             turns = write(ctx, random.Random(f"{seed}:bench:{s['id']}:{category}"))
             question = turns[0]["value"].replace("<image>\n", "")
             bench.append({"id": f"{s['id']}_{category}", "image": s["image"], "category": category,
+                          "phrasing": "heldout" if teacher.heldout else "seen",
                           "question": question, "reference": turns[1]["value"], "context": ctx, "scene": s})
     return bench
 

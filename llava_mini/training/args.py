@@ -54,9 +54,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--quick", action="store_true", help="the pipeline at toy size (smoke test)")
     g.add_argument("--workdir", default=".", help="where data/ and checkpoints/ go")
     g.add_argument("--no-easyvqa", action="store_true", help="leave easy-VQA out of stage 2 and evaluation")
+    g.add_argument("--make-bases", action="store_true",
+                   help="train your own tiny bases (python weights/make_tiny.py, into checkpoints/base; about an "
+                        "hour on 2 cores) instead of starting from the shipped weights/tiny")
     g.add_argument("--clip-steps", type=int,
-                   help="train the tiny CLIP this many steps (default 2000; 4000 reads shape better and takes 5 to 7 "
-                        "minutes more; its bases go to checkpoints/base-clipN)")
+                   help="with --make-bases: train the tiny CLIP this many steps (its bases go to checkpoints/base-clipN)")
     g.add_argument("--processes", type=int,
                    help="make the tiny bases and run stage 2 as this many processes under torchrun (default on a "
                         "CPU with 2 or more cores: 2, which trains faster there than one process with all the threads)")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import shutil
@@ -20,15 +21,21 @@ TRAINER_STATE = "trainer_state.pt"     # optimizer, scheduler, RNG states, data 
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG a training step draws from, as tensors, numbers, strings, lists and tuples only, so that
+    trainer_state.pt loads with torch.load(weights_only=True), which cannot run code (numpy's key array is a list)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -73,4 +80,11 @@ def load_trainer_state(checkpoint_dir: str) -> dict:
     path = os.path.join(checkpoint_dir, TRAINER_STATE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{checkpoint_dir}: no {TRAINER_STATE}, not a resumable checkpoint")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        # weights_only: tensors and plain containers only. A pickle that would build any other object (and so
+        # could run code on load) is refused, whoever wrote the checkpoint.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refusing to load, it holds objects other than tensors, numbers, strings and "
+                         f"containers (a trainer state never does; loading it could run code): "
+                         f"{str(e).splitlines()[0][:200]}") from None

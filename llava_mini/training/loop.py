@@ -322,7 +322,7 @@ def train(args) -> str:
     if resume_from:
         args.init = resume_from                       # a resumed run's weights come from its checkpoint
     run = setup(args)
-    step = restore(run, resume_from) if resume_from else 0
+    first_step = step = restore(run, resume_from) if resume_from else 0
     heldout = {}
     if run.heldout is not None:
         heldout["heldout_loss_start"] = mean_loss(run.model, run.heldout, run.tokenizer.pad_id)
@@ -372,7 +372,10 @@ def train(args) -> str:
         heldout["heldout_loss_end"] = mean_loss(run.model, run.heldout, run.tokenizer.pad_id)
         print(f"stage {args.stage}: held-out loss {heldout['heldout_loss_start']:.3f} -> "
               f"{heldout['heldout_loss_end']:.3f}")
-    final = save_final(run, step, log, heldout)
+    seconds = time.time() - t_start
+    timing = {"train_seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(1, step - first_step), 4),
+              "tokens_per_s": round(tokens_done / max(seconds, 1e-9))}     # this process's tokens
+    final = save_final(run, step, log, {**heldout, **timing})
     if run.rank == 0:
         print(f"stage {args.stage}: {step} steps in {time.time() - t_start:.0f} s; saved {final}")
         for part in run.dataset.datasets:      # what --skip-bad left out, said again at the end where it is seen

@@ -1,11 +1,11 @@
 """The default job, `python train.py` with no arguments: the whole LLaVA recipe at classroom size on a CPU.
 
-    python train.py                  # world data -> tiny bases -> stage 1 -> stage 2 -> evaluation -> report
+    python train.py                  # world data -> stage 1 -> stage 2 -> evaluation -> report, on the shipped bases
     python train.py --quick          # the same at toy size (a smoke test, ~15 s)
     python train.py --workdir DIR    # put data/ and checkpoints/ under DIR
     python train.py --seed 1         # the stages with another seed (how much a result is luck: docs/EXPERIMENTS.md)
-    python train.py --processes 1    # bases and stage 2 in this process (default on a multi-core CPU: 2 under torchrun)
-    python train.py --clip-steps 4000   # a better tower (shape read 88% instead of 81%), 5 to 7 minutes more
+    python train.py --processes 1    # stage 2 in this process (default on a multi-core CPU: 2 under torchrun)
+    python train.py --make-bases     # train your own tiny bases first (weights/make_tiny.py, about an hour on 2 cores)
 
 Each step prints the command that does it alone, so a student can rerun any one of them: `python -m
 llava_mini.synth.world`, `python -m llava_mini.synth.easyvqa`, `python weights/make_tiny.py`, `python train.py --stage
@@ -27,6 +27,7 @@ from llava_mini.eval.evaluate import evaluate_bench, evaluate_descriptions, eval
 from llava_mini.eval.judges import RuleJudge
 from llava_mini.jsonio import read_json, write_json
 from llava_mini.loading import weights
+from llava_mini.loading.manifest import ManifestError, verify_manifest
 from llava_mini.synth import easyvqa, world
 from llava_mini.training.args import parse_args
 from llava_mini.training.loop import train
@@ -35,6 +36,7 @@ from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, QUICK, BaseSize
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_PY = os.path.join(REPO, "train.py")
 MAKE_TINY_PY = os.path.join(REPO, "weights", "make_tiny.py")
+SHIPPED_BASES = os.path.join(REPO, "weights", "tiny")   # the pretrained tiny CLIP and LLaMA, like CLIP and Vicuna
 
 
 def run_command(cmd: list[str], script: str, threads: int) -> None:
@@ -96,16 +98,33 @@ def heldout_captions(data_dir: str, out_path: str) -> str:
     return out_path
 
 
+def makes_bases(args) -> bool:
+    """The run trains its own bases (stage 0) instead of starting from the shipped ones: --make-bases or
+    --clip-steps."""
+    return bool(args.make_bases or args.clip_steps)
+
+
 def pipeline_dirs(args, size: Classroom) -> tuple[str, str, str, str]:
-    """(world data, easy-VQA data, bases, run) folders under --workdir. A tower trained for other than the default
-    --clip-steps gets bases and a run of its own (base-clip4000, tiny-clip4000), so it never reuses or overwrites
-    the default ones."""
+    """(world data, easy-VQA data, bases, run) folders under --workdir. The bases are the shipped weights/tiny, or
+    with --make-bases checkpoints/base; a run on its own bases gets a run folder of its own (tiny-ownbases,
+    tiny-clip4000 for --clip-steps 4000), so it never reuses or overwrites the default one."""
     tower = f"-clip{args.clip_steps}" if args.clip_steps and args.clip_steps != size.bases.clip_steps else ""
+    own = tower or ("-ownbases" if makes_bases(args) else "")
     seed = f"-seed{args.seed}" if args.seed else ""
     data, checkpoints = os.path.join(args.workdir, "data"), os.path.join(args.workdir, "checkpoints")
-    return (os.path.join(data, "shapes" + size.suffix), os.path.join(data, "easyvqa"),
-            os.path.join(checkpoints, "base" + size.suffix + tower),
-            os.path.join(checkpoints, "tiny" + size.suffix + tower + seed))
+    bases = os.path.join(checkpoints, "base" + size.suffix + tower) if makes_bases(args) else SHIPPED_BASES
+    return (os.path.join(data, "shapes" + size.suffix), os.path.join(data, "easyvqa"), bases,
+            os.path.join(checkpoints, "tiny" + size.suffix + own + seed))
+
+
+def shipped_bases(base_dir: str) -> dict:
+    """The shipped bases, checked against their manifest (a changed or corrupt file is an error naming it, never a
+    silent retrain); returns what make_tiny measured when it made them."""
+    try:
+        verify_manifest(base_dir)
+    except ManifestError as e:
+        raise SystemExit(f"the shipped tiny bases do not match their manifest: {e}")
+    return read_json(os.path.join(base_dir, BASES_REPORT))
 
 
 def stage2_mix(data_dir: str, kinds: tuple, evqa_dir: str | None) -> list[str]:
@@ -147,9 +166,15 @@ def run_pipeline(args) -> dict:
         easyvqa.import_easyvqa(evqa_dir, progress=not args.quick)
     evqa_train = [os.path.join(evqa_dir, "easyvqa_train.json")] if use_evqa else []
 
-    base_stats = None
-    if not os.path.exists(os.path.join(base_dir, "tiny-llama", "config.json")):
+    if not makes_bases(args):
+        print(f"[2/6] tiny bases: the shipped {os.path.relpath(base_dir)} (checked against its SHA256SUMS; "
+              f"python train.py --make-bases trains your own)")
+        base_stats = shipped_bases(base_dir)
+    elif not os.path.exists(os.path.join(base_dir, BASES_REPORT)):
         base_stats = make_bases(data_dir, base_dir, evqa_train, bases, processes, max(1, threads // processes))
+    else:
+        print(f"[2/6] tiny bases: {base_dir}, made earlier (delete the folder to make them again)")
+        base_stats = read_json(os.path.join(base_dir, BASES_REPORT))
 
     # --seed reaches both stages (the projector's initialisation, the data order); the data and the bases keep seed 0
     common = ["--preset", size.preset, "--seed", str(args.seed)] + (["--quiet"] if args.quiet else [])
@@ -191,41 +216,64 @@ def run_pipeline(args) -> dict:
                                           data_dir, template=template, batch_size=64)
 
     minutes = (time.time() - t0) / 60
-    print_report(minutes, threads, processes, base_stats, caption_loss, mix, size.stage2_kinds, results, bench,
-                 described, final)
-    report = {"minutes": minutes, "caption_loss": caption_loss, "final": final, "bases": base_stats,
-              "results": {k: {"seen": v[False]["overall"], "blind": v[True]["overall"],
-                              "per_type": v[False]["per_type"], "blind_per_type": v[True]["per_type"]}
+    stage2_meta = read_json(os.path.join(final, "llava_mini.json"))
+    timing = {"stage1": {k: stage1_meta.get(k) for k in ("train_seconds", "seconds_per_step", "tokens_per_s")},
+              "stage2": {k: stage2_meta.get(k) for k in ("train_seconds", "seconds_per_step", "tokens_per_s")},
+              "stage2_steps": stage2_meta["step"], "stage2_processes": processes}
+    examples = [{"image": r["image"], "question": r["question"], "answer": r["answer"], "truth": references[r["id"]]}
+                for r in bench["records"][:3]]
+    report = {"minutes": minutes, "threads": threads, "timing": timing, "caption_loss": caption_loss, "final": final,
+              "bases": base_stats, "stage2_mix": mix, "stage2_kinds": list(size.stage2_kinds),
+              "results": {k: {"image": v[False]["overall"], "blind": v[True]["overall"],
+                              "per_type": v[False]["per_type"], "blind_per_type": v[True]["per_type"],
+                              "per_phrasing": v[False].get("per_phrasing"),
+                              "majority_per_type": {t: m["majority_rate"] for t, m in v["majority"].items()}}
                           for k, v in results.items()},
-              "bench": bench["scores"], "describe": {k: v for k, v in described.items() if k != "descriptions"},
-              "examples": [{"question": r["question"], "answer": r["answer"], "reference": references[r["id"]]}
-                           for r in bench["records"][:3]]}
+              "bench": bench["scores"], "bench_per_phrasing": bench.get("per_phrasing"),
+              "describe": {k: v for k, v in described.items() if k != "descriptions"},
+              "describe_examples": [{k: d[k] for k in ("id", "answer", "captions")} for d in described["descriptions"][:3]],
+              "examples": examples}
+    print_report(report, results)
     write_json(report, os.path.join(final, "report.json"))
     print(f"  report written to {os.path.join(final, 'report.json')}")
     return report
 
 
-def print_report(minutes, threads, processes, base_stats, caption_loss, mix, kinds, results, bench, described,
-                 final) -> None:
-    print(f"\n[6/6] report ({minutes:.1f} min wall, {threads} threads" +
-          (f"; tiny bases and stage 2 as {processes} processes)" if processes > 1 else ")"))
-    if base_stats:
-        print(f"  tiny CLIP zero-shot retrieval {base_stats['clip_retrieval_top1']:.1%} (top-1 of "
-              f"{base_stats['clip_retrieval_pool']}); tiny LLaMA held-out loss {base_stats['lm_heldout_loss']:.3f}")
-    print(f"  stage 1 held-out caption loss: {caption_loss[0]:.3f} at the start -> {caption_loss[1]:.3f} at the end")
-    print(f"  stage 2 mix: {', '.join(mix)} (world samples of kind {', '.join(kinds)})")
+def print_report(report: dict, results: dict) -> None:
+    """The report as the run's last screen: what the bases could do, what each stage did, and the model's scores."""
+    t, bases = report["timing"], report["bases"]
+    print(f"\n[6/6] report ({report['minutes']:.1f} min wall, {report['threads']} threads; stage 2: "
+          f"{t['stage2_steps']} steps, {t['stage2']['seconds_per_step']} s each, as {t['stage2_processes']} processes)")
+    if bases:
+        print(f"  bases ({bases.get('llama_dir', '')}): tiny CLIP retrieval {bases['clip_retrieval_top1']:.1%} (top-1 of "
+              f"{bases['clip_retrieval_pool']}); tiny LLaMA held-out loss {bases['lm_heldout_loss']:.3f}")
+        if "tower_probes" in bases:
+            print("    tower probes (layer -2 patch features): " +
+                  ", ".join(f"{k} {v:.1%}" for k, v in bases["tower_probes"].items()))
+        if "text_qa" in bases:
+            qa = bases["text_qa"]
+            print(f"    text-only premise (the LLM, the scene in words): {qa['overall']:.1%} on the held-out questions (" +
+                  ", ".join(f"{k} phrasings {v:.1%}" for k, v in qa["per_phrasing"].items()) + ")")
+    loss = report["caption_loss"]
+    print(f"  stage 1 held-out caption loss: {loss[0]:.3f} at the start -> {loss[1]:.3f} at the end")
+    print(f"  stage 2 mix: {', '.join(report['stage2_mix'])} (world samples of kind {', '.join(report['stage2_kinds'])})")
     for name, res in results.items():
         seen, blind, majority = res[False], res[True], res["majority"]
         print(f"  {name}: accuracy {seen['overall']:.1%} with the image (n={seen['n']}); blind (blank image) "
-              f"{blind['overall']:.1%} (first {blind['n']} questions)")
+              f"{blind['overall']:.1%} (first {blind['n']} questions)" +
+              "".join(f"; {k} phrasings {v:.1%}" for k, v in seen.get("per_phrasing", {}).items()))
         print(f"    {'type':<12} {'image':>7} {'blind':>7} {'majority':>9}")
-        for t in seen["per_type"]:
-            print(f"    {t:<12} {seen['per_type'][t]:7.1%} {blind['per_type'].get(t, float('nan')):7.1%} "
-                  f"{majority.get(t, {}).get('majority_rate', float('nan')):9.1%}   n={seen['count_per_type'][t]}")
-    scores = bench["scores"]
+        for q in seen["per_type"]:
+            print(f"    {q:<12} {seen['per_type'][q]:7.1%} {blind['per_type'].get(q, float('nan')):7.1%} "
+                  f"{majority.get(q, {}).get('majority_rate', float('nan')):9.1%}   n={seen['count_per_type'][q]}")
+    scores = report["bench"]
     print("  LLaVA-Bench-style relative score (rule judge): " +
-          ", ".join(f"{c} {s['relative']:.1f}%" for c, s in scores.items()) + f" (n={scores['overall']['n']})")
-    print(f"  \"{described['prompt']}\" on {described['n']} held-out images: object recall {described['recall']:.1%}, "
-          f"precision {described['precision']:.1%}; every object named in {described['all_named']:.1%}")
-    print(f"  model saved in {final}")
-    print(f"  chat with it:  python chat.py --model {final}")
+          ", ".join(f"{c} {s['relative']:.1f}%" for c, s in scores.items()) + f" (n={scores['overall']['n']})" +
+          "".join(f"; {k} phrasings {v:.1f}%" for k, v in (report["bench_per_phrasing"] or {}).items()))
+    d = report["describe"]
+    print(f"  \"{d['prompt']}\" on {d['n']} held-out images: object recall {d['recall']:.1%}, precision "
+          f"{d['precision']:.1%}; every object named in {d['all_named']:.1%}, exactly {d['exact']:.1%}")
+    for e in report["examples"]:
+        print(f"  example ({e['image']}): {e['question']!r}\n    model: {e['answer']!r}\n    truth: {e['truth']!r}")
+    print(f"  model saved in {report['final']}")
+    print(f"  chat with it:  python chat.py --model {report['final']}")

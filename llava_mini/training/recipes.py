@@ -33,7 +33,7 @@ class Preset:
 
 
 TINY_STAGE1 = StageRecipe(lr=2e-3, batch_size=32, epochs=1, template="plain", max_length=512, micro_batch_size=32)
-TINY_STAGE2 = StageRecipe(lr=1e-3, batch_size=8, epochs=4, template="vicuna_v1", max_length=512, micro_batch_size=8)
+TINY_STAGE2 = StageRecipe(lr=1e-3, batch_size=8, epochs=1.5, template="vicuna_v1", max_length=512, micro_batch_size=8)
 
 PRESETS = {
     # The classroom run on a CPU (CLASSROOM below; the README's results table).
@@ -75,12 +75,13 @@ class BaseSizes:
     text_hidden: int = 96
     text_layers: int = 4
     vocab_size: int = 1024      # upper bound for the BPE vocabulary
-    clip_steps: int = 2000
+    clip_steps: int = 8000
     clip_batch: int = 64
     clip_lr: float = 2e-3
-    lm_steps: int = 200
-    lm_batch: int = 32
-    lm_block: int = 128         # tokens per LM training block
+    lm_steps: int = 3000        # pretraining on all the world's text
+    sft_steps: int = 3000       # then instruction tuning on the world's chats, the scene in words (answers only)
+    lm_batch: int = 32          # samples per step, packed whole into rows of lm_block tokens
+    lm_block: int = 384         # tokens per LM training row
     lm_lr: float = 3e-3
 
 
@@ -92,7 +93,7 @@ class Classroom:
     world_train: int
     world_test: int
     bases: BaseSizes
-    stage2_kinds: tuple = ("vqa",)      # the world's stage-2 samples that join easy-VQA train (conv, detail, complex, vqa)
+    stage2_kinds: tuple = ("conv", "detail", "complex", "vqa")   # the world's stage-2 samples that join easy-VQA train
     eval_questions: int | None = None   # test questions scored with the image (None: all)
     blind_questions: int = 1000         # ... and with a blank image (the blind baseline)
     suffix: str = ""                    # data/shapes{suffix}, checkpoints/base{suffix}, checkpoints/tiny{suffix}
@@ -100,7 +101,6 @@ class Classroom:
 
 CLASSROOM = Classroom(preset="tiny", world_train=5000, world_test=500, bases=BaseSizes())
 QUICK = Classroom(preset="quick", world_train=48, world_test=8,
-                  bases=BaseSizes(image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, text_hidden=32,
-                                  text_layers=2, vocab_size=400, clip_steps=2, clip_batch=16, lm_steps=2, lm_batch=4,
-                                  lm_block=64),
-                  stage2_kinds=("conv", "detail", "complex", "vqa"), eval_questions=8, blind_questions=8, suffix="-quick")
+                  bases=BaseSizes(vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, vocab_size=400,
+                                  clip_steps=2, clip_batch=16, lm_steps=2, sft_steps=2, lm_batch=4, lm_block=1024),
+                  eval_questions=8, blind_questions=8, suffix="-quick")
