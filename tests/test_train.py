@@ -160,6 +160,22 @@ def test_a_trainer_state_that_would_run_code_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "PWNED").exists()
 
 
+def test_resume_with_periodic_saves_survives_the_rotation_and_refuses_a_changed_recipe(tiny, stage1, tmp_path):
+    """Resumed from checkpoint-2, saving every step: the rotation (keep=2) deletes the checkpoint it resumed from,
+    whose tokenizer later saves must not need. A changed batch size would silently skip training: refused."""
+    out = tmp_path / "run"
+    args = stage2_args(tiny, stage1, out, "--max-steps", "6", "--save-every", "2")
+    loop.train(parse_args(args))
+    shutil.rmtree(out / "final")
+    shutil.rmtree(out / "checkpoint-000004")
+    final = loop.train(parse_args(stage2_args(tiny, stage1, out, "--max-steps", "6", "--save-every", "1",
+                                              "--resume")))
+    assert os.path.exists(os.path.join(final, "tokenizer.json"))
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-checkpoint")]
+    with pytest.raises(SystemExit, match="the recipe's batch_size was 8, the command line now gives 4"):
+        loop.train(parse_args(stage2_args(tiny, stage1, out, "--max-steps", "6", "--batch-size", "4", "--resume")))
+
+
 def test_killed_save_leaves_previous_checkpoint_loadable(tiny, stage1, tmp_path):
     out = str(tmp_path)
     model = weights.load_llava(stage1)

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from llava_mini.data.dataset import LengthGroupedBatchSampler, LlavaDataset, collate, pack
 from llava_mini.data.tokenizer import Tokenizer
+from llava_mini.jsonio import read_json
 from llava_mini.loading import weights
 from llava_mini.model.config import LlavaConfig
 from llava_mini.model.llama import count_trained_tokens
@@ -190,7 +192,8 @@ class Run:
         """What llava_mini.json records beside the weights."""
         a = self.args
         return {"template": self.recipe.template, "stage": a.stage, "preset": a.preset,
-                "recipe": dataclasses.asdict(self.recipe), "data": a.data, "total_steps": self.total_steps,
+                "recipe": dataclasses.asdict(self.recipe), "data": a.data, "seed": a.seed,
+                "total_steps": self.total_steps,
                 "step": step, **extra}
 
 
@@ -202,6 +205,11 @@ def setup(args) -> Run:
     model, tokenizer_json = build_model(args, r)
     tokenizer = Tokenizer.from_file(tokenizer_json)
     tokenizer.check_image_token(model.config.image_token_index, tokenizer_json)
+    if rank == 0 and os.path.abspath(os.path.dirname(tokenizer_json)) != os.path.abspath(args.out):
+        # Every checkpoint copies the tokenizer from here: not from --init, which may be a checkpoint of this run
+        # that the rotation (keep=2) deletes.
+        shutil.copyfile(tokenizer_json, os.path.join(args.out, "tokenizer.json"))
+        tokenizer_json = os.path.join(args.out, "tokenizer.json")
     params = set_trainable(model, args.stage)
     model.to(device)
     if args.gradient_checkpointing or (args.gradient_checkpointing is None and PRESETS[args.preset].gradient_checkpointing):
@@ -235,8 +243,32 @@ def setup(args) -> Run:
                optimizer, scheduler, total_steps, heldout)
 
 
+RESUME_MUST_MATCH = ("stage", "recipe", "data", "seed")   # what an exact resume needs unchanged
+
+
+def check_resume(run: Run, checkpoint_dir: str) -> None:
+    """Refuse to resume with a recipe, data or seed other than the checkpoint's: the schedule, the data order and
+    the step count would no longer be the ones the run started with, and it would finish early or wrongly."""
+    saved = read_json(os.path.join(checkpoint_dir, "llava_mini.json"))
+    now = run.meta(0)
+    for field in RESUME_MUST_MATCH:
+        if field not in saved:
+            continue
+        if field == "recipe":
+            changed = [k for k in now["recipe"] if saved["recipe"].get(k) != now["recipe"][k]]
+            if changed:
+                k = changed[0]
+                raise SystemExit(f"--resume from {checkpoint_dir}: the recipe's {k} was {saved['recipe'].get(k)!r}, "
+                                 f"the command line now gives {now['recipe'][k]!r}; an exact resume needs the same "
+                                 f"recipe (drop the override, or start a new --out)")
+        elif saved[field] != now[field]:
+            raise SystemExit(f"--resume from {checkpoint_dir}: {field} was {saved[field]!r}, the command line now "
+                             f"gives {now[field]!r}; an exact resume needs the same {field} (or start a new --out)")
+
+
 def restore(run: Run, checkpoint_dir: str) -> int:
     """Optimizer, schedule and RNG states from a checkpoint (the weights came with setup). Returns its step."""
+    check_resume(run, checkpoint_dir)
     state = load_trainer_state(checkpoint_dir)
     load_optimizer_state(run.net, run.optimizer, state["optimizer"], run.args, run.world)
     run.scheduler.load_state_dict(state["scheduler"])
