@@ -367,6 +367,38 @@ def test_skip_bad_trains_on_and_reports_the_broken_images_at_the_end(tiny, tmp_p
         loop.train(parse_args([a for a in args if a != "--skip-bad"]))
 
 
+def test_a_bad_image_found_mid_run_saves_the_steps_done(tiny, tmp_path, monkeypatch):
+    """Without --skip-bad, an image that turns out truncated at step 3 stops the run with the sample's name, and
+    the two steps done are kept in a checkpoint that --resume continues from."""
+    data = tmp_path / "shapes"
+    shutil.copytree(tiny["data"], data)
+    args = stage1_args(tiny, tmp_path / "out", "--max-steps", "4")
+    args[args.index("--data") + 1] = str(data / "stage1.json")
+    args[args.index("--image-root") + 1] = str(data)
+    originals = {p: p.read_bytes() for p in sorted((data / "images" / "train").glob("*.png"))[::2]}
+    real_step, truncate = loop.train_step, [True]
+
+    def truncate_images_at_step_3(run, step, autocast):
+        if step == 2 and truncate[0]:
+            for p, content in originals.items():
+                p.write_bytes(content[:len(content) // 3])               # every other image, truncated
+        return real_step(run, step, autocast)
+    monkeypatch.setattr(loop, "train_step", truncate_images_at_step_3)
+    with pytest.raises(ValueError, match=r"sample shapes_train_\d+_cap: .*--skip-bad"):
+        loop.train(parse_args(args))
+    assert os.path.basename(latest_checkpoint(str(tmp_path / "out"))) == "checkpoint-000002"
+    for p, content in originals.items():
+        p.write_bytes(content)
+    truncate[0] = False
+    final = loop.train(parse_args(args + ["--resume"]))
+    assert len(read_losses(tmp_path / "out")) == 4 and os.path.exists(os.path.join(final, "model.safetensors"))
+    # with --skip-bad the same images are left out and counted, and the run ends
+    skipping = [a if a != str(tmp_path / "out") else str(tmp_path / "skipping") for a in args] + ["--skip-bad"]
+    truncate[0] = True
+    loop.train(parse_args(skipping))
+    assert len(read_losses(tmp_path / "skipping")) == 4
+
+
 def _short_answer_sample(n: int) -> dict:
     from llava_mini.data.conversation import SHORT_ANSWER_PROMPT
     turns = []

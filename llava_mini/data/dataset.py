@@ -194,7 +194,7 @@ class LlavaDataset(torch.utils.data.Dataset):
             pixels = [preprocess_image(load_image(p), self.config.vision_config, self.aspect) for p in sample["images"]]
         except (ValueError, FileNotFoundError) as e:
             if not self.skip_bad:
-                raise ValueError(f"sample {sample['id']}: {e}") from None
+                raise ValueError(f"sample {sample['id']}: {e} (--skip-bad skips such samples)") from None
             self._bad("bad image", e)
             print(f"skipping sample {sample['id']}: {e}", file=sys.stderr)
             return None

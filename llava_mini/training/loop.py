@@ -319,6 +319,9 @@ def train_step(run: Run, step: int, autocast) -> tuple[torch.Tensor, torch.Tenso
     run.sampler.set_epoch(epoch)
     global_batch = run.sampler.batches()[pos]
     mine = [run.dataset[i] for i in global_batch[run.rank::run.world]]            # this process's share
+    mine = [s for s in mine if s is not None]                     # samples whose image --skip-bad skipped
+    if not mine:
+        raise ValueError(f"step {step + 1}: every sample of this process's share of the batch was skipped (bad images)")
     batches = micro_batches(mine, run.recipe, run.args, run.tokenizer.pad_id, run.model.config.image_token_index)
     n_tokens = all_reduce_sum(torch.tensor(float(sum(trained_tokens(b) for b in batches))), run.world)
     step_loss = torch.zeros((), dtype=torch.float64)
@@ -398,6 +401,17 @@ def train(args) -> str:
         if run.rank == 0:
             print(f"\ninterrupted: saved {path}; continue with the same command and --resume", file=sys.stderr)
         raise SystemExit(130)
+    except (FloatingPointError, SystemExit):
+        raise
+    except Exception as e:
+        # Anything else (a bad image without --skip-bad, a full disk, ...): keep the steps done so far. Under
+        # several processes the others may be gone, so only a single process can still save.
+        bar.close()
+        if run.world == 1 and step > first_step:
+            path = save(run, step, log)
+            print(f"\nstage {args.stage} failed in step {step + 1}: {e}\nsaved {path} (step {step}); fix the cause "
+                  f"and continue with the same command and --resume", file=sys.stderr)
+        raise
     bar.close()
 
     if run.heldout is not None:
