@@ -189,7 +189,7 @@ def test_description_score_on_a_scene_with_known_objects():
         description_summary([])
 
 
-def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path):
+def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path, monkeypatch):
     """Through a tiny random model: batching (right padding, mixed lengths) must not change any answer; then the
     command line writes a full report (VQA + baselines, bench with the rule judge, ScienceQA fixture)."""
     from PIL import Image
@@ -242,6 +242,23 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path):
     assert saved["describe"]["n"] == 1 and described["recall"] == description_score(described["answer"], scene)["recall"]
     assert saved["scienceqa"]["n"] == 6 and saved["scienceqa"]["n_image"] == 3
     assert report["template"] == template
+
+    # The LLM judge's endpoint is down: the VQA scores already measured are written, and the exit says why.
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"          # nothing listens there once closed
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-unused")
+    import time
+    from types import SimpleNamespace
+    from llava_mini.synth import llm_client
+    monkeypatch.setattr(llm_client, "time", SimpleNamespace(monotonic=time.monotonic, sleep=lambda s: None))  # no backoff
+    with pytest.raises(SystemExit) as stop:
+        ev.main(["--model", model_dir, "--data", str(data), "--bench", "--bench-max-new-tokens", "4", "--judge",
+                 "openai", "--judge-url", dead, "--out", str(out)])
+    assert stop.value.code == 1
+    saved = json.load(open(out))
+    assert "overall" in saved["shapes"]["model"] and "gave up" in saved["bench"]["error"]
 
 
 def test_probe_answer_reads_the_answer_position_of_each_question(tmp_path):

@@ -182,6 +182,18 @@ class FakeServer:
                 server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
                 status, content, delay = server.script.pop(0) if server.script else (200, GOOD_REPLY, 0)
                 time.sleep(delay)
+                if status in ("raw", "trickle"):                   # content: the body's bytes, as they are
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(content)))
+                    self.end_headers()
+                    try:
+                        for i in range(len(content)) if status == "trickle" else [None]:
+                            self.wfile.write(content if i is None else content[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(0.2 if status == "trickle" else 0)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return
                 if status in (301, 302, 303, 307, 308):            # content: where to
                     self.send_response(status)
                     self.send_header("Location", content)
@@ -270,6 +282,25 @@ def test_llm_teacher_rejects_bad_json_and_gives_up(server, tmp_path, monkeypatch
     with pytest.raises(ChatError, match="HTTP 401") as err:
         client.chat([{"role": "user", "content": "unauthorised"}])
     assert SECRET not in str(err.value) and len(server.requests) == 7
+
+
+def test_llm_client_retries_broken_replies_and_never_caches_them(server, tmp_path, monkeypatch):
+    """A null, numeric or list content, a body that is not UTF-8 and a reply trickled a byte at a time (bounded by
+    the timeout as a whole) are each retried and never cached; the good reply after them is."""
+    client = make_client(server, tmp_path, monkeypatch, max_retries=5, timeout=1.0)
+    good = json.dumps({"choices": [{"message": {"content": "fine"}}]}).encode()
+    server.script = [(200, None, 0), (200, 42, 0), (200, ["a"], 0), ("raw", b"\xff\xfe{", 0),
+                     ("trickle", good, 0), (200, "fine", 0)]
+    start = time.monotonic()
+    assert client.chat([{"role": "user", "content": "hi"}]) == "fine"
+    assert len(server.requests) == 6 and time.monotonic() - start < 5      # the trickle was cut after ~1 s
+    again = make_client(server, tmp_path, monkeypatch)
+    assert again.chat([{"role": "user", "content": "hi"}]) == "fine" and again.cache_hits == 1
+    # a cache file that holds no text (an older client's) is asked again, not returned
+    path = next(os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "cache") for f in fs)
+    json.dump({"request": {}, "response": None}, open(path, "w"))
+    server.script = [(200, "asked again", 0)]
+    assert make_client(server, tmp_path, monkeypatch).chat([{"role": "user", "content": "hi"}]) == "asked again"
 
 
 @pytest.mark.parametrize("status", [301, 302, 307])

@@ -246,8 +246,16 @@ def main(argv=None):
         else:
             from llava_mini.synth.llm_client import ChatClient
             judge = LLMJudge(ChatClient(args.judge_url, args.judge_model))
-        report["bench"] = evaluate_bench(model, tokenizer, items, args.data, judge=judge,
-                                         max_new_tokens=args.bench_max_new_tokens, **common)
+        from llava_mini.synth.llm_client import ChatError
+        try:
+            report["bench"] = evaluate_bench(model, tokenizer, items, args.data, judge=judge,
+                                             max_new_tokens=args.bench_max_new_tokens, **common)
+        except ChatError as e:          # the judge's endpoint failed: keep every score measured before it
+            report["bench"] = {"error": str(e)}
+            if args.out:
+                write_json(report, args.out)
+            p.exit(1, f"error: the judge failed, so there is no bench score: {e}\n" +
+                   (f"the scores measured before it are in {args.out}\n" if args.out else ""))
         print(f"\nLLaVA-Bench-style relative score ({args.judge} judge): mean(model) / mean(reference) x 100")
         for cat, s in report["bench"]["scores"].items():
             print(f"  {cat:<10}{s['relative']:>8.1f}%   model {s['model']:.2f} / reference {s['reference']:.2f}"

@@ -17,9 +17,9 @@ Used by the LLM teacher (llm_teacher.py) and the LLM judge (judges.py). Any serv
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -73,8 +73,14 @@ class ChatClient:
             payload["max_tokens"] = max_tokens
         cache_path = self._cache_path(payload)
         if cache_path and os.path.exists(cache_path):
-            self.cache_hits += 1
-            return read_json(cache_path)["response"]
+            try:
+                cached = read_json(cache_path).get("response")
+            except (ValueError, AttributeError):
+                cached = None
+            if isinstance(cached, str):
+                self.cache_hits += 1
+                return cached
+            os.remove(cache_path)      # written by an older client, or damaged: ask again
 
         text = self._post_with_retries(payload)
         if cache_path:
@@ -96,24 +102,50 @@ class ChatClient:
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
                 with _opener.open(request, timeout=self.timeout) as response:
-                    answer = json.loads(response.read().decode())
-                try:
-                    return answer["choices"][0]["message"]["content"]
-                except (KeyError, IndexError, TypeError):
-                    raise ChatError(f"{self.url}: response has no choices[0].message.content: "
-                                    f"{self._redact(json.dumps(answer))[:300]}") from None
+                    answer = json.loads(self._read_within(response, time.monotonic() + self.timeout).decode())
+                content = _content(answer)
+                if content is not None:
+                    return content
+                # null, a number, a list: a broken reply, never cached; the next attempt may be whole
+                last_error = (f"response has no text in choices[0].message.content: "
+                              f"{self._redact(json.dumps(answer))[:300]}")
             except urllib.error.HTTPError as e:
                 if e.code in REDIRECT_STATUS:
                     raise ChatError(f"{self.url}: the server answered a redirect (HTTP {e.code}) to "
                                     f"{self._redact(e.headers.get('Location', '?'))[:200]}; not followed (it would "
                                     f"take the API key and the request elsewhere): point base_url there if you "
                                     f"trust it") from None
-                detail = self._redact(e.read().decode(errors="replace"))[:300]
+                try:
+                    detail = self._redact(e.read().decode(errors="replace"))[:300]
+                except (OSError, http.client.HTTPException) as read_error:   # the error body itself timed out
+                    detail = f"(body unreadable: {type(read_error).__name__})"
                 last_error = f"HTTP {e.code}: {detail}"
                 if e.code not in RETRY_STATUS:
                     raise ChatError(f"{self.url}: {last_error}") from None
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+                # refused, reset, timed out, cut mid-body (IncompleteRead), a garbled status line (BadStatusLine)
                 last_error = self._redact(f"{type(e).__name__}: {getattr(e, 'reason', e)}")
-            except json.JSONDecodeError as e:
-                last_error = f"response is not JSON ({e})"
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                last_error = f"response is not JSON text ({type(e).__name__}: {str(e)[:100]})"
         raise ChatError(f"{self.url}: gave up after {self.max_retries + 1} attempts; last error {last_error}")
+
+    def _read_within(self, response, deadline: float) -> bytes:
+        """The whole body, or TimeoutError once `deadline` passes: the socket timeout only bounds each read, and a
+        server that sends a byte a second would otherwise hold the client for as long as it likes."""
+        chunks = []
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the reply took longer than {self.timeout} s")
+            chunk = response.read1(65536) if hasattr(response, "read1") else response.read(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def _content(answer) -> str | None:
+    """choices[0].message.content when it is text, else None."""
+    try:
+        content = answer["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) else None
