@@ -1,5 +1,6 @@
 """Images, LLaVA-JSON datasets, bad data, truncation, collate and packing."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -142,6 +143,16 @@ def test_dataset_stage2_and_stage1(tmp_path, tok):
         LlavaDataset(path, str(tmp_path), tok, "plain", cfg)
     stage1 = LlavaDataset(write_data(tmp_path, GOOD[2:], "stage1.json"), str(tmp_path), tok, "plain", cfg)
     assert stage1[0]["input_ids"].tolist() == [1, 32000] + tok.encode("Dark.\n")   # instruction dropped
+
+
+@pytest.mark.parametrize("image", ["../outside.png", "/etc/passwd", "sub/../../outside.png"])
+def test_an_image_path_may_not_leave_the_image_root(tmp_path, tok, image):
+    (tmp_path / "outside.png").write_bytes(b"")
+    root = tmp_path / "root"
+    root.mkdir()
+    path = write_data(root, [{"id": "escape", "image": image, "conversations": conv("<image>\nQ", "A")}])
+    with pytest.raises(ValueError, match=f"sample escape: image: '{re.escape(image)}' points outside"):
+        LlavaDataset(path, str(root), tok, "vicuna_v1", tiny_config())
 
 
 def test_jsonl_and_bad_data(tmp_path, tok, capsys):

@@ -491,3 +491,13 @@ def test_failed_save_keeps_the_previous_checkpoint(llama_dir, tmp_path, monkeypa
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "good"]            # no temporary folder left
     after = load_llama(out).state_dict()
     assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_a_shard_index_may_not_point_outside_the_checkpoint(tmp_path):
+    from llava_mini.loading.safetensors_io import CheckpointError, Checkpoint
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (tmp_path / "outside.safetensors").write_bytes(b"")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../outside.safetensors"}}))
+    with pytest.raises(CheckpointError, match="shard file: '../outside.safetensors' points outside"):
+        Checkpoint(str(folder))

@@ -27,6 +27,7 @@ from llava_mini.data.conversation import IGNORE_INDEX, TokenizationMismatch, get
 from llava_mini.data.images import load_image, preprocess_image
 from llava_mini.data.tokenizer import IMAGE_TOKEN, Tokenizer
 from llava_mini.model.config import LlavaConfig
+from llava_mini.safepath import path_inside
 
 # ---------------------------------------------------------------------------------------------------------------
 # Conversations from LLaVA JSON
@@ -182,7 +183,7 @@ class LlavaDataset(torch.utils.data.Dataset):
             cut = f" after truncation to max_length {self.max_length}" if self.max_length is not None else ""
             raise TooLong("no trained token left", f"sample {sample_id}: no trained token left{cut}")
         return {"id": sample_id, "input_ids": input_ids, "labels": labels,
-                "images": [os.path.join(self.image_folder, p) for p in images],
+                "images": [path_inside(self.image_folder, p, f"sample {sample_id}: image") for p in images],
                 "length": expanded_length(input_ids, image_id, n_image)}
 
     def __len__(self) -> int:

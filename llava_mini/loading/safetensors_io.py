@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from llava_mini.jsonio import read_json, write_json
+from llava_mini.safepath import path_inside
 
 SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 PICKLE_FILE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -91,6 +92,10 @@ class Checkpoint:
                 if not isinstance(weight_map, dict):
                     raise CheckpointError(f"{index_path}: no 'weight_map' (key -> shard file)")
                 for shard in sorted(set(weight_map.values())):
+                    try:
+                        path_inside(path, str(shard), f"{index_path}: shard file")
+                    except ValueError as e:
+                        raise CheckpointError(str(e)) from None
                     if not os.path.isfile(os.path.join(path, shard)):
                         raise CheckpointError(f"{index_path}: shard file {shard} is missing")
                 return [os.path.join(path, shard) for shard in sorted(set(weight_map.values()))], index_path, weight_map
