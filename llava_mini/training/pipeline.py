@@ -220,8 +220,11 @@ def run_pipeline(args) -> dict:
     timing = {"stage1": {k: stage1_meta.get(k) for k in ("train_seconds", "seconds_per_step", "tokens_per_s")},
               "stage2": {k: stage2_meta.get(k) for k in ("train_seconds", "seconds_per_step", "tokens_per_s")},
               "stage2_steps": stage2_meta["step"], "stage2_processes": processes}
+    # three held-out images, one of each category: conversation on the first, description on the second, reasoning
+    # on the third (bench.json holds conv, detail, complex per image, in that order)
+    picked = [bench["records"][i] for i in (0, 4, 8) if i < len(bench["records"])] or bench["records"][:3]
     examples = [{"image": r["image"], "question": r["question"], "answer": r["answer"], "truth": references[r["id"]]}
-                for r in bench["records"][:3]]
+                for r in picked]
     report = {"minutes": minutes, "threads": threads, "timing": timing, "caption_loss": caption_loss, "final": final,
               "bases": base_stats, "stage2_mix": mix, "stage2_kinds": list(size.stage2_kinds),
               "results": {k: {"image": v[False]["overall"], "blind": v[True]["overall"],
