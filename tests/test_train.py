@@ -302,6 +302,8 @@ def test_default_pipeline_quick(tmp_path, capsys):
     # it started from the shipped bases, and reports what they can do
     assert saved["bases"]["llama_dir"].endswith(os.path.join("tiny", "tiny-llama")) and "text_qa" in saved["bases"]
     assert set(saved["results"]["shapes world"]["per_phrasing"]) <= {"seen", "heldout"}
+    table = dict(load_script("docs/report_table.py").rows([saved, saved]))     # the README's table, from it
+    assert "(mean of 2:" in table["LLaVA-Bench-style relative score, rule judge (50 held-out images x 3)"]
 
     # Each stage's printed command, run alone, reproduces the pipeline's stage to the bit: the pipeline passes
     # nothing that the preset (--preset quick, read from recipes.QUICK) does not say.

@@ -385,7 +385,8 @@ def write_model_cards(out_dir: str, stats: dict) -> None:
     """A model card (README.md, Hugging Face style) in each base's folder, from what make_tiny measured, and the
     folder's SHA256SUMS (loading/manifest.py), which the pipeline checks before it uses the bases."""
     z, text, qa = stats["sizes"], stats["training_text"], stats["text_qa"]
-    made = (f"- Command: `{stats['command']}`, seed {stats['seed']}\n"
+    made = (f"- Command: `{stats['command']}`, seed {stats['seed']}, on the world of `python -m llava_mini.synth.world "
+            f"--out data/shapes --train 5000 --test 500` and `python -m llava_mini.synth.easyvqa --out data/easyvqa`\n"
             f"- Made in {stats['seconds'] / 60:.1f} min on {stats['machine']} ({stats['processes']} processes)\n"
             f"- Training text: {text['texts']} texts of the shapes world (train scenes only), sha256 "
             f"`{text['sha256'][:16]}...`, {len(text['words'])} distinct words (all in `{BASES_REPORT}`); no held-out "
@@ -428,7 +429,8 @@ the loss on the answers only ({z['sft_steps']} steps; batches of {z['lm_batch']}
 - Hidden {z['text_hidden']}, {z['text_layers']} layers, vocabulary {stats['vocab_size']}
 {made}
 ## Quality (held-out scenes)
-- Held-out loss on the test scenes' captions and questions: {stats['lm_heldout_loss']:.3f}
+- Held-out loss on every token of the test scenes' captions and questions: {stats['lm_heldout_loss']:.3f} (held-out
+  wordings included; instruction tuning trains the answers only, so the other tokens are predicted less well)
 - The text-only premise (`python -m llava_mini.eval.text_qa --llm weights/tiny/tiny-llama`): the held-out short-answer
   questions answered from the scene in words, {qa['overall']:.1%} (n={qa['n']}); """ +
         ", ".join(f"{k} phrasings {v:.1%}" for k, v in qa["per_phrasing"].items()) + "; per type " +
