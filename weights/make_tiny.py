@@ -40,7 +40,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
 
 from llava_mini.data.conversation import get_template, tokenize_conversation  # noqa: E402
-from llava_mini.data.dataset import pack, shuffled_turns  # noqa: E402
+from llava_mini.data.dataset import collate, pack, shuffled_turns  # noqa: E402
 from llava_mini.data.tokenizer import IMAGE_TOKEN, Tokenizer  # noqa: E402
 from llava_mini.eval.text_qa import text_qa  # noqa: E402
 from llava_mini.jsonio import read_json, write_json  # noqa: E402
@@ -244,6 +244,8 @@ def train_llama(config, phases: list[tuple[str, list, int]], *, batch_size: int,
 
     Under torchrun every process draws and packs the same global batch, runs every `world`-th row, and weights its
     mean loss by its share of the batch's trained tokens: the summed gradients are the one-process gradient."""
+    if batch_size < world:
+        raise ValueError(f"the LM batch ({batch_size} samples) must hold at least one per process ({world})")
     torch.manual_seed(seed)
     model = model or init_weights(LlamaForCausalLM(config))
     gen = torch.Generator().manual_seed(seed)
@@ -254,8 +256,9 @@ def train_llama(config, phases: list[tuple[str, list, int]], *, batch_size: int,
         for _ in bar:
             picked = torch.randint(len(samples), (batch_size,), generator=gen).tolist()
             batch = packed_batch([samples[i] for i in picked], block, config.pad_token_id or 0)
-            if len(batch["input_ids"]) < world:
-                raise ValueError(f"a batch of {batch_size} samples packs into fewer rows than {world} processes")
+            if len(batch["input_ids"]) < world:      # too few rows to share: one sample per row (the same loss)
+                batch = collate([{"input_ids": ids, "labels": labels, "pixel_values": torch.empty(0), "id": ""}
+                                 for ids, labels in (samples[i] for i in picked)], config.pad_token_id or 0)
             total = count_trained_tokens(batch["labels"], batch["attention_mask"])
             mine = {k: batch[k][rank::world] for k in ("input_ids", "labels", "attention_mask")}
             share = count_trained_tokens(mine["labels"], mine["attention_mask"]) / total
