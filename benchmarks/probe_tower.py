@@ -1,7 +1,7 @@
 """What a frozen vision tower's patch features know about each object: linear probes for shape, colour and position.
 
-    python benchmarks/probe_tower.py --clip checkpoints/base/tiny-clip --data data/shapes
-    python benchmarks/probe_tower.py --clip checkpoints/base/tiny-clip --random     # same config, untrained: the floor
+    python benchmarks/probe_tower.py --clip weights/tiny/tiny-clip --data data/shapes
+    python benchmarks/probe_tower.py --clip weights/tiny/tiny-clip --random     # same config, untrained: the floor
     python benchmarks/probe_tower.py --llava checkpoints/tiny/final                 # what the trained LLM receives
 
 LLaVA reads the tower's patch features at `--layer` (-2) and never trains the tower, so whatever these features do not
@@ -30,7 +30,7 @@ from weights.tiny_clip import probe_tower  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--clip", default="checkpoints/base/tiny-clip", help="CLIP (or CLIP vision) checkpoint folder")
+    p.add_argument("--clip", default="weights/tiny/tiny-clip", help="CLIP (or CLIP vision) checkpoint folder")
     p.add_argument("--data", default="data/shapes", help="shapes world folder")
     p.add_argument("--train-scenes", type=int, default=2000)
     p.add_argument("--layer", type=int, default=-2, help="hidden-states index LLaVA reads")

@@ -1,9 +1,10 @@
 """Stage 0: train the tiny stand-in bases that LLaVA starts from, because no pretrained CLIP or LLaMA can be
-downloaded here.
+downloaded here. The repository ships the result in weights/tiny (its model cards give the exact command); the
+default pipeline starts from those, and `python train.py --make-bases` runs this instead.
 
     python weights/make_tiny.py                                   # data/shapes -> checkpoints/base/{tiny-clip,tiny-llama}
-    python weights/make_tiny.py --data data/shapes --out checkpoints/base --clip-steps 500 --lm-steps 100   # quicker, weaker
-    python weights/make_tiny.py --extra-text data/easyvqa/train.json    # more LLaVA-JSON text for the tokenizer and LM
+    python weights/make_tiny.py --out weights/tiny --extra-text data/easyvqa/easyvqa_train.json   # remake the shipped ones
+    python weights/make_tiny.py --clip-steps 500 --lm-steps 100 --sft-steps 100   # quicker, weaker
     torchrun --standalone --nproc_per_node 2 weights/make_tiny.py --threads 1   # 2 processes share each batch (gloo)
 
 It makes three things, in the order LLaVA's bases were made (on a much smaller scale):
@@ -11,12 +12,13 @@ It makes three things, in the order LLaVA's bases were made (on a much smaller s
    with `<image>` added as a special token at the end of the vocabulary (weights/tiny_tokenizer.py);
 2. a tiny CLIP (vision + text tower), trained contrastively on the shapes world's image-caption pairs and on
    object-phrase pairs (each object's patches against "small red star at the top left"; see train_clip for why);
-3. a tiny LLaMA, trained on next-token prediction over the world's text without images: captions and the stage-2
-   conversations rendered with the chat template (like Vicuna, it has seen chats before it sees images).
+3. a tiny LLaMA, trained on the world's text without images: pretraining on every token of the captions and the
+   stage-2 conversations (the scene in words where the image will be), then instruction tuning on those
+   conversations with the loss on the answers only (like Vicuna, it chats before it ever sees an image).
 Each is written in the Hugging Face layout (config.json, model.safetensors, tokenizer.json) through the same
 weights.save_* functions, so the real loaders read them exactly as they read openai/clip-vit-large-patch14 or Vicuna.
-It prints the tiny CLIP's zero-shot image->caption and object->phrase retrieval accuracy and the tiny LM's held-out
-loss: both are real models, just small.
+It prints and writes (make_tiny.json, a model card per folder, SHA256SUMS) the tiny CLIP's retrieval accuracy and
+tower probes, and the tiny LM's held-out loss and text-only answers: both are real models, just small.
 """
 from __future__ import annotations
 
