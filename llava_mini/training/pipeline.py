@@ -142,9 +142,9 @@ def stage2_mix(data_dir: str, kinds: tuple, evqa_dir: str | None) -> list[str]:
 
 
 def run_pipeline(args) -> dict:
-    """World data -> tiny bases -> stage 1 -> stage 2 -> evaluation -> report. Each step prints the command that
-    does it alone. The data and the bases are made only when missing (delete the folder to redo them); the two
-    stages always run."""
+    """World data -> tiny bases (the shipped ones, checked) -> stage 1 -> stage 2 -> evaluation -> report. Each step
+    prints the command that does it alone. The data, and with --make-bases the bases, are made only when missing
+    (delete the folder to redo them); the two stages always run."""
     size = QUICK if args.quick else CLASSROOM
     t0 = time.time()
     data_dir, evqa_dir, base_dir, run_dir = pipeline_dirs(args, size)
