@@ -17,8 +17,9 @@ from llava_mini.synth import world
 from llava_mini.training import pipeline
 from llava_mini.training.recipes import BASES_REPORT
 
-make_tiny = load_script("weights/make_tiny.py")
+load_script("weights/make_tiny.py")                      # puts the repository root on sys.path
 import weights.tiny_clip as tiny_clip  # noqa: E402
+import weights.world_text as world_text  # noqa: E402
 
 BASES = os.path.join(ROOT, "weights", "tiny")
 
@@ -65,7 +66,7 @@ def test_the_bases_know_every_word_todays_world_writes(scenes):
     """If the teacher or the world changes its wording, the shipped tokenizer and LM never saw the new words:
     remake the bases (python weights/make_tiny.py --out weights/tiny, see its model cards)."""
     known = set(read_json(os.path.join(BASES, BASES_REPORT))["training_text"]["words"])
-    today = set(make_tiny.world_words("\n".join(make_tiny.read_world_text(scenes, [])["text"])))
+    today = set(world_text.world_words("\n".join(world_text.read_world_text(scenes, [])["text"])))
     assert today <= known, f"words the shipped bases never saw: {sorted(today - known)[:20]}"
 
 

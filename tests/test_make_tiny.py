@@ -20,6 +20,7 @@ from llava_mini.synth import world
 
 make_tiny = load_script("weights/make_tiny.py")          # puts the repository root on sys.path
 import weights.tiny_clip as tiny_clip  # noqa: E402
+import weights.world_text as world_text  # noqa: E402
 
 TEXTS = ["A red circle at the top left and a blue square in the center.",
          "A chat between a curious user and an artificial intelligence assistant. USER: How many objects are there?"
@@ -189,7 +190,7 @@ def test_text_qa_asks_about_the_captions_and_scores_the_answers(tmp_path):
     data = str(tmp_path / "shapes")
     world.generate_dataset(data, 24, 8, seed=0, image_size=32, quiet=True)
     tok_path = str(tmp_path / "tokenizer.json")
-    make_tiny.train_tokenizer(make_tiny.read_world_text(data, [])["text"], vocab_size=400).save(tok_path)
+    make_tiny.train_tokenizer(world_text.read_world_text(data, [])["text"], vocab_size=400).save(tok_path)
     tok = Tokenizer.from_file(tok_path)
     scene = read_json(os.path.join(data, "scenes_test.json"))[0]
     question = read_json(os.path.join(data, "test.json"))[0]

@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import math
 import os
-import platform
 import random
-import re
 import sys
 import time
 
@@ -41,15 +38,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
 
-from llava_mini.data.conversation import get_template, tokenize_conversation  # noqa: E402
-from llava_mini.data.dataset import collate, pack, shuffled_turns  # noqa: E402
-from llava_mini.data.tokenizer import IMAGE_TOKEN, Tokenizer  # noqa: E402
+from llava_mini.data.conversation import tokenize_conversation  # noqa: E402
+from llava_mini.data.dataset import collate, pack  # noqa: E402
+from llava_mini.data.tokenizer import Tokenizer  # noqa: E402
 from llava_mini.eval.text_qa import text_qa  # noqa: E402
 from llava_mini.jsonio import read_json, write_json  # noqa: E402
 from llava_mini.loading import weights  # noqa: E402
-from llava_mini.loading.manifest import write_manifest  # noqa: E402
 from llava_mini.model.clip import CLIPModel, clip_loss  # noqa: E402
-from llava_mini.synth.world import scene_in_words  # noqa: E402
 from llava_mini.model.config import CLIPConfig, CLIPTextConfig, TextConfig, VisionConfig  # noqa: E402
 from llava_mini.model.llama import LlamaForCausalLM, count_trained_tokens  # noqa: E402
 from llava_mini.training.distributed import barrier, gather_with_grad, sum_gradients  # noqa: E402
@@ -58,60 +53,9 @@ from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, BaseSizes  # no
 from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions, load_images,  # noqa: E402
                                object_regions, probe_tower,
                                region_accuracy, region_logits, retrieval_accuracy)
+from weights.model_cards import machine, write_model_cards  # noqa: E402
 from weights.tiny_tokenizer import train_tokenizer  # noqa: E402
-
-CHAT_TEMPLATE = "vicuna_v1"           # the LM learns the stage-2 chat format from text alone
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading the world's text
-
-def strip_image(turns: list[dict]) -> list[dict]:
-    """The conversation without its image: drop the `<image>` placeholder and the newline that goes with it."""
-    return [{**t, "value": t["value"].replace(IMAGE_TOKEN + "\n", "").replace("\n" + IMAGE_TOKEN, "")
-             .replace(IMAGE_TOKEN, "").strip()} for t in turns]
-
-
-def scene_chats(turns: list[dict], context: str | None = None, pairs: int = 3) -> list[list[str]]:
-    """A conversation's turn texts without its image, cut into chats of at most `pairs` question-answer pairs (a
-    short-answer sample asks about twenty). With `context` (the scene in words), the description takes the image's
-    place at the start of each chat's first user turn."""
-    values = [t["value"] for t in strip_image(turns)]
-    chats = [values[i:i + 2 * pairs] for i in range(0, len(values), 2 * pairs)]
-    return [[f"{context}\n{c[0]}" if context else c[0], *c[1:]] for c in chats]
-
-
-def chat_text(turns: list[str]) -> str:
-    """Turn texts rendered as one chat in CHAT_TEMPLATE (what the tokenizer learns from)."""
-    return "".join(seg.text for seg in get_template(CHAT_TEMPLATE).render(turns))
-
-
-def read_world_text(data_dir: str, extra_files: list[str]) -> dict:
-    """Training and held-out text for the tokenizer and the LM, as turn lists (rendered with CHAT_TEMPLATE).
-
-    - "captions": the train scenes' captions, plain text;
-    - "chats": every stage-2 conversation with its scene's captions where the image would be, and the extra
-      LLaVA-JSON files (easy-VQA) as plain chats. The LM first reads all of it (pretraining), then is
-      instruction-tuned on the world's chats with the loss on the answers only, as Vicuna was tuned on chats. So it
-      learns to answer about a scene described before the question; LLaVA later replaces that description by image
-      tokens, and stage 1 teaches the projector to make image tokens the LM can read the same way;
-    - "instructions": the world's chats of the above (the instruction-tuning set);
-    - "test": the test scenes' captions and test questions in the same form (the held-out loss).
-    None of it holds a held-out phrasing (world.generate_dataset writes them into test.json only)."""
-    train_scenes = read_json(os.path.join(data_dir, "scenes_train.json"))
-    test_scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
-    described = {s["id"]: scene_in_words(s) for s in train_scenes + test_scenes}
-    instructions = [chat for e in read_json(os.path.join(data_dir, "stage2.json"))
-                    for chat in scene_chats(shuffled_turns(e, seed=0)["conversations"] if e["id"].endswith("_vqa")
-                                            else e["conversations"], described[e["id"].rsplit("_", 1)[0]])]
-    extra = [chat for path in extra_files for e in read_json(path) for chat in scene_chats(e["conversations"])]
-    held_out = [[f"{described[q['id'].rsplit('_', 1)[0]]}\n{q['question']}", q["answer"]]
-                for q in read_json(os.path.join(data_dir, "test.json"))]
-    return {"captions": [c for s in train_scenes for c in s["captions"]], "chats": instructions + extra,
-            "instructions": instructions,
-            "text": [c for s in train_scenes for c in s["captions"]] + [chat_text(c) for c in instructions + extra],
-            "test": [c for s in test_scenes for c in s["captions"]] + [chat_text(c) for c in held_out],
-            "train_scenes": train_scenes, "test_scenes": test_scenes}
+from weights.world_text import CHAT_TEMPLATE, read_world_text, text_fingerprint  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -384,86 +328,6 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
               (f" ({world} processes)" if world > 1 else ""))
     barrier(world)                                    # nobody leaves before the files are there
     return stats
-
-
-def write_model_cards(out_dir: str, stats: dict) -> None:
-    """A model card (README.md, Hugging Face style) in each base's folder, from what make_tiny measured, and the
-    folder's SHA256SUMS (loading/manifest.py), which the pipeline checks before it uses the bases."""
-    z, text, qa = stats["sizes"], stats["training_text"], stats["text_qa"]
-    made = (f"- Command: `{stats['command']}`, seed {stats['seed']}, on the world of `python -m llava_mini.synth.world "
-            f"--out data/shapes --train 5000 --test 500` and `python -m llava_mini.synth.easyvqa --out data/easyvqa`\n"
-            f"- Made in {stats['seconds'] / 60:.1f} min on {stats['machine']} ({stats['processes']} processes)\n"
-            f"- Training text: {text['texts']} texts of the shapes world (train scenes only), sha256 "
-            f"`{text['sha256'][:16]}...`, {len(text['words'])} distinct words (all in `{BASES_REPORT}`); no held-out "
-            f"phrasing and no test scene is in it\n")
-    cards = {
-        "tiny-clip": f"""---
-library_name: llava_mini
-tags: [clip, vision, synthetic-data]
----
-# tiny-clip: the classroom's stand-in for openai/clip-vit-large-patch14-336
-
-A CLIP (ViT vision tower + text tower) trained from scratch, contrastively, on the shapes world's image-caption pairs
-and object-phrase pairs, with shape- and position-swapped phrases as hard negatives (weights/make_tiny.py,
-train_clip). Hugging Face's CLIP layout: `transformers.CLIPModel.from_pretrained` and `llava_mini.loading.weights
-.load_clip` both read it. LLaVA reads the vision tower's layer -2 patch features and never trains it.
-
-- Vision: {z['image_size']} px images, {z['patch_size']} px patches ({(z['image_size'] // z['patch_size']) ** 2} image
-  tokens), hidden {z['vision_hidden']}, {z['vision_layers']} layers; {z['clip_steps']} steps of batch {z['clip_batch']},
-  lr {z['clip_lr']}
-{made}
-## Quality (held-out scenes)
-- Zero-shot image->caption retrieval, top-1 among {stats['clip_retrieval_pool']}: {stats['clip_retrieval_top1']:.1%}
-- Object->phrase retrieval: {stats['clip_region_top1']:.1%}
-- Linear probes of each object in the layer -2 patch features (`python benchmarks/probe_tower.py --clip
-  weights/tiny/tiny-clip`): """ + ", ".join(f"{k} {v:.1%}" for k, v in stats["tower_probes"].items()) + "\n",
-        "tiny-llama": f"""---
-library_name: llava_mini
-tags: [llama, text-generation, synthetic-data]
----
-# tiny-llama: the classroom's stand-in for Vicuna
-
-A LLaMA (RMSNorm, RoPE, SwiGLU, grouped-query attention, tied embeddings) with a LLaMA-style BPE tokenizer (`<s>`,
-`</s>`, byte fallback, `<image>` added), trained from scratch in two phases (weights/make_tiny.py, train_llama):
-pretraining on all the world's text ({z['lm_steps']} steps), then instruction tuning on the world's conversations,
-detailed descriptions, complex reasoning and short answers with the scene given in words where the image will be,
-the loss on the answers only ({z['sft_steps']} steps; batches of {z['lm_batch']} samples packed into rows of
-{z['lm_block']} tokens, lr {z['lm_lr']}). Chat template: vicuna_v1. Hugging Face's LLaMA layout:
-`transformers.LlamaForCausalLM.from_pretrained` and `llava_mini.loading.weights.load_llama` both read it.
-
-- Hidden {z['text_hidden']}, {z['text_layers']} layers, vocabulary {stats['vocab_size']}
-{made}
-## Quality (held-out scenes)
-- Held-out loss on every token of the test scenes' captions and questions: {stats['lm_heldout_loss']:.3f} (held-out
-  wordings included; instruction tuning trains the answers only, so the other tokens are predicted less well)
-- The text-only premise (`python -m llava_mini.eval.text_qa --llm weights/tiny/tiny-llama`): the held-out short-answer
-  questions answered from the scene in words, {qa['overall']:.1%} (n={qa['n']}); """ +
-        ", ".join(f"{k} phrasings {v:.1%}" for k, v in qa["per_phrasing"].items()) + "; per type " +
-        ", ".join(f"{k} {v:.1%}" for k, v in qa["per_type"].items()) + "\n",
-    }
-    for name, card in cards.items():
-        with open(os.path.join(out_dir, name, "README.md"), "w") as f:
-            f.write(card)
-    write_manifest(out_dir)
-
-
-def machine() -> str:
-    """Where the bases were made, for their model cards."""
-    return (f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cores, "
-            f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
-
-
-def text_fingerprint(texts: list[str]) -> dict:
-    """Which version of the world's text the bases learned: its sha256, and every word in it (a test checks that
-    today's world writes no word the shipped bases never saw)."""
-    joined = "\n".join(texts)
-    return {"texts": len(texts), "sha256": hashlib.sha256(joined.encode()).hexdigest(),
-            "words": sorted(set(world_words(joined)))}
-
-
-def world_words(text: str) -> list[str]:
-    """The words of a text, lower case ("A red circle." -> ["a", "red", "circle"])."""
-    return re.findall(r"[a-z]+", text.lower())
 
 
 def main(argv=None):

@@ -282,6 +282,28 @@ def pack(samples: list, max_length: int, pad_id: int) -> dict:
             "pixel_values": _stack_images(ordered), "ids": [s["id"] for s in ordered]}
 
 
+def micro_batches(samples: list, micro_batch_size: int, pad_id: int, image_token_id: int,
+                  pack_length: int | None = None) -> list[dict]:
+    """A process's share of a global batch as model inputs: padded micro-batches, or with `pack_length` rows packed
+    to that length, fed micro_batch_size rows at a time."""
+    if pack_length:
+        rows = pack(samples, pack_length, pad_id)
+        n = rows["input_ids"].shape[0]
+        return [slice_rows(rows, s, s + micro_batch_size, image_token_id) for s in range(0, n, micro_batch_size)]
+    return [collate(samples[s:s + micro_batch_size], pad_id) for s in range(0, len(samples), micro_batch_size)]
+
+
+def slice_rows(rows: dict, start: int, stop: int, image_token_id: int) -> dict:
+    """Rows start:stop of a batch, with their images (pixel_values are in placeholder order, row by row)."""
+    ids = rows["input_ids"]
+    images_before = int((ids[:start] == image_token_id).sum())
+    images_in = int((ids[start:stop] == image_token_id).sum())
+    pixels = rows["pixel_values"]
+    return {"input_ids": ids[start:stop], "labels": rows["labels"][start:stop],
+            "attention_mask": rows["attention_mask"][start:stop],
+            "pixel_values": None if pixels is None or images_in == 0 else pixels[images_before:images_before + images_in]}
+
+
 class LengthGroupedBatchSampler(torch.utils.data.Sampler):
     """Batches of similar length (less padding): shuffle, cut into mega-batches of `batch_size * group` indices,
     sort each by length, split into batches, shuffle the batches. Deterministic given seed and epoch."""

@@ -15,6 +15,8 @@ import shutil
 import numpy as np
 import torch
 
+from llava_mini.jsonio import read_json
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.pt"     # optimizer, scheduler, RNG states, data position
 
@@ -74,6 +76,27 @@ def list_checkpoints(out_dir: str) -> list[str]:
 def latest_checkpoint(out_dir: str) -> str | None:
     found = list_checkpoints(out_dir)
     return found[-1] if found else None
+
+
+RESUME_MUST_MATCH = ("stage", "recipe", "data", "seed")   # what an exact resume needs unchanged
+
+
+def check_resume(checkpoint_dir: str, now: dict) -> None:
+    """Refuse to resume with a recipe, data or seed other than the checkpoint's (`now`: the run's llava_mini.json
+    metadata): the schedule, the data order and the step count would no longer be the ones the run started with."""
+    saved = read_json(os.path.join(checkpoint_dir, "llava_mini.json"))
+    for field in RESUME_MUST_MATCH:
+        if field not in saved:
+            continue
+        changed = [k for k in now["recipe"] if saved["recipe"].get(k) != now["recipe"][k]] if field == "recipe" else []
+        if changed:
+            k = changed[0]
+            raise SystemExit(f"--resume from {checkpoint_dir}: the recipe's {k} was {saved['recipe'].get(k)!r}, the "
+                             f"command line now gives {now['recipe'][k]!r}; an exact resume needs the same recipe "
+                             f"(drop the override, or start a new --out)")
+        if field != "recipe" and saved[field] != now[field]:
+            raise SystemExit(f"--resume from {checkpoint_dir}: {field} was {saved[field]!r}, the command line now "
+                             f"gives {now[field]!r}; an exact resume needs the same {field} (or start a new --out)")
 
 
 def load_trainer_state(checkpoint_dir: str) -> dict:

@@ -26,9 +26,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from llava_mini.data.dataset import LengthGroupedBatchSampler, LlavaDataset, collate, pack
+from llava_mini.data.dataset import LengthGroupedBatchSampler, LlavaDataset, collate, micro_batches
 from llava_mini.data.tokenizer import Tokenizer
-from llava_mini.jsonio import read_json
 from llava_mini.loading import weights
 from llava_mini.model.config import LlavaConfig
 from llava_mini.model.llama import count_trained_tokens
@@ -36,6 +35,7 @@ from llava_mini.model.llava import LlavaForConditionalGeneration
 from llava_mini.model.projector import LlavaMultiModalProjector
 from llava_mini.training.args import recipe
 from llava_mini.training.checkpoints import (
+    check_resume,
     latest_checkpoint,
     load_trainer_state,
     rng_state,
@@ -108,27 +108,6 @@ def build_dataset(args, r: StageRecipe, tokenizer: Tokenizer, config: LlavaConfi
     parts = [LlavaDataset(path, root, tokenizer, r.template, config, max_length=r.max_length,
                           skip_bad=args.skip_bad) for path, root in zip(args.data, roots)]
     return torch.utils.data.ConcatDataset(parts), [n for d in parts for n in d.lengths]
-
-
-def micro_batches(samples: list, r: StageRecipe, args, pad_id: int, image_token_id: int) -> list[dict]:
-    """This process's share of a global batch, as model inputs: padded micro-batches, or packed rows."""
-    if args.pack:
-        # Pack into rows of max_length, then feed micro_batch_size rows at a time.
-        rows = pack(samples, r.max_length, pad_id)
-        n = rows["input_ids"].shape[0]
-        return [slice_rows(rows, s, s + r.micro_batch_size, image_token_id) for s in range(0, n, r.micro_batch_size)]
-    return [collate(samples[s:s + r.micro_batch_size], pad_id) for s in range(0, len(samples), r.micro_batch_size)]
-
-
-def slice_rows(rows: dict, start: int, stop: int, image_token_id: int) -> dict:
-    """Rows start:stop of a batch, with their images (pixel_values are in placeholder order, row by row)."""
-    ids = rows["input_ids"]
-    images_before = int((ids[:start] == image_token_id).sum())
-    images_in = int((ids[start:stop] == image_token_id).sum())
-    pixels = rows["pixel_values"]
-    return {"input_ids": ids[start:stop], "labels": rows["labels"][start:stop],
-            "attention_mask": rows["attention_mask"][start:stop],
-            "pixel_values": None if pixels is None or images_in == 0 else pixels[images_before:images_before + images_in]}
 
 
 def model_inputs(batch: dict, device) -> dict:
@@ -243,32 +222,9 @@ def setup(args) -> Run:
                optimizer, scheduler, total_steps, heldout)
 
 
-RESUME_MUST_MATCH = ("stage", "recipe", "data", "seed")   # what an exact resume needs unchanged
-
-
-def check_resume(run: Run, checkpoint_dir: str) -> None:
-    """Refuse to resume with a recipe, data or seed other than the checkpoint's: the schedule, the data order and
-    the step count would no longer be the ones the run started with, and it would finish early or wrongly."""
-    saved = read_json(os.path.join(checkpoint_dir, "llava_mini.json"))
-    now = run.meta(0)
-    for field in RESUME_MUST_MATCH:
-        if field not in saved:
-            continue
-        if field == "recipe":
-            changed = [k for k in now["recipe"] if saved["recipe"].get(k) != now["recipe"][k]]
-            if changed:
-                k = changed[0]
-                raise SystemExit(f"--resume from {checkpoint_dir}: the recipe's {k} was {saved['recipe'].get(k)!r}, "
-                                 f"the command line now gives {now['recipe'][k]!r}; an exact resume needs the same "
-                                 f"recipe (drop the override, or start a new --out)")
-        elif saved[field] != now[field]:
-            raise SystemExit(f"--resume from {checkpoint_dir}: {field} was {saved[field]!r}, the command line now "
-                             f"gives {now[field]!r}; an exact resume needs the same {field} (or start a new --out)")
-
-
 def restore(run: Run, checkpoint_dir: str) -> int:
     """Optimizer, schedule and RNG states from a checkpoint (the weights came with setup). Returns its step."""
-    check_resume(run, checkpoint_dir)
+    check_resume(checkpoint_dir, run.meta(0))
     state = load_trainer_state(checkpoint_dir)
     load_optimizer_state(run.net, run.optimizer, state["optimizer"], run.args, run.world)
     run.scheduler.load_state_dict(state["scheduler"])
@@ -322,7 +278,8 @@ def train_step(run: Run, step: int, autocast) -> tuple[torch.Tensor, torch.Tenso
     mine = [s for s in mine if s is not None]                     # samples whose image --skip-bad skipped
     if not mine:
         raise ValueError(f"step {step + 1}: every sample of this process's share of the batch was skipped (bad images)")
-    batches = micro_batches(mine, run.recipe, run.args, run.tokenizer.pad_id, run.model.config.image_token_index)
+    batches = micro_batches(mine, run.recipe.micro_batch_size, run.tokenizer.pad_id,
+                            run.model.config.image_token_index, run.recipe.max_length if run.args.pack else None)
     n_tokens = all_reduce_sum(torch.tensor(float(sum(trained_tokens(b) for b in batches))), run.world)
     step_loss = torch.zeros((), dtype=torch.float64)
     for k, batch in enumerate(batches):

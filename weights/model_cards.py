@@ -1,0 +1,82 @@
+"""Model cards for the tiny bases: a README.md (Hugging Face style) per folder from what make_tiny measured, and
+the folder's SHA256SUMS, which the pipeline checks before it uses the bases.
+
+    write_model_cards("weights/tiny", read_json("weights/tiny/make_tiny.json"))
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import torch
+
+from llava_mini.loading.manifest import write_manifest
+from llava_mini.training.recipes import BASES_REPORT
+
+
+def write_model_cards(out_dir: str, stats: dict) -> None:
+    """A model card (README.md, Hugging Face style) in each base's folder, from what make_tiny measured, and the
+    folder's SHA256SUMS (loading/manifest.py), which the pipeline checks before it uses the bases."""
+    z, text, qa = stats["sizes"], stats["training_text"], stats["text_qa"]
+    made = (f"- Command: `{stats['command']}`, seed {stats['seed']}, on the world of `python -m llava_mini.synth.world "
+            f"--out data/shapes --train 5000 --test 500` and `python -m llava_mini.synth.easyvqa --out data/easyvqa`\n"
+            f"- Made in {stats['seconds'] / 60:.1f} min on {stats['machine']} ({stats['processes']} processes)\n"
+            f"- Training text: {text['texts']} texts of the shapes world (train scenes only), sha256 "
+            f"`{text['sha256'][:16]}...`, {len(text['words'])} distinct words (all in `{BASES_REPORT}`); no held-out "
+            f"phrasing and no test scene is in it\n")
+    cards = {
+        "tiny-clip": f"""---
+library_name: llava_mini
+tags: [clip, vision, synthetic-data]
+---
+# tiny-clip: the classroom's stand-in for openai/clip-vit-large-patch14-336
+
+A CLIP (ViT vision tower + text tower) trained from scratch, contrastively, on the shapes world's image-caption pairs
+and object-phrase pairs, with shape- and position-swapped phrases as hard negatives (weights/make_tiny.py,
+train_clip). Hugging Face's CLIP layout: `transformers.CLIPModel.from_pretrained` and `llava_mini.loading.weights
+.load_clip` both read it. LLaVA reads the vision tower's layer -2 patch features and never trains it.
+
+- Vision: {z['image_size']} px images, {z['patch_size']} px patches ({(z['image_size'] // z['patch_size']) ** 2} image
+  tokens), hidden {z['vision_hidden']}, {z['vision_layers']} layers; {z['clip_steps']} steps of batch {z['clip_batch']},
+  lr {z['clip_lr']}
+{made}
+## Quality (held-out scenes)
+- Zero-shot image->caption retrieval, top-1 among {stats['clip_retrieval_pool']}: {stats['clip_retrieval_top1']:.1%}
+- Object->phrase retrieval: {stats['clip_region_top1']:.1%}
+- Linear probes of each object in the layer -2 patch features (`python benchmarks/probe_tower.py --clip
+  weights/tiny/tiny-clip`): """ + ", ".join(f"{k} {v:.1%}" for k, v in stats["tower_probes"].items()) + "\n",
+        "tiny-llama": f"""---
+library_name: llava_mini
+tags: [llama, text-generation, synthetic-data]
+---
+# tiny-llama: the classroom's stand-in for Vicuna
+
+A LLaMA (RMSNorm, RoPE, SwiGLU, grouped-query attention, tied embeddings) with a LLaMA-style BPE tokenizer (`<s>`,
+`</s>`, byte fallback, `<image>` added), trained from scratch in two phases (weights/make_tiny.py, train_llama):
+pretraining on all the world's text ({z['lm_steps']} steps), then instruction tuning on the world's conversations,
+detailed descriptions, complex reasoning and short answers with the scene given in words where the image will be,
+the loss on the answers only ({z['sft_steps']} steps; batches of {z['lm_batch']} samples packed into rows of
+{z['lm_block']} tokens, lr {z['lm_lr']}). Chat template: vicuna_v1. Hugging Face's LLaMA layout:
+`transformers.LlamaForCausalLM.from_pretrained` and `llava_mini.loading.weights.load_llama` both read it.
+
+- Hidden {z['text_hidden']}, {z['text_layers']} layers, vocabulary {stats['vocab_size']}
+{made}
+## Quality (held-out scenes)
+- Held-out loss on every token of the test scenes' captions and questions: {stats['lm_heldout_loss']:.3f} (held-out
+  wordings included; instruction tuning trains the answers only, so the other tokens are predicted less well)
+- The text-only premise (`python -m llava_mini.eval.text_qa --llm weights/tiny/tiny-llama`): the held-out short-answer
+  questions answered from the scene in words, {qa['overall']:.1%} (n={qa['n']}); """ +
+        ", ".join(f"{k} phrasings {v:.1%}" for k, v in qa["per_phrasing"].items()) + "; per type " +
+        ", ".join(f"{k} {v:.1%}" for k, v in qa["per_type"].items()) + "\n",
+    }
+    for name, card in cards.items():
+        with open(os.path.join(out_dir, name, "README.md"), "w") as f:
+            f.write(card)
+    write_manifest(out_dir)
+
+
+def machine() -> str:
+    """Where the bases were made, for their model cards."""
+    return (f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
