@@ -14,13 +14,13 @@ same however long the conversation already is. Tokens are printed as they are ge
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import sys
 
 import torch
 
+from llava_mini import cli
 from llava_mini.data.conversation import TEMPLATES, get_template, stop_token_ids, tokenize_next_turn, tokenize_prompt
 from llava_mini.data.images import load_image, preprocess_image
 from llava_mini.loading.weights import load_checkpoint
@@ -158,17 +158,17 @@ def run_chat(session: ChatSession, lines, out=sys.stdout) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Chat with a LLaVA model about an image.")
+    p = cli.ArgumentParser(description="Chat with a LLaVA model about an image.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint folder (default {DEFAULT_MODEL})")
     p.add_argument("--vision-tower", help="CLIP folder, for an original-LLaVA-layout checkpoint")
     p.add_argument("--image", help=f"image file (default: the first image in {DEFAULT_IMAGES})")
     p.add_argument("--template", choices=sorted(TEMPLATES),
                    help="conversation template (default: the one stored with the checkpoint)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set of tokens with this mass")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="length limit of each answer")
+    p.add_argument("--temperature", type=cli.non_negative_float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=cli.probability, default=1.0, help="sample from the smallest set of tokens with this mass")
+    p.add_argument("--max-new-tokens", type=cli.positive_int, default=256, help="length limit of each answer")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--seed", type=int, default=0, help="for sampling (temperature > 0)")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0, help="for sampling (temperature > 0)")
     p.add_argument("--prompt", help="ask one question, print the answer and exit")
     args = p.parse_args(argv)
 
@@ -205,4 +205,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -25,6 +25,7 @@ import os
 # other busy process ran 15x slower than with passive waiting). Must be set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from llava_mini import cli  # noqa: E402
 from llava_mini.training.args import parse_args  # noqa: E402
 
 
@@ -38,4 +39,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

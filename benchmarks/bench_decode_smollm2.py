@@ -7,7 +7,6 @@ the same chatml prompt, and decode greedily with a KV cache for exactly --new-to
 time covers the prompt (prefill) and every decoding step. The runs alternate between the two so that a busy machine
 slows both alike; the best of --repeats is reported, with the ratio. Needs transformers (requirements-dev.txt).
 """
-import argparse
 import os
 import sys
 import time
@@ -16,6 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from llava_mini import cli  # noqa: E402
 from llava_mini.data.conversation import tokenize_prompt  # noqa: E402
 from llava_mini.data.tokenizer import Tokenizer  # noqa: E402
 from llava_mini.loading import hub  # noqa: E402
@@ -39,12 +39,12 @@ def timed(fn, *args):
     return time.perf_counter() - start, result
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = p.parse_args()
+def main(argv=None):
+    p = cli.ArgumentParser()
+    p.add_argument("--new-tokens", type=cli.positive_int, default=64)
+    p.add_argument("--repeats", type=cli.positive_int, default=3)
+    p.add_argument("--threads", type=cli.positive_int, default=torch.get_num_threads())
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     import transformers
@@ -76,4 +76,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -13,7 +13,6 @@ included in our decode time. Needs `transformers` (requirements-dev.txt). Runs f
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -23,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # run from anywhere
 
+from llava_mini import cli  # noqa: E402
 from llava_mini.model.attention import set_attention_backend  # noqa: E402
 from llava_mini.model.config import TextConfig  # noqa: E402
 from llava_mini.model.llama import LlamaForCausalLM  # noqa: E402
@@ -43,21 +43,21 @@ def timed(fn, device, repeats):
     return statistics.median(times)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None):
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--intermediate", type=int, default=None, help="default: about 2.7 x hidden")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--kv-heads", type=int, default=2)
-    parser.add_argument("--vocab", type=int, default=2048)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--hidden", type=cli.positive_int, default=256)
+    parser.add_argument("--intermediate", type=cli.positive_int, default=None, help="default: about 2.7 x hidden")
+    parser.add_argument("--layers", type=cli.positive_int, default=4)
+    parser.add_argument("--heads", type=cli.positive_int, default=4)
+    parser.add_argument("--kv-heads", type=cli.positive_int, default=2)
+    parser.add_argument("--vocab", type=cli.positive_int, default=2048)
+    parser.add_argument("--batch", type=cli.positive_int, default=2)
+    parser.add_argument("--seq", type=cli.positive_int, default=256)
+    parser.add_argument("--new-tokens", type=cli.positive_int, default=32)
+    parser.add_argument("--repeats", type=cli.positive_int, default=3)
+    args = parser.parse_args(argv)
 
     import transformers  # the reference; only needed here and in the tests
 
@@ -98,4 +98,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -21,6 +21,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)          # run from anywhere without installing the package
 
+from llava_mini import cli  # noqa: E402
+
 CHILD = r"""
 import json, re, sys, time
 import torch
@@ -80,15 +82,15 @@ def write_checkpoint(args) -> tuple[str, int]:
     return path, size
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--intermediate", type=int, default=2816)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=32000)
+def main(argv=None):
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=cli.positive_int, default=1024)
+    parser.add_argument("--intermediate", type=cli.positive_int, default=2816)
+    parser.add_argument("--layers", type=cli.positive_int, default=8)
+    parser.add_argument("--vocab", type=cli.positive_int, default=32000)
     parser.add_argument("--shard-size", default="200MB")
     parser.add_argument("--out", default="/tmp/llava_mini_bench")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     path, size = write_checkpoint(args)
     mb = 1e6
@@ -104,4 +106,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

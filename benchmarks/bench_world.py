@@ -6,7 +6,6 @@ Times each stage separately (sample a scene, render it, encode the PNG, run the 
 questions on its symbolic form) and prints scenes per minute for each and for the whole pipeline.
 Everything runs in this one process, single-threaded.
 """
-import argparse
 import io
 import os
 import random
@@ -15,16 +14,17 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from llava_mini import cli  # noqa: E402
 from llava_mini.synth import world  # noqa: E402
 from llava_mini.synth.teacher import AnswerBalancer, RuleTeacher, short_answer_questions  # noqa: E402
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--scenes", type=int, default=2000)
-    p.add_argument("--image-size", type=int, default=64)
+def main(argv=None):
+    p = cli.ArgumentParser()
+    p.add_argument("--scenes", type=cli.positive_int, default=2000)
+    p.add_argument("--image-size", type=cli.positive_int, default=64)
     p.add_argument("--rotate", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     cfg = world.WorldConfig(image_size=args.image_size, rotate=args.rotate)
     vocab = world.vocabulary(cfg)
     teacher, balancer = RuleTeacher(vocab), AnswerBalancer(random.Random(1))
@@ -55,4 +55,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -12,7 +12,6 @@ shape, colour) are probed; counts and yes/no are left out. Chance is 1 / the num
 If the tower probe is high and these are low, the answer's information reaches the LLM but is not gathered where
 the answer is spoken: the failure is the LLM's look-up or readout, not the features (docs/EXPERIMENTS.md, "Where position is lost").
 """
-import argparse
 import os
 import sys
 from collections import defaultdict
@@ -22,6 +21,7 @@ import torch
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
+from llava_mini import cli  # noqa: E402
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, tokenize_prompt  # noqa: E402
 from llava_mini.data.images import load_image, preprocess_image  # noqa: E402
 from llava_mini.data.tokenizer import Tokenizer  # noqa: E402
@@ -103,10 +103,10 @@ def probe_answers(model, tokenizer, data_dir: str, template: str, n_train: int =
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="checkpoints/tiny/final", help="a trained LLaVA checkpoint folder")
     p.add_argument("--data", default="data/shapes", help="shapes world folder (stage2.json, test.json, images)")
-    p.add_argument("--train-questions", type=int, default=1500, help="per kind, to fit each probe")
+    p.add_argument("--train-questions", type=cli.positive_int, default=1500, help="per kind, to fit each probe")
     args = p.parse_args(argv)
     model = weights.load_llava(args.model).eval()
     tokenizer = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
@@ -119,4 +119,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -13,7 +13,6 @@ A probe standardises every direction first, so it finds an attribute however qui
 RMSNorm scales each token as a whole. So each attribute's share of the features' variance is printed too
 (variance_shares); after stage 2, colour is most of it (docs/EXPERIMENTS.md: what stage 2 does to the projector).
 """
-import argparse
 import os
 import sys
 
@@ -22,6 +21,7 @@ import torch
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
+from llava_mini import cli  # noqa: E402
 from llava_mini.loading import weights  # noqa: E402
 from llava_mini.model.clip import CLIPVisionModel  # noqa: E402
 from weights.make_tiny import init_weights  # noqa: E402
@@ -29,10 +29,10 @@ from weights.tiny_clip import probe_tower  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clip", default="weights/tiny/tiny-clip", help="CLIP (or CLIP vision) checkpoint folder")
     p.add_argument("--data", default="data/shapes", help="shapes world folder")
-    p.add_argument("--train-scenes", type=int, default=2000)
+    p.add_argument("--train-scenes", type=cli.positive_int, default=2000)
     p.add_argument("--layer", type=int, default=-2, help="hidden-states index LLaVA reads")
     p.add_argument("--random", action="store_true", help="probe an untrained tower of the same config instead")
     p.add_argument("--llava", help="probe what a trained LLaVA model's LLM receives (its projector's outputs)")
@@ -55,4 +55,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

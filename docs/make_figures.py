@@ -13,7 +13,6 @@ Figures:
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import random
@@ -28,6 +27,8 @@ from matplotlib.patches import FancyBboxPatch, Rectangle  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from llava_mini import cli  # noqa: E402
 OUT = os.path.join(REPO, "docs", "img")
 PNG = {"metadata": {"Software": None}, "dpi": 110}     # no version string: the same figure gives the same bytes
 
@@ -178,7 +179,7 @@ def attention_figure(run: str, data: str, path: str, image_id: str = "shapes_tes
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", help="a pipeline run folder (checkpoints/tiny): loss curves and an attention map")
     p.add_argument("--data", default="data/shapes", help="the world data of that run (for the attention map)")
     p.add_argument("--out", default=OUT)
@@ -196,4 +197,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

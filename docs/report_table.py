@@ -7,12 +7,12 @@ With several reports (seeds), each accuracy is followed by the mean over all of 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from llava_mini import cli  # noqa: E402
 from llava_mini.jsonio import read_json  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def rows(reports: list[dict]) -> list[tuple[str, str]]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("reports", nargs="+", help="report.json files; the first is the one shown")
     reports = [read_json(path) for path in p.parse_args(argv).reports]
     print("| measurement | result |\n|---|---|")
@@ -66,4 +66,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

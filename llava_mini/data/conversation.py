@@ -24,6 +24,7 @@ Tokenizers without a prefix space (byte-level BPE, chatml) encode every segment 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from llava_mini.data.tokenizer import IMAGE_TOKEN, Tokenizer
@@ -48,6 +49,23 @@ class TokenizationMismatch(ValueError):
 class Segment:
     text: str
     train: bool          # True: the model learns to say this text (its tokens keep their labels)
+    turn_spans: tuple[tuple[int, int], ...] = ()   # (start, end) of each turn's own words in `text`
+
+
+class Turn(str):
+    """A turn's own words (what a user typed, what a data file holds) inside a template's markup. They are
+    tokenized as text: a question holding "</s>" or "<|im_end|>" cannot end its turn or start a new one. Only
+    `<image>` keeps its id, because data files write it on purpose to place the image."""
+
+
+def segment(train: bool, *parts: str) -> Segment:
+    """A Segment from markup strings and Turn texts, remembering where the Turns lie."""
+    text, spans = "", []
+    for part in parts:
+        if isinstance(part, Turn):
+            spans.append((len(text), len(text) + len(part)))
+        text += part
+    return Segment(text, train, tuple(spans))
 
 
 @dataclass(frozen=True)
@@ -81,7 +99,7 @@ class Template:
         image = IMAGE_TOKEN * turns[0].count(IMAGE_TOKEN)
         segments = [Segment(image, False)]
         if len(turns) == 2:
-            segments.append(Segment(turns[1] + "\n", True))
+            segments.append(segment(True, Turn(turns[1]), "\n"))
         return segments
 
     def _render_sep(self, turns):
@@ -91,9 +109,9 @@ class Template:
         segments = []
         for i in range(0, len(turns), 2):
             head = f"{self.system} " if i == 0 else ""
-            segments.append(Segment(f"{head}USER: {turns[i]} ASSISTANT:", False))
+            segments.append(segment(False, f"{head}USER: ", Turn(turns[i]), " ASSISTANT:"))
             if i + 1 < len(turns):
-                segments.append(Segment(f" {turns[i + 1]}{self.stop}", True))
+                segments.append(segment(True, " ", Turn(turns[i + 1]), self.stop))
         return segments
 
     def _render_chatml(self, turns):
@@ -103,11 +121,11 @@ class Template:
         if self.system:
             pending = f"<|im_start|>system\n{self.system}<|im_end|>\n"
         for i in range(0, len(turns), 2):
-            pending += f"<|im_start|>user\n{turns[i]}<|im_end|>\n<|im_start|>assistant\n"
-            segments.append(Segment(pending, False))
+            segments.append(segment(False, pending, "<|im_start|>user\n", Turn(turns[i]),
+                                    "<|im_end|>\n<|im_start|>assistant\n"))
             pending = ""
             if i + 1 < len(turns):
-                segments.append(Segment(f"{turns[i + 1]}{self.stop}", True))
+                segments.append(segment(True, Turn(turns[i + 1]), self.stop))
                 pending = "\n"
         segments.append(Segment(pending, False))
         return segments
@@ -134,6 +152,34 @@ def get_template(name: str) -> Template:
         raise ValueError(f"unknown template {name!r}; choose one of {sorted(TEMPLATES)}") from None
 
 
+def _encode(tokenizer: Tokenizer, text: str, turn_spans=()) -> list[int]:
+    """Token ids of template text: the markup's special tokens are their ids, the turns' words (`turn_spans`) are
+    tokenized as text (Turn). The text is cut only at the markup's special tokens, where the tokenizer starts a new
+    chunk anyway, so text without special tokens in its turns encodes exactly as tokenizer.encode(text)."""
+    specials = tokenizer.special_tokens
+    pattern = "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))
+    ids, start = [], 0
+    for m in re.finditer(pattern, text):
+        if any(a <= m.start() < b for a, b in turn_spans):
+            continue                                    # written by the user: text
+        if start < m.start():
+            ids += tokenizer.encode(text[start:m.start()], special_tokens=False)
+        ids.append(specials[m.group()])
+        start = m.end()
+    if start < len(text):
+        ids += tokenizer.encode(text[start:], special_tokens=False)
+    return ids
+
+
+def _joined(segments: list[Segment]) -> tuple[str, list[tuple[int, int]]]:
+    """The segments' text as one, with their turn spans moved to where they land in it."""
+    text, spans = "", []
+    for seg in segments:
+        spans += [(a + len(text), b + len(text)) for a, b in seg.turn_spans]
+        text += seg.text
+    return text, spans
+
+
 def _tokenize_segments(tokenizer: Tokenizer, segments: list[Segment], start_ids: list[int]):
     """Tokens of each segment, encoded alone (see the module docstring for the prefix-space rule)."""
     pieces = []
@@ -141,10 +187,11 @@ def _tokenize_segments(tokenizer: Tokenizer, segments: list[Segment], start_ids:
     if start_ids:
         after_special = start_ids[-1] in tokenizer.special_ids
     for seg in segments:
-        text = seg.text
+        text, spans = seg.text, seg.turn_spans
         if tokenizer.adds_prefix_space and not after_special and text.startswith(" "):
-            text = text[1:]     # the "▁" the tokenizer prepends stands for this space
-        ids = tokenizer.encode(text)
+            # the "▁" the tokenizer prepends stands for this space
+            text, spans = text[1:], tuple((max(0, a - 1), b - 1) for a, b in spans)
+        ids = _encode(tokenizer, text, spans)
         pieces.append(ids)
         if ids:
             after_special = ids[-1] in tokenizer.special_ids
@@ -183,7 +230,7 @@ def tokenize_conversation(tokenizer: Tokenizer, turns: list[str], template: Temp
     for seg, ids in zip(segments, _tokenize_segments(tokenizer, segments, start)):
         input_ids += ids
         labels += [t if seg.train and t != tokenizer.image_token_id else IGNORE_INDEX for t in ids]
-    whole = tokenizer.encode("".join(s.text for s in segments), add_bos=template.add_bos)
+    whole = start + _encode(tokenizer, *_joined(segments))
     _check_same(tokenizer, segments, input_ids, whole, sample_id)
     return input_ids, labels
 

@@ -14,6 +14,7 @@ one), else guessed from the usual names (`<s>`, `</s>`, `<unk>`, `<pad>`, `<|im_
 """
 from __future__ import annotations
 
+import json
 import os
 
 from tokenizers import AddedToken
@@ -39,6 +40,7 @@ class Tokenizer:
     def __init__(self, tokenizer: HFTokenizer, bos_token: str | None = None, eos_token: str | None = None,
                  unk_token: str | None = None, pad_token: str | None = None):
         self._tok = tokenizer
+        self._text_tok = None      # the copy that reads special tokens as text (_text_tokenizer)
         if tokenizer.token_to_id(IMAGE_TOKEN) is None:
             # normalized=False: matched in the raw text, before the normalizer can touch it (e.g. prepend "▁").
             tokenizer.add_special_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)])
@@ -103,15 +105,44 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        """Token ids of `text`. Special tokens written in the text (`<image>`, `</s>`) become their single ids.
-        The BOS is added here, not by the tokenizer.json's post-processor, so every tokenizer behaves the same."""
-        ids = self._tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, add_bos: bool = False, special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`. With `special_tokens` (template markup), special tokens written in the text (`</s>`,
+        `<|im_end|>`) become their single ids. Without (what a user or a data file wrote), they are plain text:
+        a question holding "</s>" cannot end its turn early. `<image>` is the single id either way, since data files
+        write it on purpose to place the image. The BOS is added here, not by the tokenizer.json's post-processor, so
+        every tokenizer behaves the same."""
+        tok = self._tok if special_tokens else self._text_tokenizer()
+        ids = tok.encode(text, add_special_tokens=False).ids
         if add_bos:
             if self.bos_id is None:
                 raise ValueError("add_bos=True but this tokenizer has no BOS token")
             ids = [self.bos_id] + ids
         return ids
+
+    def _text_tokenizer(self) -> HFTokenizer:
+        """A copy of the tokenizer that reads every special token but `<image>` as plain text (made on first use)."""
+        if self._text_tok is None:
+            spec = json.loads(self._tok.to_str())
+            markup = [t["content"] for t in spec["added_tokens"] if t["special"] and t["content"] != IMAGE_TOKEN]
+            for added in spec["added_tokens"]:
+                # a non-special added token is still matched, and encode_special_tokens leaves it alone
+                added["special"] = added["special"] and added["content"] != IMAGE_TOKEN
+            model = spec["model"]
+            if model.get("type") == "BPE":
+                # A BPE trained on rendered chats (ours) has merges that spell "</s>" (even "</s>USER:"), so the text
+                # "</s>" would still come out as the stop token's id. Without them it is spelled in smaller pieces;
+                # text that does not contain such a spelling never uses those merges, so it encodes as before.
+                pair = (lambda m: m.split(" ", 1)) if model["merges"] and isinstance(model["merges"][0], str) \
+                    else (lambda m: m)
+                model["merges"] = [m for m in model["merges"] if not any(t in "".join(pair(m)) for t in markup)]
+            self._text_tok = HFTokenizer.from_str(json.dumps(spec))
+            self._text_tok.encode_special_tokens = True
+        return self._text_tok
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Every special token string and its id (`<s>`, `</s>`, `<image>`, `<|im_start|>`, ...)."""
+        return {self._tok.id_to_token(i): i for i in self.special_ids}
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         if hasattr(ids, "tolist"):

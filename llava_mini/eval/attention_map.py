@@ -17,7 +17,6 @@ How the map is made:
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from llava_mini import cli
 from llava_mini.data.conversation import IGNORE_INDEX, TEMPLATES, get_template, tokenize_conversation, tokenize_prompt
 
 
@@ -150,7 +150,7 @@ def answer_attention(model, tokenizer, image: Image.Image, question: str, templa
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Overlay on an image where the answer's tokens looked.")
+    p = cli.ArgumentParser(description="Overlay on an image where the answer's tokens looked.")
     p.add_argument("--model", required=True, help="checkpoint folder")
     p.add_argument("--vision-tower", help="CLIP folder, for an original-LLaVA-layout checkpoint")
     p.add_argument("--image", required=True)
@@ -161,7 +161,7 @@ def main(argv=None):
     p.add_argument("--heads", default="all", help="same syntax as --layers")
     p.add_argument("--colormap", default="inferno", help="any matplotlib colour map name (inferno, jet, viridis...)")
     p.add_argument("--blocky", action="store_true", help="show patches as squares instead of smoothing")
-    p.add_argument("--scale", type=int, default=1, help="enlarge the PNG this many times (for projecting)")
+    p.add_argument("--scale", type=cli.positive_int, default=1, help="enlarge the PNG this many times (for projecting)")
     p.add_argument("--template", choices=sorted(TEMPLATES), help="override the template stored with the checkpoint")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
@@ -188,4 +188,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

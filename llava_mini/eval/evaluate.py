@@ -31,11 +31,11 @@ model layer (batched greedy generation):
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 
 # SHORT_ANSWER_PROMPT: LLaVA-1.5's "\nAnswer the question using a single word or phrase."
+from llava_mini import cli
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, TEMPLATES, stop_token_ids
 from llava_mini.eval.scoring import answer_confusion, read_scienceqa, scienceqa_accuracy, vqa_accuracy
 from llava_mini.jsonio import read_json, write_json
@@ -183,7 +183,7 @@ def _print_vqa_table(name: str, runs: dict) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="VQA accuracy with baselines, LLaVA-Bench relative score, ScienceQA")
+    p = cli.ArgumentParser(description="VQA accuracy with baselines, LLaVA-Bench relative score, ScienceQA")
     p.add_argument("--model", required=True, help="checkpoint folder (ours, HF llava, or original LLaVA)")
     p.add_argument("--vision-tower", help="CLIP folder, for the original LLaVA layout")
     p.add_argument("--data", help="shapes world folder with test.json and bench.json (e.g. data/shapes)")
@@ -197,9 +197,9 @@ def main(argv=None):
     p.add_argument("--scienceqa", help="ScienceQA in LLaVA's converted format (images relative to its folder)")
     p.add_argument("--no-projector-baseline", action="store_true",
                    help="also score with the projector's output zeroed (see the module docstring)")
-    p.add_argument("--limit", type=int, help="use only the first N questions of each set")
-    p.add_argument("--bench-max-new-tokens", type=int, default=128, help="length limit of the bench answers")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=cli.positive_int, help="use only the first N questions of each set")
+    p.add_argument("--bench-max-new-tokens", type=cli.positive_int, default=128, help="length limit of the bench answers")
+    p.add_argument("--batch-size", type=cli.positive_int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--template", choices=sorted(TEMPLATES), help="override the template stored with the checkpoint")
     p.add_argument("--out", help="write the JSON report here")
@@ -287,4 +287,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -12,12 +12,12 @@ apart). An LLM near the blind rate here has nothing for LLaVA to build on.
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
 from tqdm import tqdm
 
+from llava_mini import cli
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, get_template, stop_token_ids, tokenize_prompt
 from llava_mini.data.tokenizer import Tokenizer
 from llava_mini.eval.evaluate import right_pad
@@ -50,11 +50,11 @@ def text_qa(llm, tokenizer: Tokenizer, scenes: list[dict], questions: list[dict]
 
 def main(argv=None):
     from llava_mini.loading import weights
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--llm", default="weights/tiny/tiny-llama", help="LLaMA checkpoint folder with tokenizer.json")
     p.add_argument("--data", default="data/shapes", help="shapes world folder")
-    p.add_argument("--questions", type=int, default=None, help="score the first N held-out questions (default all)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--questions", type=cli.positive_int, default=None, help="score the first N held-out questions (default all)")
+    p.add_argument("--threads", type=cli.positive_int, default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,4 +72,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

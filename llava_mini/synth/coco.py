@@ -7,9 +7,9 @@ COCO's boxes become the teacher's symbolic form (`name: [x1, y1, x2, y2]`, norma
 """
 from __future__ import annotations
 
-import argparse
 import random
 
+from llava_mini import cli
 from llava_mini.jsonio import read_json, write_json
 from llava_mini.synth.teacher import AnswerBalancer, RuleTeacher, boxes_of, make_instruct_data
 
@@ -45,12 +45,12 @@ def load_coco(captions_path: str, instances_path: str) -> tuple[list[dict], list
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="LLaVA-Instruct-style data from COCO captions + instances")
+    p = cli.ArgumentParser(description="LLaVA-Instruct-style data from COCO captions + instances")
     p.add_argument("--captions", required=True)
     p.add_argument("--instances", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=cli.positive_int, default=None, help="only the first N images")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0)
     p.add_argument("--short-answer", action="store_true", help="also write short-answer VQA turns")
     p.add_argument("--llm-base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--llm-model", default=None)
@@ -74,4 +74,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

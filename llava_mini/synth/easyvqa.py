@@ -14,13 +14,13 @@ otherwise "color" (its 13 answers are 2 yes/no, 3 shapes and 8 colours).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from collections import Counter
 
 from tqdm import tqdm
 
+from llava_mini import cli
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT
 from llava_mini.jsonio import write_json
 
@@ -77,7 +77,7 @@ def import_easyvqa(out_dir: str, progress: bool = True) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="import easy-VQA into LLaVA JSON and test.json format")
+    p = cli.ArgumentParser(description="import easy-VQA into LLaVA JSON and test.json format")
     p.add_argument("--out", default="data/easyvqa")
     args = p.parse_args(argv)
     stats = import_easyvqa(args.out)
@@ -86,4 +86,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

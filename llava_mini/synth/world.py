@@ -15,7 +15,6 @@ and prints answer statistics (the majority-answer rate per question type is what
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import random
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from llava_mini import cli
 from llava_mini.jsonio import write_json
 from llava_mini.synth.teacher import (
     AnswerBalancer,
@@ -291,14 +291,14 @@ def make_bench(scenes: list[dict], vocab: list[str], seed: int) -> list[dict]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--train", type=int, default=5000)
-    p.add_argument("--test", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--max-objects", type=int, default=4)
-    p.add_argument("--vqa-rounds", type=int, default=3, help="rounds of short-answer questions per train image")
+    p.add_argument("--train", type=cli.positive_int, default=5000)
+    p.add_argument("--test", type=cli.positive_int, default=500)
+    p.add_argument("--seed", type=cli.non_negative_int, default=0)
+    p.add_argument("--image-size", type=cli.positive_int, default=64)
+    p.add_argument("--max-objects", type=cli.positive_int, default=4)
+    p.add_argument("--vqa-rounds", type=cli.non_negative_int, default=3, help="rounds of short-answer questions per train image")
     p.add_argument("--rotate", action="store_true", help="rotate polygons by random angles")
     p.add_argument("--allow-overlap", action="store_true", help="let objects overlap (default: apart)")
     args = p.parse_args(argv)
@@ -310,4 +310,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

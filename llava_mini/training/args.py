@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from llava_mini import cli
 from llava_mini.training.recipes import PRESETS, StageRecipe
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train LLaVA (stage 1 or 2); no --stage runs the whole classroom pipeline.",
+    p = cli.ArgumentParser(description="Train LLaVA (stage 1 or 2); no --stage runs the whole classroom pipeline.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--stage", type=int, choices=(1, 2), help="omit to run the whole pipeline")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
@@ -26,29 +27,29 @@ def parse_args(argv=None) -> argparse.Namespace:
                                        "(and written to final/llava_mini.json)")
     p.add_argument("--eval-image-root", help="image folder of --eval-data (default: the first --image-root)")
     g = p.add_argument_group("overrides of the preset")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--projector-lr", type=float, help="the projector's own learning rate (LLaVA's mm_projector_lr)")
-    g.add_argument("--batch-size", type=int, help="global batch size")
-    g.add_argument("--micro-batch-size", type=int, help="per process")
-    g.add_argument("--epochs", type=float)
-    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the schedule fits them)")
-    g.add_argument("--max-length", type=int)
+    g.add_argument("--lr", type=cli.positive_float)
+    g.add_argument("--projector-lr", type=cli.positive_float, help="the projector's own learning rate (LLaVA's mm_projector_lr)")
+    g.add_argument("--batch-size", type=cli.positive_int, help="global batch size")
+    g.add_argument("--micro-batch-size", type=cli.positive_int, help="per process")
+    g.add_argument("--epochs", type=cli.positive_float)
+    g.add_argument("--max-steps", type=cli.positive_int, help="stop after this many optimizer steps (the schedule fits them)")
+    g.add_argument("--max-length", type=cli.positive_int)
     g.add_argument("--template")
     g.add_argument("--projector-type")
-    p.add_argument("--warmup-ratio", type=float, default=0.03)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--warmup-ratio", type=cli.fraction, default=0.03)
+    p.add_argument("--weight-decay", type=cli.non_negative_float, default=0.0)
+    p.add_argument("--max-grad-norm", type=cli.positive_float, default=1.0)
     p.add_argument("--group-by-length", action="store_true", help="batches of similar lengths (less padding)")
     p.add_argument("--pack", action="store_true", help="several samples per row (no padding), segment-id masks")
     p.add_argument("--compile", action="store_true", help="torch.compile the language model")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard parameters/grads/optimizer (FSDP2)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--save-every", type=cli.non_negative_int, default=0, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip (and count) broken samples and images instead of stopping at the first one")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="CPU threads per process (default: cores / processes)")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0)
+    p.add_argument("--threads", type=cli.positive_int, help="CPU threads per process (default: cores / processes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("the default pipeline (no --stage)")
     g.add_argument("--quick", action="store_true", help="the pipeline at toy size (smoke test)")
@@ -57,14 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--make-bases", action="store_true",
                    help="train your own tiny bases (python weights/make_tiny.py, into checkpoints/base; about an "
                         "hour on 2 cores) instead of starting from the shipped weights/tiny")
-    g.add_argument("--clip-steps", type=int,
+    g.add_argument("--clip-steps", type=cli.positive_int,
                    help="with --make-bases: train the tiny CLIP this many steps (its bases go to checkpoints/base-clipN)")
-    g.add_argument("--processes", type=int,
+    g.add_argument("--processes", type=cli.positive_int,
                    help="make the tiny bases and run stage 2 as this many processes under torchrun (default on a "
                         "CPU with 2 or more cores: 2, which trains faster there than one process with all the threads)")
     args = p.parse_args(argv)
-    if args.clip_steps is not None and args.clip_steps < 1:
-        p.error(f"--clip-steps must be >= 1, got {args.clip_steps}")
     if args.stage is not None:
         for name in ("data", "image_root", "out"):
             if getattr(args, name) is None:

@@ -50,7 +50,7 @@ def run_command(cmd: list[str], script: str, threads: int) -> None:
         proc.wait()      # Ctrl-C reached the children too: let them write their resumable checkpoint
         raise
     if code != 0:
-        raise SystemExit(f"{os.path.basename(script)} failed with exit code {code}: {' '.join(cmd)}")
+        raise SystemExit(f"error: {os.path.basename(script)} failed with exit code {code}: {' '.join(cmd)}")
 
 
 def torchrun(script: str, argv: list[str], processes: int, threads: int) -> None:
