@@ -15,6 +15,7 @@ same however long the conversation already is. Tokens are printed as they are ge
 from __future__ import annotations
 
 import glob
+import io
 import os
 import sys
 
@@ -130,6 +131,8 @@ def run_chat(session: ChatSession, lines, out=sys.stdout) -> None:
         line = line.strip()
         if not line:
             continue
+        if "\ufffd" in line:             # bytes that are not UTF-8 (see main): say so, and ask it as it reads
+            print("(some of that line was not UTF-8 text; it is read with \ufffd in those places)", file=out)
         if line in ("/quit", "/exit"):
             return
         if line == "/reset":
@@ -176,10 +179,7 @@ def main(argv=None):
         hint = " Train one first: python train.py" if args.model == DEFAULT_MODEL else ""
         sys.exit(f"error: no model at {args.model}.{hint}")
     dtype = torch.bfloat16 if str(args.device).startswith("cuda") else None
-    try:
-        model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device, dtype)
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: cannot load {args.model}: {e}")
+    model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device, dtype)
     session = ChatSession(model, tokenizer, args.template or template, device=args.device,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                           seed=args.seed)
@@ -188,20 +188,17 @@ def main(argv=None):
         print(f"(no --image and no images in {DEFAULT_IMAGES}; chatting without an image. "
               f"Make the shapes world with: python -m llava_mini.synth.world --out data/shapes)", file=sys.stderr)
     else:
-        try:
-            session.set_image(image)
-        except (OSError, ValueError) as e:
-            sys.exit(f"error: {e}")
+        session.set_image(image)
 
     if args.prompt is not None:
-        try:
-            answer = session.ask(args.prompt)
-        except ValueError as e:
-            sys.exit(f"error: {e}")
+        answer = session.ask(args.prompt)
         print(tokenizer.decode(answer).strip())
         return
     print(f"model: {args.model} (template {session.template.name}); image: {image}")
-    run_chat(session, sys.stdin)
+    # A byte that is not UTF-8 (a terminal in another encoding, a pasted binary) must not end the conversation.
+    lines = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace") if hasattr(sys.stdin, "buffer") \
+        else sys.stdin
+    run_chat(session, lines)
 
 
 if __name__ == "__main__":

@@ -56,13 +56,19 @@ def rows(reports: list[dict]) -> list[tuple[str, str]]:
 def main(argv=None):
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("reports", nargs="+", help="report.json files; the first is the one shown")
-    reports = [read_json(path) for path in p.parse_args(argv).reports]
+    paths = p.parse_args(argv).reports
+    reports = [read_json(path) for path in paths]
+    try:
+        table = rows(reports)
+        t = reports[0]["timing"]
+        footer = (f"\n{reports[0]['minutes']:.1f} min wall; stage 2 {t['stage2_steps']} steps at "
+                  f"{t['stage2']['seconds_per_step']} s/step ({t['stage2_processes']} processes)")
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{' or '.join(paths)}: not a pipeline report.json (no {e})") from None
     print("| measurement | result |\n|---|---|")
-    for name, value in rows(reports):
+    for name, value in table:
         print(f"| {name} | {value} |")
-    t = reports[0]["timing"]
-    print(f"\n{reports[0]['minutes']:.1f} min wall; stage 2 {t['stage2_steps']} steps at "
-          f"{t['stage2']['seconds_per_step']} s/step ({t['stage2_processes']} processes)")
+    print(footer)
 
 
 if __name__ == "__main__":

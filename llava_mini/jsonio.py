@@ -18,6 +18,13 @@ def read_json(path: str) -> dict:
         raise FileNotFoundError(f"file not found: {path}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
+
+
+def not_utf8(path: str, error: UnicodeDecodeError) -> ValueError:
+    """The error for a text file that is not UTF-8, naming the file and the first bad byte."""
+    return ValueError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start})")
 
 
 def write_json(obj: Any, path: str) -> None:

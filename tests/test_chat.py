@@ -1,5 +1,7 @@
 """chat.py: one-shot and interactive sessions (subprocess) on a tiny random model, and the KV cache across turns
 giving exactly the tokens of a recomputation from scratch."""
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -97,13 +99,16 @@ def test_interactive_session_commands(tiny, tmp_path):
 
 
 def _main_exits(args, monkeypatch, cwd=ROOT) -> str:
-    """Run chat.main in this process (no interpreter start-up) and return its exit message."""
+    """Run chat.py's main in this process as `python chat.py` does (no interpreter start-up); its error message."""
     sys.path.insert(0, ROOT)
     import chat
+
+    from llava_mini import cli
     monkeypatch.chdir(cwd)
-    with pytest.raises(SystemExit) as exit_info:
-        chat.main(args)
-    return str(exit_info.value.code)
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(err):
+        cli.run(chat.main, args)
+    return err.getvalue() if exit_info.value.code == 1 and err.getvalue() else str(exit_info.value.code)
 
 
 def test_missing_model_and_too_long_prompt(tiny, tmp_path, monkeypatch):

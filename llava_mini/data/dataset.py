@@ -26,6 +26,7 @@ from tqdm import tqdm
 from llava_mini.data.conversation import IGNORE_INDEX, TokenizationMismatch, get_template, tokenize_conversation
 from llava_mini.data.images import load_image, preprocess_image
 from llava_mini.data.tokenizer import IMAGE_TOKEN, Tokenizer
+from llava_mini.jsonio import not_utf8, read_json
 from llava_mini.model.config import LlavaConfig
 from llava_mini.safepath import path_inside
 
@@ -44,10 +45,16 @@ def read_records(path: str, on_bad_line=None) -> list:
     naming the file and line number, or, given `on_bad_line(error)`, handed to it and left out."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".jsonl"):
-            records = []
-            for n, line in enumerate(f, 1):
+    if not path.endswith(".jsonl"):
+        records = read_json(path)
+    else:
+        records = []
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise not_utf8(f"{path}:{n}", e) from None
                 if line.strip():
                     try:
                         records.append(json.loads(line))
@@ -56,11 +63,7 @@ def read_records(path: str, on_bad_line=None) -> list:
                         if on_bad_line is None:
                             raise error from None
                         on_bad_line(error)
-            return records
-        try:
-            records = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return records
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of samples, got {type(records).__name__}")
     return records

@@ -6,6 +6,7 @@ LLaVA-1's crop), resize to the tower's size, normalise with CLIP's mean and std.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -16,21 +17,38 @@ from llava_mini.model.config import VisionConfig
 # A truncated file must be an error, not a half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+# The most pixels we decode: 40 megapixels (a 12 MP photo is 12). The tower sees 336 x 336 at most, and a 13000 x 13000
+# PNG of a few kilobytes (a decompression bomb) would otherwise take 0.5 GB before it is resized.
+MAX_IMAGE_PIXELS = 40_000_000
+
 
 def load_image(path: str, background=(255, 255, 255)) -> Image.Image:
     """Open an image file as 8-bit RGB, upright. Any PIL mode works: grey (L), palette (P), CMYK, 16-bit (I;16),
     and transparent ones (RGBA, LA, P with transparency), which are laid over `background`.
-    A missing, truncated or non-image file raises an error naming the file."""
+    A missing, truncated, oversized or non-image file, or one that is not a regular file (a folder, a named pipe
+    that would block forever, a device), raises an error naming the file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"image not found: {path}")
+    if not os.path.isfile(path):
+        raise ValueError(f"not a regular file: {path}")
     try:
-        with Image.open(path) as im:
-            im.load()                               # decode now: a truncated file fails here, not later
-            im = ImageOps.exif_transpose(im)        # camera photos store "rotate me" in EXIF
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)    # we check the size ourselves
+            with Image.open(path) as im:
+                w, h = im.size                      # from the header: nothing is decoded yet
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise ValueError(f"image too large: {path} is {w} x {h} pixels, more than the "
+                                     f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels we decode (resize it first)")
+                im.load()                           # decode now: a truncated file fails here, not later
+                im = ImageOps.exif_transpose(im)    # camera photos store "rotate me" in EXIF
     except UnidentifiedImageError:
         raise ValueError(f"not an image file: {path}") from None
-    except (OSError, SyntaxError) as e:             # PIL reports truncated / corrupt data as OSError
-        raise ValueError(f"broken image file {path}: {e}") from None
+    except Image.DecompressionBombError as e:      # PIL's own limit, checked while opening
+        raise ValueError(f"image too large: {path} ({e})") from None
+    except ValueError:
+        raise
+    except Exception as e:      # truncated / corrupt data (OSError, SyntaxError, struct.error, PIL's bomb check...)
+        raise ValueError(f"broken image file {path}: {type(e).__name__}: {e}") from None
     return to_rgb(im, background)
 
 

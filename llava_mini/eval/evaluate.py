@@ -40,6 +40,7 @@ from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, TEMPLATES, stop_to
 from llava_mini.eval.scoring import answer_confusion, read_scienceqa, scienceqa_accuracy, vqa_accuracy
 from llava_mini.jsonio import read_json, write_json
 from llava_mini.loading.weights import load_checkpoint
+from llava_mini.safepath import path_inside
 
 LETTER_PROMPT = "\nAnswer with the option's letter from the given choices directly."
 DESCRIBE_PROMPT = "Describe the image."
@@ -89,6 +90,12 @@ def generate_answers(model, tokenizer, prompts: list[str], images: list, *, temp
     vision = model.config.vision_config
     ids = [tokenize_prompt(tokenizer, [("<image>\n" if img is not None else "") + p], template)
            for p, img in zip(prompts, images)]
+    context = model.config.text_config.max_position_embeddings
+    for i, (x, img) in enumerate(zip(ids, images)):
+        used = len(x) + (model.config.num_image_tokens - 1 if img is not None else 0)   # <image> -> the patches
+        if used + max_new_tokens > context:         # past the context, positions have no rotary angle trained
+            raise ValueError(f"prompt {i} ({prompts[i][:60]!r}) needs {used} positions + {max_new_tokens} new "
+                             f"tokens, more than the model's context of {context}")
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     answers = [None] * len(ids)
     stop = stop_token_ids(tokenizer, template)
@@ -110,7 +117,7 @@ def _load_images(paths: list[str], image_root: str) -> list:
     cache = {}
     for p in paths:
         if p is not None and p not in cache:
-            cache[p] = load_image(os.path.join(image_root, p))
+            cache[p] = load_image(path_inside(image_root, p, "a question's image"))
     return [cache[p] if p is not None else None for p in paths]
 
 

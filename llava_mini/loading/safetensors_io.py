@@ -136,7 +136,12 @@ class Checkpoint:
         except Exception as e:
             raise CheckpointError(f"{file}: cannot read tensor {key} ({type(e).__name__}: {e})") from None
         dtype = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
-        return tensor.to(device=device, dtype=dtype, copy=True)
+        tensor = tensor.to(device=device, dtype=dtype, copy=True)
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{file}: tensor {key} holds {bad} NaN or infinite value(s) of {tensor.numel()}; "
+                                  f"the checkpoint is broken (saved from a diverged run?)")
+        return tensor
 
     def read_all(self, keys, dtype=None, device="cpu"):
         """Yield (key, tensor), closing the file after each tensor. Pages of a memory-mapped file count in the

@@ -56,7 +56,8 @@ from llava_mini.loading.safetensors_io import (
     short_list,
     ties_embeddings,
 )
-from llava_mini.model.config import CLIPConfig, LlavaConfig, TextConfig, VisionConfig, read_config
+from llava_mini.model.config import (CLIPConfig, LlavaConfig, TextConfig, VisionConfig, config_file, read_config,
+                                     read_config_json)
 
 DEFAULT_SHARD_SIZE = "4GB"
 
@@ -212,7 +213,7 @@ def load_llava(path: str, dtype=None, device="cpu", vision_tower: str | None = N
     (default: the folder named by `mm_vision_tower` in config.json, if it exists locally). Passing one for a
     checkpoint that does store a tower replaces the stored tower with it."""
     from llava_mini.model.llava import LlavaForConditionalGeneration
-    config_dict = read_json(os.path.join(path, "config.json") if os.path.isdir(path) else path)
+    config_dict = read_config_json(path)
     ckpt = Checkpoint(path)
     original = is_original_llava_config(config_dict) or any(k.startswith("model.mm_projector.") for k in ckpt.keys())
 
@@ -228,11 +229,13 @@ def load_llava(path: str, dtype=None, device="cpu", vision_tower: str | None = N
                                   f"vision_tower=<CLIP checkpoint folder>")
         tower_config = read_config(clip_path)
         vision_config = tower_config.vision_config if isinstance(tower_config, CLIPConfig) else tower_config
-        config = original_llava_config(config_dict, vision_config, path)
+        with config_file(path):
+            config = original_llava_config(config_dict, vision_config, path)
         if not stores_tower:
             vision_tower = clip_path
     else:
-        config = LlavaConfig.from_hf(config_dict)
+        with config_file(os.path.join(path, "config.json")):
+            config = LlavaConfig.from_hf(config_dict)
         sources = _sources(ckpt, _hf_llava_key)
         if config.projector_type == "linear" and "multi_modal_projector.linear_2.weight" in sources:
             _drop_identity_linear_2(sources, path)

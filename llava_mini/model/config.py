@@ -10,6 +10,7 @@ Field names are the Hugging Face ones (CLIPVisionConfig, CLIPTextConfig, LlamaCo
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -22,9 +23,37 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _known_fields(cls, d: dict) -> dict:
-    """Keep only the keys that are fields of `cls`; HF configs carry many we do not use."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in d.items() if k in names}
+    """Keep only the keys that are fields of `cls` (HF configs carry many we do not use), each checked against the
+    field's type, so `"hidden_size": "four"` is an error naming the key, not a crash deep in the model builder."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kept = {k: v for k, v in d.items() if k in fields}
+    for key, value in kept.items():
+        _check_value(key, value, str(fields[key].type))
+    return kept
+
+
+def _check_value(key: str, value, annotation: str) -> None:
+    """Raise ValueError if `value` does not fit the field's annotation ("int", "float | None", "tuple", ...)."""
+    if value is None and "None" in annotation:
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        # sizes and counts are at least 1; ids, indices and the feature layer (-2) may be anything
+        if ok and not key.endswith(("_id", "_index", "_layer")) and value < 1:
+            raise ValueError(f"config key {key!r} must be >= 1, got {value!r}")
+    elif annotation.startswith("float"):
+        ok = number and value == value and abs(value) != float("inf")
+    elif annotation.startswith("bool"):
+        ok = isinstance(value, bool)
+    elif annotation.startswith("str"):
+        ok = isinstance(value, str)
+    elif annotation.startswith("tuple"):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(x, (int, float)) for x in value)
+    else:
+        ok = True                     # nested configs are checked by their own from_hf
+    if not ok:
+        raise ValueError(f"config key {key!r} must be {annotation.split(' |')[0]}, got {value!r}")
 
 
 # A field missing from an HF config.json means *transformers'* default, not our preset's: transformers 4.x saved the
@@ -223,9 +252,32 @@ class LlavaConfig:
 
 def read_config(path: str):
     """Read `config.json` from a checkpoint folder (or the file itself) into the matching dataclass."""
+    d = read_config_json(path)
+    with config_file(path):
+        return _config_of(d, path)
+
+
+def read_config_json(path: str) -> dict:
+    """The dict of a config.json (a folder's, or the file itself); anything but a JSON object is an error naming it."""
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
     d = read_json(path)
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: a config.json holds a JSON object, not {type(d).__name__}")
+    return d
+
+
+@contextlib.contextmanager
+def config_file(path: str):
+    """Inside this block, an error from a config value of the wrong type or shape names the file it came from."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        message = str(e)
+        raise ValueError(message if message.startswith(path) else f"{path}: {message}") from None
+
+
+def _config_of(d: dict, path: str):
     model_type = d.get("model_type", "")
     if "text_config" not in d and ("mm_vision_tower" in d or "mm_projector_type" in d):
         # original LLaVA: a Llama config + mm_* fields, with model_type "llava" too (weights.original_llava_config)

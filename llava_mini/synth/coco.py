@@ -7,11 +7,22 @@ COCO's boxes become the teacher's symbolic form (`name: [x1, y1, x2, y2]`, norma
 """
 from __future__ import annotations
 
+import contextlib
 import random
 
 from llava_mini import cli
 from llava_mini.jsonio import read_json, write_json
 from llava_mini.synth.teacher import AnswerBalancer, RuleTeacher, boxes_of, make_instruct_data
+
+
+@contextlib.contextmanager
+def _annotation(path: str, a):
+    """A malformed annotation (a key missing, a caption that is not text, a zero width) is an error naming it."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
+        name = a.get("id") if isinstance(a, dict) else str(a)[:40]
+        raise ValueError(f"{path}: annotation {name}: {type(e).__name__} {e}") from None
 
 
 def load_coco(captions_path: str, instances_path: str) -> tuple[list[dict], list[str]]:
@@ -24,20 +35,22 @@ def load_coco(captions_path: str, instances_path: str) -> tuple[list[dict], list
         for key in keys:
             if key not in data:
                 raise ValueError(f"{path}: missing top-level key {key!r} (is this a COCO annotation file?)")
-    categories = {c["id"]: c["name"] for c in inst["categories"]}
-    images = {im["id"]: im for im in inst["images"]}
+    with _annotation(instances_path, {"id": "categories/images"}):
+        categories = {c["id"]: c["name"] for c in inst["categories"]}
+        images = {im["id"]: im for im in inst["images"]}
     captions, boxes = {}, {}
     for a in caps["annotations"]:
-        captions.setdefault(a["image_id"], []).append(a["caption"].strip())
+        with _annotation(captions_path, a):
+            captions.setdefault(a["image_id"], []).append(a["caption"].strip())
     for a in inst["annotations"]:
-        im = images.get(a["image_id"])
-        if im is None or a.get("category_id") not in categories:
-            raise ValueError(f"{instances_path}: annotation {a.get('id')} refers to unknown image "
-                             f"{a.get('image_id')} or category {a.get('category_id')}")
-        x, y, w, h = a["bbox"]
-        W, H = im["width"], im["height"]
-        box = [max(0.0, x / W), max(0.0, y / H), min(1.0, (x + w) / W), min(1.0, (y + h) / H)]
-        boxes.setdefault(a["image_id"], []).append((categories[a["category_id"]], box))
+        with _annotation(instances_path, a):
+            im = images.get(a["image_id"])
+            if im is None or a.get("category_id") not in categories:
+                raise ValueError(f"refers to unknown image {a.get('image_id')} or category {a.get('category_id')}")
+            x, y, w, h = a["bbox"]
+            W, H = im["width"], im["height"]
+            box = [max(0.0, x / W), max(0.0, y / H), min(1.0, (x + w) / W), min(1.0, (y + h) / H)]
+            boxes.setdefault(a["image_id"], []).append((categories[a["category_id"]], box))
     items = [{"id": str(i), "image": images[i]["file_name"],
               "context": {"captions": captions[i], "boxes": boxes_of(boxes[i])}}
              for i in sorted(images) if i in captions and i in boxes]

@@ -293,8 +293,8 @@ def make_bench(scenes: list[dict], vocab: list[str], seed: int) -> list[dict]:
 def main(argv=None):
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--train", type=cli.positive_int, default=5000)
-    p.add_argument("--test", type=cli.positive_int, default=500)
+    p.add_argument("--train", type=cli.non_negative_int, default=5000)
+    p.add_argument("--test", type=cli.non_negative_int, default=500)
     p.add_argument("--seed", type=cli.non_negative_int, default=0)
     p.add_argument("--image-size", type=cli.positive_int, default=64)
     p.add_argument("--max-objects", type=cli.positive_int, default=4)
@@ -302,8 +302,8 @@ def main(argv=None):
     p.add_argument("--rotate", action="store_true", help="rotate polygons by random angles")
     p.add_argument("--allow-overlap", action="store_true", help="let objects overlap (default: apart)")
     args = p.parse_args(argv)
-    if args.train < 0 or args.test < 0 or args.image_size < 8:
-        p.error("--train and --test must be >= 0 and --image-size >= 8")
+    if args.image_size < 8:
+        p.error(f"argument --image-size: must be >= 8, got {args.image_size}")
     cfg = WorldConfig(image_size=args.image_size, max_objects=args.max_objects, rotate=args.rotate,
                       allow_overlap=args.allow_overlap)
     generate_dataset(args.out, args.train, args.test, seed=args.seed, cfg=cfg, vqa_rounds=args.vqa_rounds)
