@@ -4,10 +4,12 @@ import csv
 import dataclasses
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -421,3 +423,39 @@ def test_shuffled_turns_keeps_each_answer_with_its_question_and_the_image_first(
         assert q["value"].replace("<image>\n", "").startswith(f"Question {a['value'].split()[1]}?")
     assert shuffled_turns(entry, seed=0) == out and shuffled_turns(entry, seed=1) != out
     assert entry == _short_answer_sample(6)                        # the input is not modified
+
+
+def _rows(out) -> int:
+    path = os.path.join(out, "metrics.csv")
+    return max(0, sum(1 for _ in open(path)) - 1) if os.path.exists(path) else 0
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_run(tiny, stage1, tmp_path):
+    """SIGKILL at random moments (during steps, during saves), again and again, each time resumed with the same
+    command: the loss curve and the final weights equal those of a run never interrupted, and no temporary file
+    or folder is left behind."""
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    args = lambda o: stage2_args(tiny, stage1, o, "--max-steps", "16", "--save-every", "1")  # noqa: E731
+    reference_final = loop.train(parse_args(args(ref)))
+    command = [sys.executable, os.path.join(ROOT, "train.py"), *args(out), "--resume"]
+    rng, kills = random.Random(0), 0
+    while kills < 5:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+        target, deadline = _rows(out) + rng.randint(1, 3), time.time() + 120
+        while proc.poll() is None and _rows(out) < target and time.time() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.08))              # somewhere in the next step or its save
+        if proc.poll() is not None:                   # it finished before the kill
+            assert proc.returncode == 0, proc.stderr.read().decode()[-1000:]
+            break
+        proc.kill()
+        proc.wait()
+        kills += 1
+    done = subprocess.run(command, capture_output=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-1000:]
+    assert kills >= 3
+    assert read_losses(out) == read_losses(ref)            # row for row, to the printed digit
+    resumed, reference = state(out / "final"), state(reference_final)
+    for k, v in reference.items():
+        assert torch.equal(resumed[k], v), k
+    assert not [n for n in os.listdir(out) if n.startswith(".") or ".tmp" in n or ".old-" in n]

@@ -57,11 +57,44 @@ def save_checkpoint(out_dir: str, step: int, write_model, trainer_state: dict, k
     write_model(tmp)
     torch.save(trainer_state, os.path.join(tmp, TRAINER_STATE))
     if os.path.exists(final):           # the same step saved again (e.g. Ctrl-C right after a periodic save)
-        shutil.rmtree(final)
+        _discard(final)
     os.replace(tmp, final)
     for old in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
+    clear_debris(out_dir)
     return final
+
+
+def _discard(folder: str) -> None:
+    """Delete a checkpoint folder so that a kill half-way never leaves a half-deleted one that looks complete:
+    rename it out of the checkpoint names first (one atomic step), then delete it."""
+    trash = os.path.join(os.path.dirname(folder), f".trash-{os.path.basename(folder)}-{os.getpid()}")
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# What saves killed half-way leave in a run folder, named by the process that wrote them.
+DEBRIS_RE = re.compile(r"^(\.tmp-checkpoint-\d+(?:-\d+\.(?:tmp|old))?|\.trash-checkpoint-\d+|final\.tmp|final\.old)-(\d+)$")
+
+
+def clear_debris(out_dir: str) -> None:
+    """Remove the temporary folders of saves whose process is gone (killed half-way); a live one's are its own."""
+    for name in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
+        m = DEBRIS_RE.match(name)
+        if m and not _alive(int(m.group(2))):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)                 # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:             # it exists, and belongs to someone else
+        return True
+    return True
 
 
 def list_checkpoints(out_dir: str) -> list[str]:

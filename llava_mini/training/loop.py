@@ -36,6 +36,7 @@ from llava_mini.model.projector import LlavaMultiModalProjector
 from llava_mini.training.args import recipe
 from llava_mini.training.checkpoints import (
     check_resume,
+    clear_debris,
     latest_checkpoint,
     load_trainer_state,
     rng_state,
@@ -321,6 +322,8 @@ def train(args) -> str:
         print(f"stage {args.stage}: held-out loss {heldout['heldout_loss_start']:.3f} at step {step} "
               f"({len(run.heldout)} samples of {args.eval_data})")
     log = MetricsLog(args.out, resume_step=step) if run.rank == 0 else None
+    if run.rank == 0:
+        clear_debris(args.out)                        # what an earlier run, killed while saving, left behind
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda" else contextlib.nullcontext())
 
     # Ctrl-C (SIGINT) and a scheduler's SIGTERM both end in a resumable checkpoint. Set the handlers explicitly: a

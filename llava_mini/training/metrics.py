@@ -17,7 +17,9 @@ class MetricsLog:
         self.path = os.path.join(out_dir, "metrics.csv")
         self.png = os.path.join(out_dir, "loss.png")
         rows = self.read(self.path) if resume_step is not None and os.path.exists(self.path) else []
-        self.rows = [r for r in rows if int(r["step"]) <= resume_step] if resume_step is not None else []
+        # A run killed while appending leaves a partial last row ("1" of "12,0.5,..."): only whole rows count.
+        complete = [r for r in rows if None not in r.values() and r.get(self.FIELDS[-1]) not in (None, "")]
+        self.rows = [r for r in complete if int(r["step"]) <= resume_step] if resume_step is not None else []
         tmp = self.path + ".tmp"
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, self.FIELDS)
