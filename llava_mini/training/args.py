@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-image-root", help="image folder of --eval-data (default: the first --image-root)")
     g = p.add_argument_group("overrides of the preset")
     g.add_argument("--lr", type=cli.positive_float)
-    g.add_argument("--projector-lr", type=cli.positive_float, help="the projector's own learning rate (LLaVA's mm_projector_lr)")
+    g.add_argument("--projector-lr", type=cli.non_negative_float, help="the projector's own learning rate (LLaVA's mm_projector_lr)")
     g.add_argument("--batch-size", type=cli.positive_int, help="global batch size")
     g.add_argument("--micro-batch-size", type=cli.positive_int, help="per process")
     g.add_argument("--epochs", type=cli.positive_float)
