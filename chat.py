@@ -25,6 +25,7 @@ from llava_mini import cli
 from llava_mini.data.conversation import TEMPLATES, get_template, stop_token_ids, tokenize_next_turn, tokenize_prompt
 from llava_mini.data.images import load_image, preprocess_image
 from llava_mini.loading.weights import load_checkpoint
+from llava_mini.model.attention import BACKENDS, set_attention_backend
 
 DEFAULT_MODEL = "checkpoints/tiny/final"
 DEFAULT_IMAGES = "data/shapes/images/test"
@@ -173,6 +174,8 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=cli.non_negative_int, default=0, help="for sampling (temperature > 0)")
     p.add_argument("--prompt", help="ask one question, print the answer and exit")
+    p.add_argument("--attention", choices=BACKENDS, default="sdpa",
+                   help="attention backend (flex: FlexAttention compiled per 128-token block; slower on a CPU)")
     args = p.parse_args(argv)
 
     if not os.path.isdir(args.model):
@@ -180,6 +183,7 @@ def main(argv=None):
         sys.exit(f"error: no model at {args.model}.{hint}")
     dtype = torch.bfloat16 if str(args.device).startswith("cuda") else None
     model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device, dtype)
+    set_attention_backend(model, args.attention)
     session = ChatSession(model, tokenizer, args.template or template, device=args.device,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                           seed=args.seed)

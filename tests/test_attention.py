@@ -82,3 +82,39 @@ def test_unknown_backend_is_an_error():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="unknown attention backend"):
         attention(q, k, v, backend="flash")
+
+
+def test_flex_equals_eager_on_every_mask_kind():
+    """FlexAttention (compiled once per padded shape) against the eager definition: causal, right- and left-padded,
+    packed, bidirectional, with grouped-query heads; another mask of the same shape reuses the compiled kernel.
+    40 keys with 16-dim heads is a shape torch 2.13's CPU kernel gets wrong unpadded. (Forward only: FlexAttention
+    has no backward on the CPU in torch 2.13, which the backend says.)"""
+    import torch._dynamo.utils as dynamo_utils
+    q, k, v = qkv(B=2, H=4, H_kv=2, T=40, S=40, D=16)
+    pads = torch.tensor([[1] * 33 + [0] * 7, [0] * 5 + [1] * 35])
+    packed = torch.tensor([[1] * 12 + [2] * 20 + [3] * 5 + [0] * 3, [1] * 40])
+    with torch.no_grad():
+        assert (attention(q, k, v, causal=True, backend="flex") -
+                attention(q, k, v, causal=True, backend="eager")).abs().max() < 1e-5
+        compiled = dynamo_utils.counters["stats"]["unique_graphs"]
+        for seg in (pads, packed):
+            mask = build_mask(seg)
+            assert (attention(q, k, v, mask, "flex") - attention(q, k, v, mask, "eager")).abs().max() < 1e-5
+        full = attention(q, k, v, backend="flex")                         # no mask: the CLIP tower
+        assert (full - attention(q, k, v, backend="eager")).abs().max() < 1e-5
+        q2, k2, v2 = qkv(B=2, H=4, H_kv=2, T=100, S=100, D=16, seed=1)    # another length in the same block
+        assert (attention(q2, k2, v2, causal=True, backend="flex") -
+                attention(q2, k2, v2, causal=True, backend="eager")).abs().max() < 1e-5
+        assert dynamo_utils.counters["stats"]["unique_graphs"] == compiled   # no new compile for any of them
+    with pytest.raises(ValueError, match="no backward pass on the CPU"):
+        attention(q.requires_grad_(), k, v, causal=True, backend="flex")
+
+
+@pytest.mark.parametrize("S", [24, 57])
+def test_flex_with_cached_keys_equals_eager(S):
+    """One new token over a KV cache whose rows hold different amounts of history (left padding)."""
+    q, k, v = qkv(B=2, H=4, H_kv=2, T=1, S=S, D=16)
+    cached = torch.tensor([[0] * 6 + [1] * (S - 7), [1] * (S - 1)])
+    mask = build_mask(torch.ones(2, 1, dtype=torch.long), torch.cat([cached, torch.ones(2, 1, dtype=torch.long)], 1))
+    with torch.no_grad():
+        assert (attention(q, k, v, mask, "flex") - attention(q, k, v, mask, "eager")).abs().max() < 1e-5

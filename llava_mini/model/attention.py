@@ -8,6 +8,11 @@ Backends (pick one per model with `set_attention_backend(model, "eager")`):
   to debug, and to look at attention maps.
 - "sdpa": `torch.nn.functional.scaled_dot_product_attention`, which picks a fused kernel. Same numbers (up to
   float rounding), less memory, faster.
+- "flex": FlexAttention (`torch.nn.attention.flex_attention`) compiled by torch.compile into one fused kernel for our
+  mask: the segment-id mask becomes a BlockMask, which lets the kernel skip every block of keys a query may not see
+  (other samples in a packed row, padding, the future), and grouped-query attention reads the shared key/value heads
+  without copying them. It compiles once per shape (seconds on a CPU), and in torch 2.13 it has no backward pass on
+  the CPU: there it is for inference; training with it needs a GPU.
 
 Masks are boolean, shaped (B, 1, T, S), True = "this query may look at this key". They are built from *segment
 ids* (docs/ARCHITECTURE.md): 0 marks padding, 1..k the k-th sample packed into a row. Query i may attend key j
@@ -18,11 +23,12 @@ then start with the cached tokens).
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("eager", "sdpa")
+BACKENDS = ("eager", "sdpa", "flex")
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -70,6 +76,62 @@ def sdpa_attention(q, k, v, mask=None, causal=False, scale=None):
     return out
 
 
+FLEX_BLOCK = 128                          # FlexAttention's block size: we pad queries and keys to multiples of it
+_compiled_flex = None
+_last_block_mask = (None, None, None)     # (a weak reference to the mask or the causal key, its BlockMask)
+
+
+def _padded(n: int) -> int:
+    return n if n == 1 else -(-n // FLEX_BLOCK) * FLEX_BLOCK
+
+
+def _block_mask(mask, causal, B, T, S, device):
+    """The BlockMask of a bool mask (B, 1, T, S) or of the causal rule, on queries and keys padded to whole blocks
+    (the padding may attend nothing and is never attended). Built once and reused: every layer of a forward pass
+    gets the same mask object (or the same causal shape), so only the first layer pays for it."""
+    global _last_block_mask
+    from torch.nn.attention.flex_attention import create_block_mask
+    rule = "causal" if causal else "full" if mask is None else None    # a rule, or a mask tensor
+    key = (rule, B, T, S, str(device)) if rule else None
+    ref, cached_key, block_mask = _last_block_mask
+    if (rule and cached_key == key) or (not rule and ref is not None and ref() is mask):
+        return block_mask
+    if rule == "causal":
+        mask = causal_mask(T, S, device).expand(B, 1, T, S)
+    elif rule == "full":                                     # every query sees every key (CLIP, one decode step)
+        mask = torch.ones(B, 1, T, S, dtype=torch.bool, device=device)
+    allowed = torch.zeros(B, _padded(T), _padded(S), dtype=torch.bool, device=device)
+    allowed[:, :T, :S] = mask[:, 0]
+    block_mask = create_block_mask(lambda b, h, q, kv: allowed[b, q, kv], B, None, allowed.shape[1],
+                                   allowed.shape[2], device=device)
+    _last_block_mask = (None if rule else weakref.ref(mask), key, block_mask)
+    return block_mask
+
+
+def flex_attention(q, k, v, mask=None, causal=False, scale=None):
+    """FlexAttention under torch.compile (one compiled function per process); same inputs and result as
+    `eager_attention` (without the probabilities). A query that may attend nothing (padding) gets zeros.
+
+    Queries and keys are padded to whole 128-blocks: the shapes then repeat (one compile serves every length up to
+    the next block), and on the CPU torch 2.13's compiled kernel gives wrong numbers for some key lengths (24, 40, 56
+    with 16-dim heads: tests/test_attention.py), which whole blocks avoid."""
+    global _compiled_flex
+    if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError("the flex attention backend has no backward pass on the CPU (torch "
+                         f"{torch.__version__.split('+')[0]}); train with the sdpa backend here, or on a GPU")
+    if _compiled_flex is None:
+        from torch.nn.attention.flex_attention import flex_attention as flex
+        _compiled_flex = torch.compile(flex, dynamic=False)   # dynamic shapes do not compile on the CPU in 2.13
+    B, H, T, _ = q.shape
+    S = k.shape[2]
+    block_mask = _block_mask(mask, causal, B, T, S, q.device)
+    pad_t, pad_s = _padded(T) - T, _padded(S) - S
+    q = F.pad(q, (0, 0, 0, pad_t))                            # (B, H, T', D)
+    k, v = F.pad(k, (0, 0, 0, pad_s)), F.pad(v, (0, 0, 0, pad_s))   # (B, H_kv, S', D)
+    out = _compiled_flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=k.shape[1] != H)
+    return out[:, :, :T]
+
+
 def attention(q, k, v, mask=None, backend="sdpa", causal=False, scale=None):
     """q (B, H, T, D), k/v (B, H_kv, S, D), mask bool (B, 1, T, S) or None -> (B, H, T, D).
 
@@ -85,6 +147,8 @@ def attention(q, k, v, mask=None, backend="sdpa", causal=False, scale=None):
         return eager_attention(q, k, v, mask, causal, scale)[0]
     if backend == "sdpa":
         return sdpa_attention(q, k, v, mask, causal, scale)
+    if backend == "flex":
+        return flex_attention(q, k, v, mask, causal, scale)
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
 
 
