@@ -86,6 +86,7 @@ CASES = [
     ("chat", ["--model", "{root}/ckpt_type", "--prompt", "hi"], 1, "hidden_size"),
     ("chat", ["--model", "{root}/ckpt_nan", "--prompt", "hi"], 1, "NaN"),
     ("chat", ["--model", "{root}/ckpt_nojson", "--prompt", "hi"], 1, "config.json: not valid JSON"),
+    ("chat", ["--model", "{root}/ckpt_empty", "--prompt", "hi"], 1, "config and weights disagree"),
     ("chat", ["--model", "{ckpt}", "--image", "{root}/nowhere.png", "--prompt", "hi"], 1, "nowhere.png"),
     ("chat", ["--model", "{ckpt}", "--image", "{root}/text.png", "--prompt", "hi"], 1, "not an image file"),
     ("chat", ["--model", "{ckpt}", "--image", "{root}/truncated.png", "--prompt", "hi"], 1, "broken image file"),
@@ -203,7 +204,8 @@ def root(tmp_path_factory):
 
     # broken checkpoints: a config value of the wrong type, a config that is a list, no JSON, NaN weights
     for name, edit in [("ckpt_type", lambda c: c["text_config"].update(hidden_size="four")),
-                       ("ckpt_list", None), ("ckpt_nojson", None), ("ckpt_nan", lambda c: None)]:
+                       ("ckpt_list", None), ("ckpt_nojson", None), ("ckpt_nan", lambda c: None),
+                       ("ckpt_empty", lambda c: (c.clear(), c.update(model_type="llava")))]:
         shutil.copytree(ckpt, os.path.join(r, name))
         cfg_path = os.path.join(r, name, "config.json")
         if name == "ckpt_list":

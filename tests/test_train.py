@@ -174,7 +174,7 @@ def test_resume_with_periodic_saves_survives_the_rotation_and_refuses_a_changed_
                                               "--resume")))
     assert os.path.exists(os.path.join(final, "tokenizer.json"))
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-checkpoint")]
-    with pytest.raises(SystemExit, match="the recipe's batch_size was 8, the command line now gives 4"):
+    with pytest.raises(ValueError, match="the recipe's batch_size was 8, the command line now gives 4"):
         loop.train(parse_args(stage2_args(tiny, stage1, out, "--max-steps", "6", "--batch-size", "4", "--resume")))
 
 

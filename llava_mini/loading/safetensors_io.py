@@ -137,7 +137,9 @@ class Checkpoint:
             raise CheckpointError(f"{file}: cannot read tensor {key} ({type(e).__name__}: {e})") from None
         dtype = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
         tensor = tensor.to(device=device, dtype=dtype, copy=True)
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        # in slices of 1M values: the check must not add a tensor-sized temporary to the peak memory of a load
+        if tensor.is_floating_point() and not all(torch.isfinite(part).all() for part in
+                                                  tensor.reshape(-1).split(1 << 20)):
             bad = int((~torch.isfinite(tensor)).sum())
             raise CheckpointError(f"{file}: tensor {key} holds {bad} NaN or infinite value(s) of {tensor.numel()}; "
                                   f"the checkpoint is broken (saved from a diverged run?)")
@@ -201,7 +203,8 @@ def load_into(model: nn.Module, sources: dict, dtype, device, what: str) -> nn.M
         if unexpected:
             shown = [f"{sources[k][1]} (in {sources[k][0].file_of[sources[k][1]]})" for k in unexpected]
             problems.append(f"{len(unexpected)} unexpected key(s) the model does not have: {short_list(shown)}")
-        raise CheckpointError(f"{what}: " + "; ".join(problems))
+        raise CheckpointError(f"{what}: " + "; ".join(problems) + ". The model is built from config.json (a field "
+                              "it leaves out takes its default, e.g. 32 layers): config and weights disagree?")
     for key, (ckpt, ckpt_key) in sorted(sources.items()):
         found, wanted = ckpt.shape(ckpt_key), tuple(expected[key].shape)
         if found != wanted:

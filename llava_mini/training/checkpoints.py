@@ -124,11 +124,11 @@ def check_resume(checkpoint_dir: str, now: dict) -> None:
         changed = [k for k in now["recipe"] if saved["recipe"].get(k) != now["recipe"][k]] if field == "recipe" else []
         if changed:
             k = changed[0]
-            raise SystemExit(f"--resume from {checkpoint_dir}: the recipe's {k} was {saved['recipe'].get(k)!r}, the "
+            raise ValueError(f"--resume from {checkpoint_dir}: the recipe's {k} was {saved['recipe'].get(k)!r}, the "
                              f"command line now gives {now['recipe'][k]!r}; an exact resume needs the same recipe "
                              f"(drop the override, or start a new --out)")
         if field != "recipe" and saved[field] != now[field]:
-            raise SystemExit(f"--resume from {checkpoint_dir}: {field} was {saved[field]!r}, the command line now "
+            raise ValueError(f"--resume from {checkpoint_dir}: {field} was {saved[field]!r}, the command line now "
                              f"gives {now[field]!r}; an exact resume needs the same {field} (or start a new --out)")
 
 

@@ -123,7 +123,7 @@ def shipped_bases(base_dir: str) -> dict:
     try:
         verify_manifest(base_dir)
     except ManifestError as e:
-        raise SystemExit(f"the shipped tiny bases do not match their manifest: {e}")
+        raise SystemExit(f"error: the shipped tiny bases do not match their manifest: {e}")
     return read_json(os.path.join(base_dir, BASES_REPORT))
 
 
