@@ -137,9 +137,9 @@ class Checkpoint:
             raise CheckpointError(f"{file}: cannot read tensor {key} ({type(e).__name__}: {e})") from None
         dtype = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
         tensor = tensor.to(device=device, dtype=dtype, copy=True)
-        # in slices of 1M values: the check must not add a tensor-sized temporary to the peak memory of a load
-        if tensor.is_floating_point() and not all(torch.isfinite(part).all() for part in
-                                                  tensor.reshape(-1).split(1 << 20)):
+        # min and max are NaN or infinite if any value is, and need no temporary the size of the tensor
+        if tensor.is_floating_point() and tensor.numel() and \
+                not torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
             bad = int((~torch.isfinite(tensor)).sum())
             raise CheckpointError(f"{file}: tensor {key} holds {bad} NaN or infinite value(s) of {tensor.numel()}; "
                                   f"the checkpoint is broken (saved from a diverged run?)")
