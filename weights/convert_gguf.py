@@ -28,10 +28,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if bool(args.gguf) == bool(args.offline):
         p.error("give a .gguf path or --offline smollm2, not both")
-    try:
-        path = args.gguf or hub.get_smollm2_gguf()
-    except hub.OfflineError as e:
-        sys.exit(f"error: {e}")
+    path = args.gguf or hub.get_smollm2_gguf()
     print(convert_gguf(path, args.out))
 
 

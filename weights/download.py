@@ -53,23 +53,20 @@ def main(argv=None):
     if bool(args.repo_id) == bool(args.offline):
         p.error("give a repo id or --offline {smollm2,llama-tokenizer}, not both")
 
-    try:
-        if args.offline == "smollm2":
-            folder = hub.get_smollm2(args.cache_dir)
-            if args.out:
-                copy_into([(os.path.join(folder, f), f) for f in sorted(os.listdir(folder))], args.out)
-                folder = args.out
-        elif args.offline == "llama-tokenizer":
-            path = hub.get_llama_tokenizer(args.cache_dir)
-            folder = os.path.dirname(path)
-            if args.out:
-                copy_into([(path, "tokenizer.json")], args.out)
-                folder = args.out
-        else:
-            folder = hub.download(args.repo_id, files=args.files, revision=args.revision, cache_dir=args.cache_dir,
-                                  endpoint=args.endpoint, local_dir=args.out)
-    except RuntimeError as e:     # OfflineError, ChecksumError, HTTP errors: their messages say what to do
-        sys.exit(f"error: {e}")
+    if args.offline == "smollm2":
+        folder = hub.get_smollm2(args.cache_dir)
+        if args.out:
+            copy_into([(os.path.join(folder, f), f) for f in sorted(os.listdir(folder))], args.out)
+            folder = args.out
+    elif args.offline == "llama-tokenizer":
+        path = hub.get_llama_tokenizer(args.cache_dir)
+        folder = os.path.dirname(path)
+        if args.out:
+            copy_into([(path, "tokenizer.json")], args.out)
+            folder = args.out
+    else:
+        folder = hub.download(args.repo_id, files=args.files, revision=args.revision, cache_dir=args.cache_dir,
+                              endpoint=args.endpoint, local_dir=args.out)
     print(folder)
 
 
