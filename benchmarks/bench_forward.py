@@ -4,12 +4,13 @@
     python benchmarks/bench_forward.py --device cuda --dtype bfloat16 --hidden 2048 --layers 16 --heads 16 \
         --kv-heads 16 --vocab 32000 --seq 1024 --batch 4 --new-tokens 64
 
-For each attention backend (eager, sdpa, flex) it times
+For each attention backend (eager, sdpa, flex), and compiled, it times
 - prefill: one forward pass over a (batch, seq) prompt, and
 - decode: greedy generation of --new-tokens tokens with a KV cache (batch 1, the chat case),
 and prints milliseconds for both implementations and the ratio ours / transformers (< 1 means we are faster).
 Ours with flex runs against transformers with sdpa (its fastest on a CPU); the first call of each padded shape pays
-for the compile and is left out as the warm-up.
+for the compile and is left out as the warm-up. "compiled" is ours with sdpa and the decoder under
+`torch.compile(dynamic=True)` (what `chat.py --compile` does), against transformers with sdpa.
 Our generate() also feeds the last token into the cache so that a chat can continue; that one extra step is
 included in our decode time. Needs `transformers` (requirements-dev.txt). Runs from anywhere.
 """
@@ -59,7 +60,8 @@ def main(argv=None):
     parser.add_argument("--seq", type=cli.positive_int, default=256)
     parser.add_argument("--new-tokens", type=cli.positive_int, default=32)
     parser.add_argument("--repeats", type=cli.positive_int, default=3)
-    parser.add_argument("--backends", default="eager,sdpa,flex", help="comma-separated attention backends")
+    parser.add_argument("--backends", default="eager,sdpa,flex,compiled",
+                        help="comma-separated: attention backends, and compiled (sdpa + torch.compile)")
     args = parser.parse_args(argv)
 
     import transformers  # the reference; only needed here and in the tests
@@ -83,8 +85,10 @@ def main(argv=None):
     single = prompt[:1]
     print(f"\n{'backend':8s} {'phase':8s} {'ours ms':>10s} {'hf ms':>10s} {'ours/hf':>8s}")
     for backend in args.backends.split(","):
-        set_attention_backend(ours, backend)
-        hf.set_attn_implementation("sdpa" if backend == "flex" else backend)
+        set_attention_backend(ours, "sdpa" if backend == "compiled" else backend)
+        hf.set_attn_implementation("sdpa" if backend in ("flex", "compiled") else backend)
+        if backend == "compiled":
+            ours.model.compile(dynamic=True)      # in place: the module and its state dict keys stay as they are
         with torch.no_grad():
             diff = (ours(prompt).logits.float() - hf(prompt).logits.float()).abs().max().item()
             runs = {

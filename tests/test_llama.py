@@ -231,3 +231,17 @@ def test_gradient_checkpointing_same_gradients():
             ours(ids, labels=ids).loss.backward()
         grads.append(ours.model.layers[0].self_attn.q_proj.weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_compiled_decoding_gives_the_eager_tokens():
+    """chat.py --compile: the decoder under torch.compile(dynamic=True), compiled in place (same module, same state
+    dict keys), decodes a prompt to the very tokens of the eager model, and a prompt of another length without a
+    new compile of the decode step."""
+    cfg = tiny_config(2)
+    _, ours = make_pair(cfg, seed=4)
+    prompts = [torch.randint(3, 97, (1, n)) for n in (9, 13)]
+    keys = list(ours.state_dict())
+    eager = [ours.generate(p, max_new_tokens=6, stop_token_ids=()).tokens for p in prompts]
+    ours.model.compile(dynamic=True)
+    assert [ours.generate(p, max_new_tokens=6, stop_token_ids=()).tokens for p in prompts] == eager
+    assert list(ours.state_dict()) == keys
