@@ -24,7 +24,6 @@ Tokenizers without a prefix space (byte-level BPE, chatml) encode every segment 
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from llava_mini.data.tokenizer import IMAGE_TOKEN, Tokenizer
@@ -157,9 +156,8 @@ def _encode(tokenizer: Tokenizer, text: str, turn_spans=()) -> list[int]:
     tokenized as text (Turn). The text is cut only at the markup's special tokens, where the tokenizer starts a new
     chunk anyway, so text without special tokens in its turns encodes exactly as tokenizer.encode(text)."""
     specials = tokenizer.special_tokens
-    pattern = "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))
     ids, start = [], 0
-    for m in re.finditer(pattern, text):
+    for m in tokenizer.special_pattern.finditer(text):
         if any(a <= m.start() < b for a, b in turn_spans):
             continue                                    # written by the user: text
         if start < m.start():

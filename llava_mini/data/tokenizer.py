@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
@@ -60,6 +61,11 @@ class Tokenizer:
         # Ids of the added special tokens (<s>, </s>, <image>, <|im_end|>, ...): text after one of them starts a
         # new "chunk" for the normalizer, which matters for the prefix space (see conversation.py).
         self.special_ids = frozenset(i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special)
+        # Every special token string and its id (<s>, </s>, <image>, <|im_start|>, ...), and a pattern that finds
+        # them in template text (longest first), made once: conversation.py uses both for every segment.
+        self.special_tokens: dict[str, int] = {tokenizer.id_to_token(i): i for i in self.special_ids}
+        self.special_pattern = re.compile("|".join(re.escape(t) for t in sorted(self.special_tokens, key=len,
+                                                                                  reverse=True)) or "(?!)")
 
         # SentencePiece-style tokenizers (LLaMA) turn "a" into "▁a": they add a space in front of every chunk
         # of text. Byte-level BPE tokenizers (GPT-2, SmolLM2) usually do not: "a" stays "a".
@@ -138,11 +144,6 @@ class Tokenizer:
             self._text_tok = HFTokenizer.from_str(json.dumps(spec))
             self._text_tok.encode_special_tokens = True
         return self._text_tok
-
-    @property
-    def special_tokens(self) -> dict[str, int]:
-        """Every special token string and its id (`<s>`, `</s>`, `<image>`, `<|im_start|>`, ...)."""
-        return {self._tok.id_to_token(i): i for i in self.special_ids}
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         if hasattr(ids, "tolist"):
