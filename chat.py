@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import glob
 import io
-import logging
 import os
 import sys
 
@@ -71,7 +70,10 @@ class ChatSession:
         self.reset()
 
     def reset(self):
-        self.cache = None          # KVCache of every token so far (None before the first turn)
+        # The KV cache of every token so far (None before the first turn). A compiled decode step decodes into a
+        # static cache: one of the whole context holds every turn, so the step compiles once per conversation.
+        llm = self.model.language_model
+        self.cache = llm.new_cache(1, self.max_positions, static=True) if llm.decoding_compiled else None
         self.history = []          # the token ids fed so far (the placeholder counts as one)
         self.turns = 0
         self.last_stopped = True   # did the last answer end with its stop token (which is then in the cache)?
@@ -178,8 +180,8 @@ def main(argv=None):
     p.add_argument("--attention", choices=BACKENDS, default="sdpa",
                    help="attention backend (flex: FlexAttention compiled per 128-token block; slower on a CPU)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the language model: a compile of about a minute on a CPU, then answers come "
-                        "about 2.5x faster (benchmarks/bench_forward.py)")
+                   help="torch.compile the one-token decode step over a static KV cache: the first answer waits for "
+                        "the compile, then tokens come faster (benchmarks/bench_decode.py)")
     args = p.parse_args(argv)
 
     if not os.path.isdir(args.model):
@@ -189,10 +191,8 @@ def main(argv=None):
     model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device, dtype)
     set_attention_backend(model, args.attention)
     if args.compile:
-        # The mask's fast paths branch on the data (a graph break each); they are expected, so not worth a warning.
-        logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
-        model.language_model.model.compile(dynamic=True)     # in place; every prompt length shares the compile
-        print("(--compile: the first answer waits for the compile, about a minute on a CPU)", file=sys.stderr)
+        model.language_model.compile_decoding()
+        print("(--compile: the first answer waits for the compile, under a minute on a CPU)", file=sys.stderr)
     session = ChatSession(model, tokenizer, args.template or template, device=args.device,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                           seed=args.seed)

@@ -252,7 +252,7 @@ def per_sample_token_losses(out, batch) -> dict:
 
 def test_pack_and_pad_give_same_loss(tok):
     """A packed batch and the same samples padded (some with an image): the same loss on every trained token
-    (to 1e-6), hence the same mean loss. Packing must keep samples apart, restart positions and keep images in order."""
+    (to 1e-6), hence the same mean loss and gradients. Packing must keep samples apart, restart positions and keep images in order."""
     from llava_mini.model.llava import LlavaForConditionalGeneration
     torch.manual_seed(0)
     convs = [["Hi", "Hello there."], ["<image>\nWhat is two plus two?", "Four.", "And three?", "Five... no, six."],
@@ -280,6 +280,12 @@ def test_pack_and_pad_give_same_loss(tok):
         assert len(losses) == len(pack_losses[sample_id]) > 0
         assert max(abs(a - b) for a, b in zip(losses, pack_losses[sample_id])) < 1e-6, sample_id
     assert abs(out_pad.loss.item() - out_pack.loss.item()) < 1e-6
+    grads = []                                                     # and so the same gradients
+    for b in (padded, packed):
+        model.zero_grad()
+        model(b["input_ids"], b["pixel_values"].double(), b["attention_mask"], b["labels"]).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert grads[0].shape == grads[1].shape and (grads[0] - grads[1]).abs().max() < 1e-9
 
 
 def test_length_grouped_sampler():

@@ -4,7 +4,8 @@ import torch
 
 from llava_mini.model.attention import set_attention_backend
 from llava_mini.model.config import TextConfig
-from llava_mini.model.llama import KVCache, LlamaForCausalLM
+from llava_mini.model.kv_cache import KVCache, StaticKVCache
+from llava_mini.model.llama import LlamaForCausalLM
 
 transformers = pytest.importorskip("transformers")
 
@@ -233,15 +234,50 @@ def test_gradient_checkpointing_same_gradients():
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
+def test_static_cache_equals_full_recompute():
+    """Prefill in chunks into a preallocated cache (the queries land in the middle of its slots) == no cache."""
+    cfg = tiny_config(2)
+    _, ours = make_pair(cfg)
+    ids = torch.randint(0, cfg.vocab_size, (2, 12))
+    with torch.no_grad():
+        full = ours(ids).logits
+        cache = StaticKVCache.for_model(cfg, batch_size=2, max_len=32)
+        parts = [ours(ids[:, a:b], past_key_values=cache, use_cache=True).logits for a, b in [(0, 5), (5, 6), (6, 12)]]
+    assert (torch.cat(parts, 1) - full).abs().max() <= TOL
+    assert len(cache) == 12
+    with pytest.raises(ValueError, match="holds 32 tokens: 12 are cached and 21 more do not fit"):
+        ours(torch.zeros(2, 21, dtype=torch.long), past_key_values=cache, use_cache=True)
+
+
+def test_static_cache_generation_equals_dynamic():
+    """Batched, right-padded prompts of different lengths, then a second turn on the same cache: the static cache
+    decodes exactly the dynamic cache's tokens."""
+    cfg = tiny_config(2)
+    _, ours = make_pair(cfg, seed=3)
+    ids = torch.randint(3, 97, (3, 10))
+    seg = torch.tensor([[1] * 10, [1] * 7 + [0] * 3, [1] * 4 + [0] * 6])
+    runs = []
+    for static in (False, True):
+        first = ours.generate(ids, attention_mask=seg, max_new_tokens=8, stop_token_ids=(5,), static_cache=static)
+        second = ours.generate(ids[:, :3], max_new_tokens=6, stop_token_ids=(), past_key_values=first.past_key_values)
+        runs.append((first.tokens, second.tokens, type(first.past_key_values)))
+    assert runs[0][:2] == runs[1][:2]
+    assert (runs[0][2], runs[1][2]) == (KVCache, StaticKVCache)
+
+
 def test_compiled_decoding_gives_the_eager_tokens():
-    """chat.py --compile: the decoder under torch.compile(dynamic=True), compiled in place (same module, same state
-    dict keys), decodes a prompt to the very tokens of the eager model, and a prompt of another length without a
-    new compile of the decode step."""
+    """chat.py --compile: the one-token step compiled over a static cache decodes the eager model's very tokens,
+    and a prompt of another length (same 128-slot cache) reuses the compiled graph."""
+    from torch._dynamo import utils as dynamo_utils
     cfg = tiny_config(2)
     _, ours = make_pair(cfg, seed=4)
     prompts = [torch.randint(3, 97, (1, n)) for n in (9, 13)]
     keys = list(ours.state_dict())
     eager = [ours.generate(p, max_new_tokens=6, stop_token_ids=()).tokens for p in prompts]
-    ours.model.compile(dynamic=True)
-    assert [ours.generate(p, max_new_tokens=6, stop_token_ids=()).tokens for p in prompts] == eager
+    ours.compile_decoding()
+    assert ours.generate(prompts[0], max_new_tokens=6, stop_token_ids=()).tokens == eager[0]
+    graphs = dynamo_utils.counters["stats"]["unique_graphs"]
+    out = ours.generate(prompts[1], max_new_tokens=6, stop_token_ids=())
+    assert out.tokens == eager[1] and isinstance(out.past_key_values, StaticKVCache)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == graphs      # no recompile
     assert list(ours.state_dict()) == keys

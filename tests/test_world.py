@@ -121,6 +121,23 @@ def test_heldout_phrasings_never_reach_a_training_file(dataset):
     assert all(PARSE(b["question"]) is None or PARSE(b["question"])[1] == b["phrasing"] for b in bench)
 
 
+def test_scene_in_words_says_where_every_object_is():
+    """What a text-only LLM reads for a scene holds each object's place (the boxes, in words), also when the
+    scene's three captions happened to leave the places sentence out, so every position question can be
+    answered from it (eval/text_qa.py, the bases' instruction tuning)."""
+    rng, cfg = random.Random(3), world.WorldConfig(image_size=64)
+    scenes = [world.sample_scene(rng, cfg, f"s{i}", "x.png") for i in range(40)]
+    without = [s for s in scenes if not any(c.startswith("There is ") for c in s["captions"])]
+    assert without and len(without) < len(scenes)                  # both kinds occur
+    for scene in scenes:
+        words = world.scene_in_words(scene)
+        assert words.count("There is ") == 1 and all(c in words for c in scene["captions"])
+        for o in scene["objects"]:
+            cx, cy = (o["bbox"][0] + o["bbox"][2]) / 2, (o["bbox"][1] + o["bbox"][3]) / 2
+            place = world.position_name(cx, cy, margin=0)
+            assert f"{o['color']} {o['shape']} {'in the center' if place == 'center' else 'at the ' + place}" in words
+
+
 @pytest.mark.parametrize("rotate", [False, True])
 def test_boxes_inside_image_and_match_pixels(rotate):
     cfg = world.WorldConfig(image_size=64, rotate=rotate)

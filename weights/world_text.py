@@ -45,7 +45,7 @@ def read_world_text(data_dir: str, extra_files: list[str]) -> dict:
     """Training and held-out text for the tokenizer and the LM, as turn lists (rendered with CHAT_TEMPLATE).
 
     - "captions": the train scenes' captions, plain text;
-    - "chats": every stage-2 conversation with its scene's captions where the image would be, and the extra
+    - "chats": every stage-2 conversation with its scene in words (world.scene_in_words) where the image would be, and the extra
       LLaVA-JSON files (easy-VQA) as plain chats. The LM first reads all of it (pretraining), then is
       instruction-tuned on the world's chats with the loss on the answers only, as Vicuna was tuned on chats. So it
       learns to answer about a scene described before the question; LLaVA later replaces that description by image

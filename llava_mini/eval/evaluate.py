@@ -208,6 +208,9 @@ def main(argv=None):
     p.add_argument("--bench-max-new-tokens", type=cli.positive_int, default=128, help="length limit of the bench answers")
     p.add_argument("--batch-size", type=cli.positive_int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true",
+                   help="decode with the compiled one-token step over a static KV cache (compiles once per batch "
+                        "size and 128-token cache length; pays off on long runs)")
     p.add_argument("--template", choices=sorted(TEMPLATES), help="override the template stored with the checkpoint")
     p.add_argument("--out", help="write the JSON report here")
     p.add_argument("--confusion", metavar="TYPE", help="also print, for one question type (e.g. position), which "
@@ -222,6 +225,8 @@ def main(argv=None):
         model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device)
     except (OSError, ValueError) as e:
         p.exit(1, f"error: cannot load the model: {e}\n")
+    if args.compile:
+        model.language_model.compile_decoding()
     template = args.template or template
     common = dict(template=template, batch_size=args.batch_size, device=args.device)
     report = {"model": args.model, "template": template}

@@ -5,8 +5,9 @@
 
 LLaVA starts from an LLM that already answers questions about a scene it is told about: given "a red circle and a
 blue star", Vicuna says how many red things there are. Stages 1 and 2 then teach it to take the scene from image
-tokens instead of words. This measures that starting point: each held-out world question is asked with the scene's
-captions where the image would be (the form weights/make_tiny.py trains the LM on), with LLaVA-1.5's short-answer
+tokens instead of words. This measures that starting point: each held-out world question is asked with the scene in
+words where the image would be (world.scene_in_words: its captions and where each object is; the form
+weights/make_tiny.py trains the LM on), with LLaVA-1.5's short-answer
 prompt, answered greedily, and scored like the image questions (normalised exact match, seen and held-out phrasings
 apart). An LLM near the blind rate here has nothing for LLaVA to build on.
 """
@@ -36,7 +37,7 @@ def text_prompt(tokenizer: Tokenizer, description: str, question: str, template:
 @torch.no_grad()
 def text_qa(llm, tokenizer: Tokenizer, scenes: list[dict], questions: list[dict], template: str = TEMPLATE,
             batch_size: int = 64) -> dict:
-    """vqa_accuracy of `llm` on `questions`, each asked about its scene's captions (scenes: the world's scenes)."""
+    """vqa_accuracy of `llm` on `questions`, each asked about its scene in words (scenes: the world's scenes)."""
     described = {s["id"]: scene_in_words(s) for s in scenes}
     prompts = [text_prompt(tokenizer, described[q["id"].rsplit("_", 1)[0]], q["question"], template)
                for q in questions]
@@ -62,7 +63,7 @@ def main(argv=None):
     tokenizer = Tokenizer.from_file(os.path.join(args.llm, "tokenizer.json"))
     result = text_qa(llm, tokenizer, read_json(os.path.join(args.data, "scenes_test.json")),
                      read_json(os.path.join(args.data, "test.json"))[:args.questions])
-    print(f"{args.llm}: held-out world questions answered from the captions in text, {result['overall']:.1%} "
+    print(f"{args.llm}: held-out world questions answered from the scene in words, {result['overall']:.1%} "
           f"(n={result['n']})")
     for t, acc in result["per_type"].items():
         print(f"  {t:12s} {acc:6.1%}   n={result['count_per_type'][t]}")

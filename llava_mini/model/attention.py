@@ -152,19 +152,23 @@ def attention(q, k, v, mask=None, backend="sdpa", causal=False, scale=None):
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
 
 
-def causal_mask(T: int, S: int, device=None) -> torch.Tensor:
-    """(1, 1, T, S) lower-triangular mask; the T queries are the last T of the S keys."""
-    q_pos = torch.arange(S - T, S, device=device)[:, None]
+def causal_mask(T: int, S: int, device=None, query_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """(1, 1, T, S) lower-triangular mask: query t may see keys up to its own index among the keys, which is
+    query_positions[t] (T,), by default S - T + t (the T queries are the last T of the S keys)."""
+    q_pos = (torch.arange(S - T, S, device=device) if query_positions is None else query_positions)[:, None]
     k_pos = torch.arange(S, device=device)[None, :]
     return (k_pos <= q_pos)[None, None]
 
 
-def build_mask(segment_ids_q: torch.Tensor, segment_ids_k: torch.Tensor | None = None, causal: bool = True):
+def build_mask(segment_ids_q: torch.Tensor, segment_ids_k: torch.Tensor | None = None, causal: bool = True,
+               query_positions: torch.Tensor | None = None):
     """Attention mask from segment ids.
 
     segment_ids_q: (B, T) ids of the queries (the new tokens).
     segment_ids_k: (B, S) ids of the keys, S >= T; with a KV cache these are the cached ids followed by the
     new ones, so the queries are the last T keys. None means "the keys are the queries" (S == T).
+    query_positions: (T,) the queries' indices among the keys when they are not the last T (a static KV cache
+    writes them into the middle of its slots; the empty slots after them have segment id 0).
     Returns bool (B, 1, T, S): True where query i may attend key j, i.e. seg_k[j] == seg_q[i] != 0
     (and j <= i when causal).
     """
@@ -176,7 +180,7 @@ def build_mask(segment_ids_q: torch.Tensor, segment_ids_k: torch.Tensor | None =
     same = segment_ids_q[:, :, None] == segment_ids_k[:, None, :]        # (B, T, S)
     mask = same & (segment_ids_q[:, :, None] != 0)
     if causal:
-        mask = mask & causal_mask(T, S, segment_ids_q.device)[0]
+        mask = mask & causal_mask(T, S, segment_ids_q.device, query_positions)[0]
     return mask[:, None]                                                  # (B, 1, T, S)
 
 

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llava_mini.model.attention import attention, build_mask, eager_attention, positions_from_mask
 from llava_mini.model.config import TextConfig
+from llava_mini.model.kv_cache import KVCache, StaticKVCache
 
 IGNORE_INDEX = -100
 
@@ -61,37 +62,6 @@ def apply_rope(x, cos, sin):
     return x * cos[:, None] + rotate_half(x) * sin[:, None]
 
 
-class KVCache:
-    """Keys and values of every token seen so far, per layer, plus their segment ids.
-
-    One cache holds a whole conversation: feed turn 1, generate, then feed turn 2's new tokens with the same
-    cache and only the new tokens are computed. Tensors grow by concatenation (simple; fine at our sizes)."""
-
-    def __init__(self, num_layers: int):
-        self.keys: list[torch.Tensor | None] = [None] * num_layers      # each (B, H_kv, S, D)
-        self.values: list[torch.Tensor | None] = [None] * num_layers
-        self.segment_ids: torch.Tensor | None = None                    # (B, S)
-
-    def __len__(self) -> int:
-        return 0 if self.segment_ids is None else self.segment_ids.shape[1]
-
-    def add_segment_ids(self, segment_ids: torch.Tensor) -> torch.Tensor:
-        """Append the new tokens' segment ids (once per forward); returns the ids of all keys (B, S)."""
-        if self.segment_ids is not None and self.segment_ids.shape[0] != segment_ids.shape[0]:
-            raise ValueError(f"KV cache holds batch size {self.segment_ids.shape[0]}, "
-                             f"got new tokens for batch size {segment_ids.shape[0]}")
-        self.segment_ids = segment_ids if self.segment_ids is None else torch.cat([self.segment_ids, segment_ids], 1)
-        return self.segment_ids
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store this layer's new keys/values and return all of them (cached + new)."""
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
-
-
 class LlamaAttention(nn.Module):
     def __init__(self, config: TextConfig, layer_idx: int):
         super().__init__()
@@ -105,7 +75,7 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
         self.attention_backend = "sdpa"
 
-    def forward(self, x, cos, sin, mask, causal, cache: KVCache | None, output_attentions=False):
+    def forward(self, x, cos, sin, mask, causal, cache: KVCache | StaticKVCache | None, output_attentions=False):
         """mask: bool (B, 1, T, S) or None; causal=True (only with mask None): plain causal over these T tokens."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)       # (B, H, T, D)
@@ -188,7 +158,8 @@ class LlamaModel(nn.Module):
         self.gradient_checkpointing = False   # recompute each layer in backward: less memory, ~30% more time
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
-                past_key_values: KVCache | None = None, use_cache=False, output_attentions=False) -> ModelOutput:
+                past_key_values: KVCache | StaticKVCache | None = None, use_cache=False,
+                output_attentions=False) -> ModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds     # (B, T, hidden)
@@ -203,15 +174,22 @@ class LlamaModel(nn.Module):
             raise ValueError(f"attention_mask must be (B, T) = {(B, T)} segment ids of the new tokens, got "
                              f"{tuple(seg.shape)}")
         seg_k = cache.add_segment_ids(seg) if cache is not None else seg                # (B, S), S = past + T
-        mask = build_mask(seg, seg_k)                                                    # (B, 1, T, S)
+        query_positions = cache.query_positions(T) if cache is not None else None
+        mask = build_mask(seg, seg_k, query_positions=query_positions)                   # (B, 1, T, S)
         if position_ids is None:
             position_ids = positions_from_mask(mask)                                     # restart in each segment
         # Fused kernels are much faster without an explicit mask, so drop it when it says nothing special:
         # one sample per row, right-padded or not, and nothing cached -> plain causal; a decode step that may see
         # every key -> no mask. (Right padding: every real token sees only real tokens before it either way; the
         # padding positions then see the tokens before them instead of nothing, and no loss or output reads them.)
+        # A static cache always keeps its mask: its empty slots must stay unseen, and a step without
+        # data-dependent branches is one that torch.compile captures whole.
         causal = False
-        if seg_k.shape[1] == T and right_padded_single(seg):
+        if isinstance(cache, StaticKVCache):
+            pass
+        elif cache is None and attention_mask is None:      # known without looking at the data: no graph break
+            mask, causal = None, True
+        elif seg_k.shape[1] == T and right_padded_single(seg):
             mask, causal = None, True
         elif T == 1 and bool(mask.all()):
             mask = None
@@ -261,6 +239,7 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._compiled_step = None            # compile_decoding() sets it
         self.apply(self._init_weights)
         if config.tie_word_embeddings:
             self.tie_weights()
@@ -303,9 +282,36 @@ class LlamaForCausalLM(nn.Module):
         loss = causal_lm_loss(logits, labels, attention_mask) if labels is not None else None
         return CausalLMOutput(loss, logits, out.past_key_values, out.attentions)
 
+    def decode_step(self, next_ids: torch.Tensor, segment_ids: torch.Tensor, cache) -> torch.Tensor:
+        """One token per row through the decoder: (B,) ids and their (B, 1) segment ids -> (B, vocab) logits."""
+        out = self.model(next_ids[:, None], attention_mask=segment_ids, past_key_values=cache, use_cache=True)
+        return self.lm_head(out.last_hidden_state[:, -1])
+
+    def compile_decoding(self) -> "LlamaForCausalLM":
+        """Compile decode_step with torch.compile, and let generate() decode into a StaticKVCache from now on.
+
+        With a static cache every step has the same shapes (the buffers, a (B, 1) token, a 0-d write position),
+        so the step compiles once per batch size and cache length into one graph (fullgraph: a graph break would be
+        an error, not a silent slowdown). The first generate() pays for the compile."""
+        self._compiled_step = torch.compile(self.decode_step, dynamic=False, fullgraph=True)
+        return self
+
+    @property
+    def decoding_compiled(self) -> bool:
+        return self._compiled_step is not None
+
+    def new_cache(self, batch_size: int, tokens: int, static: bool = False) -> KVCache | StaticKVCache:
+        """An empty cache for `tokens` tokens per row: a growing KVCache, or a StaticKVCache of whole 128-slot
+        blocks (so that prompts of similar length share one compiled step)."""
+        if not static:
+            return KVCache(len(self.model.layers))
+        weight = self.model.embed_tokens.weight
+        return StaticKVCache.for_model(self.config, batch_size, -(-tokens // 128) * 128, weight.dtype, weight.device)
+
     @torch.no_grad()
     def generate(self, input_ids=None, inputs_embeds=None, attention_mask=None, max_new_tokens=64, temperature=0.0,
-                 top_p=1.0, stop_token_ids=None, streamer=None, past_key_values=None, generator=None):
+                 top_p=1.0, stop_token_ids=None, streamer=None, past_key_values=None, generator=None,
+                 static_cache: bool | None = None):
         """Decode new tokens with a KV cache. Returns GenerationOutput(tokens, past_key_values).
 
         Batches are right-padded: `attention_mask` (segment ids) has 0 after each prompt's end. Nothing else is
@@ -313,6 +319,9 @@ class LlamaForCausalLM(nn.Module):
         which no one attends. To continue a conversation pass the returned cache back as `past_key_values`
         together with only the next turn's ids. `streamer(token_id)` is called for each new token (batch size 1).
         temperature 0 is greedy; otherwise sample from softmax(logits / temperature) restricted to the top-p mass.
+        The prompt is one forward pass (prefill), then one decode_step per token. Without `past_key_values`, a new
+        cache is made: static (preallocated) when `static_cache`, which defaults to "after compile_decoding()";
+        decode steps into a static cache run the compiled step when there is one.
         """
         stop = set((self.config.eos_token_id,) if stop_token_ids is None else stop_token_ids) - {None}
         x = inputs_embeds if inputs_embeds is not None else input_ids
@@ -325,12 +334,18 @@ class LlamaForCausalLM(nn.Module):
         last = T - 1 - (seg != 0).flip(1).int().argmax(dim=1)          # (B,) index of each row's last real token
         rows = torch.arange(B, device=x.device)
         gen_seg = seg[rows, last]                                       # new tokens join the prompt's segment
-        cache = past_key_values if past_key_values is not None else KVCache(len(self.model.layers))
+        compiled = self._compiled_step
+        cache = past_key_values
+        if cache is None:
+            static = compiled is not None if static_cache is None else static_cache
+            cache = self.new_cache(B, T + max_new_tokens, static)
+        step = compiled if compiled is not None and isinstance(cache, StaticKVCache) else self.decode_step
 
         out = self.model(input_ids, inputs_embeds, attention_mask, past_key_values=cache, use_cache=True)
         logits = self.lm_head(out.last_hidden_state[rows, last])      # (B, vocab): next-token logits per row
         tokens = [[] for _ in range(B)]
         alive = torch.ones(B, dtype=torch.bool, device=x.device)
+        stop_ids = torch.tensor(sorted(stop), device=x.device, dtype=torch.long)
         for _ in range(max_new_tokens):
             next_ids = sample_next_token(logits, temperature, top_p, generator)            # (B,)
             for b in alive.nonzero().flatten().tolist():
@@ -342,9 +357,8 @@ class LlamaForCausalLM(nn.Module):
                     streamer(token)
             # Feed the new tokens (the stop token too: it belongs to the conversation); finished rows feed padding.
             step_seg = torch.where(alive, gen_seg, torch.zeros_like(gen_seg))[:, None]       # (B, 1)
-            alive &= ~torch.isin(next_ids, torch.tensor(sorted(stop), device=x.device, dtype=next_ids.dtype))
-            out = self.model(next_ids[:, None], attention_mask=step_seg, past_key_values=cache, use_cache=True)
-            logits = self.lm_head(out.last_hidden_state[:, -1])
+            alive &= ~torch.isin(next_ids, stop_ids)
+            logits = step(next_ids, step_seg, cache)
             if not alive.any():
                 break
         return GenerationOutput(tokens, cache)

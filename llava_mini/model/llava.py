@@ -148,8 +148,8 @@ class LlavaForConditionalGeneration(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, pixel_values=None, attention_mask=None, max_new_tokens=64, temperature=0.0,
-                 top_p=1.0, stop_token_ids=None, streamer=None, past_key_values=None, generator=None
-                 ) -> GenerationOutput:
+                 top_p=1.0, stop_token_ids=None, streamer=None, past_key_values=None, generator=None,
+                 static_cache: bool | None = None) -> GenerationOutput:
         """Answer a prompt (or a right-padded batch of prompts). Returns GenerationOutput(tokens, past_key_values):
         `tokens[b]` are row b's new ids without the stop token; the cache holds everything so far, so the next
         chat turn passes it back with only the new turn's ids (which may carry new image placeholders).
@@ -158,4 +158,5 @@ class LlavaForConditionalGeneration(nn.Module):
         return self.language_model.generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
                                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                             stop_token_ids=stop_token_ids, streamer=streamer,
-                                            past_key_values=past_key_values, generator=generator)
+                                            past_key_values=past_key_values, generator=generator,
+                                            static_cache=static_cache)

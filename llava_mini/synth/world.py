@@ -164,20 +164,27 @@ def save_png(img: Image.Image, path: str) -> None:
     os.replace(tmp, path)
 
 
+def places_sentence(objects: list[dict]) -> str:
+    """Where each object is, in words: "There is a red circle at the top left, ...". The place is the 3x3 grid cell
+    of its box centre, the point the teacher's positions use too."""
+    where = []
+    for o in objects:
+        place = position_name((o["bbox"][0] + o["bbox"][2]) / 2, (o["bbox"][1] + o["bbox"][3]) / 2, margin=0)
+        at = "in the center" if place == "center" else f"at the {place}"
+        where.append(f"{article(o['color'] + ' ' + o['shape'])} {at}")
+    return f"There is {join(where)}."
+
+
 def captions(scene: dict, rng: random.Random) -> list[str]:
     """Three captions in varied wording; every one lists each object with its colour and shape."""
     objs = scene["objects"]
     named = [article(f"{o['size']} {o['color']} {o['shape']}") for o in objs]
     plain = [article(f"{o['color']} {o['shape']}") for o in objs]
-    # Where each object is: the 3x3 grid cell of its box centre, the point the teacher's positions use too.
-    places = [position_name((o["bbox"][0] + o["bbox"][2]) / 2, (o["bbox"][1] + o["bbox"][3]) / 2, margin=0)
-              for o in objs]
-    where = [f"{p} {'in the center' if place == 'center' else 'at the ' + place}" for p, place in zip(plain, places)]
     count = f"{len(objs)} {'shape' if len(objs) == 1 else 'shapes'}"
     options = [
         f"{join(named)[0].upper()}{join(named)[1:]} on a {scene['background']} background.",
         f"A picture of {count}: {join(plain)}.",
-        f"There is {join(where)}.",
+        places_sentence(objs),
         f"{count[0].upper()}{count[1:]} on a plain {scene['background']} background: {join(named)}.",
     ]
     rng.shuffle(options)
@@ -185,8 +192,11 @@ def captions(scene: dict, rng: random.Random) -> list[str]:
 
 
 def scene_in_words(scene: dict) -> str:
-    """The scene as a text-only LLM reads it where the image would be: its captions, one after another."""
-    return " ".join(scene["captions"])
+    """The scene as a text-only LLM reads it where the image would be: what the teacher sees, captions and boxes,
+    in words. The captions name every object's colour, shape and size; a scene whose three captions left out the
+    places sentence gets it added, since the boxes say where everything is."""
+    places = places_sentence(scene["objects"])
+    return " ".join(scene["captions"] + ([] if places in scene["captions"] else [places]))
 
 
 def symbolic_context(scene: dict) -> dict:

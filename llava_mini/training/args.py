@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 
 from llava_mini import cli
+from llava_mini.model.attention import BACKENDS
 from llava_mini.training.recipes import PRESETS, StageRecipe
 
 
@@ -42,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--group-by-length", action="store_true", help="batches of similar lengths (less padding)")
     p.add_argument("--pack", action="store_true", help="several samples per row (no padding), segment-id masks")
     p.add_argument("--compile", action="store_true", help="torch.compile the language model")
+    p.add_argument("--attention", choices=BACKENDS, default="sdpa",
+                   help="attention backend of both towers (flex: FlexAttention, trains on a GPU only in torch 2.13)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard parameters/grads/optimizer (FSDP2)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from llava_mini.data.dataset import LengthGroupedBatchSampler, LlavaDataset, collate, micro_batches
 from llava_mini.data.tokenizer import Tokenizer
 from llava_mini.loading import weights
+from llava_mini.model.attention import set_attention_backend
 from llava_mini.model.config import LlavaConfig
 from llava_mini.model.llama import count_trained_tokens
 from llava_mini.model.llava import LlavaForConditionalGeneration
@@ -192,6 +193,7 @@ def setup(args) -> Run:
         tokenizer_json = os.path.join(args.out, "tokenizer.json")
     params = set_trainable(model, args.stage)
     model.to(device)
+    set_attention_backend(model, args.attention)
     if args.gradient_checkpointing or (args.gradient_checkpointing is None and PRESETS[args.preset].gradient_checkpointing):
         model.language_model.model.gradient_checkpointing = True
     if args.compile:
