@@ -1,10 +1,11 @@
-"""Chat with a LLaVA model about an image, in the terminal.
+"""Chat with a LLaVA model about an image, in the terminal (or with a text-only LLaMA, without one).
 
     python chat.py                                   # the model `python train.py` leaves + a shapes-world image
     python chat.py --model checkpoints/tiny/final --image data/shapes/images/test/shapes_test_000000.png
     python chat.py --model llava-1.5-7b-hf --image photo.jpg --device cuda      # HF llava layout
     python chat.py --model llava-v1.5-7b --vision-tower clip-vit-large-patch14-336 --image photo.jpg   # original
     python chat.py --prompt "What shapes do you see?"                            # one question, print, exit
+    python chat.py --model checkpoints/smollm2 --prompt "What is the capital of France?"   # a text-only LLM
 
 Commands inside the chat: /image PATH (a new image starts a new conversation), /reset, /quit.
 
@@ -65,21 +66,24 @@ class ChatSession:
         self.generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         self.stop_ids = stop_token_ids(tokenizer, self.template)
         self.template_stop_id = tokenizer.token_to_id(self.template.stop)   # </s>, <|im_end|>: ends every answer
-        self.max_positions = model.config.text_config.max_position_embeddings
+        self.text_only = not hasattr(model, "vision_tower")          # a plain LLM (SmolLM2, a tiny LLaMA): no images
+        self.llm = model if self.text_only else model.language_model
+        self.max_positions = self.llm.config.max_position_embeddings
         self.image = None
         self.reset()
 
     def reset(self):
         # The KV cache of every token so far (None before the first turn). A compiled decode step decodes into a
         # static cache: one of the whole context holds every turn, so the step compiles once per conversation.
-        llm = self.model.language_model
-        self.cache = llm.new_cache(1, self.max_positions, static=True) if llm.decoding_compiled else None
+        self.cache = self.llm.new_cache(1, self.max_positions, static=True) if self.llm.decoding_compiled else None
         self.history = []          # the token ids fed so far (the placeholder counts as one)
         self.turns = 0
         self.last_stopped = True   # did the last answer end with its stop token (which is then in the cache)?
 
     def set_image(self, path: str):
         """Load a new image (raises with a clear message if it cannot) and start a new conversation."""
+        if self.text_only:
+            raise ValueError(f"{path}: this model is text-only (no vision tower), it cannot take an image")
         image = load_image(path)
         self.image = preprocess_image(image, self.model.config.vision_config, self.model.config.image_aspect_ratio)
         self.reset()
@@ -105,10 +109,12 @@ class ChatSession:
         pixel_values = self.image[None].to(self.device) if n_image else None
         if pixel_values is not None:
             pixel_values = pixel_values.to(next(self.model.vision_tower.parameters()).dtype)
-        out = self.model.generate(torch.tensor([ids], device=self.device), pixel_values,
-                                  max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                                  stop_token_ids=self.stop_ids, streamer=streamer, past_key_values=self.cache,
-                                  generator=self.generator)
+        options = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                       stop_token_ids=self.stop_ids, streamer=streamer, past_key_values=self.cache,
+                       generator=self.generator)
+        input_ids = torch.tensor([ids], device=self.device)
+        out = (self.model.generate(input_ids=input_ids, **options) if self.text_only
+               else self.model.generate(input_ids, pixel_values, **options))
         answer = out.tokens[0]
         self.cache = out.past_key_values
         self.last_stopped = len(answer) < self.max_new_tokens
@@ -124,7 +130,8 @@ def default_image() -> str | None:
 
 def run_chat(session: ChatSession, lines, out=sys.stdout) -> None:
     """The interactive loop over `lines` (stdin): questions and /commands."""
-    print("Type a question about the image; /image PATH, /reset, /quit.", file=out)
+    print("Type a message; /reset, /quit." if session.text_only else
+          "Type a question about the image; /image PATH, /reset, /quit.", file=out)
     while True:
         out.write("\nUSER: ")
         out.flush()
@@ -188,26 +195,31 @@ def main(argv=None):
         hint = " Train one first: python train.py" if args.model == DEFAULT_MODEL else ""
         sys.exit(f"error: no model at {args.model}.{hint}")
     dtype = torch.bfloat16 if str(args.device).startswith("cuda") else None
-    model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device, dtype)
+    model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device, dtype, text_only_ok=True)
     set_attention_backend(model, args.attention)
+    text_only = not hasattr(model, "vision_tower")
+    if text_only and args.image:
+        raise ValueError(f"{args.model} is a text-only model (no vision tower): it cannot take --image; "
+                         "chat without it")
     if args.compile:
-        model.language_model.compile_decoding()
+        (model if text_only else model.language_model).compile_decoding()
         print("(--compile: the first answer waits for the compile, under a minute on a CPU)", file=sys.stderr)
     session = ChatSession(model, tokenizer, args.template or template, device=args.device,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                           seed=args.seed)
-    image = args.image or default_image()
-    if image is None:
+    image = None if text_only else args.image or default_image()
+    if image is not None:
+        session.set_image(image)
+    elif not text_only:
         print(f"(no --image and no images in {DEFAULT_IMAGES}; chatting without an image. "
               f"Make the shapes world with: python -m llava_mini.synth.world --out data/shapes)", file=sys.stderr)
-    else:
-        session.set_image(image)
 
     if args.prompt is not None:
         answer = session.ask(args.prompt)
         print(tokenizer.decode(answer).strip())
         return
-    print(f"model: {args.model} (template {session.template.name}); image: {image}")
+    print(f"model: {args.model} (template {session.template.name}); " +
+          ("text only" if text_only else f"image: {image}"))
     # A byte that is not UTF-8 (a terminal in another encoding, a pasted binary) must not end the conversation.
     lines = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace") if hasattr(sys.stdin, "buffer") \
         else sys.stdin

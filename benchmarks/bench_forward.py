@@ -9,8 +9,9 @@ For each attention backend (eager, sdpa, flex), and compiled, it times
 - decode: greedy generation of --new-tokens tokens with a KV cache (batch 1, the chat case),
 and prints milliseconds for both implementations and the ratio ours / transformers (< 1 means we are faster).
 Ours with flex runs against transformers with sdpa (its fastest on a CPU); the first call of each padded shape pays
-for the compile and is left out as the warm-up. "compiled" is ours with sdpa and the decoder under
-`torch.compile(dynamic=True)` (what `chat.py --compile` does), against transformers with sdpa.
+for the compile and is left out as the warm-up. "compiled" is ours with sdpa and the whole decoder under
+`torch.compile(dynamic=True)` (what `train.py --compile` does), against transformers with sdpa; decoding with the
+static cache and the compiled one-token step (`chat.py --compile`) is benchmarks/bench_decode.py.
 Our generate() also feeds the last token into the cache so that a chat can continue; that one extra step is
 included in our decode time. Needs `transformers` (requirements-dev.txt). Runs from anywhere.
 """

@@ -14,7 +14,8 @@ Part "mix": the default run's stage 2 (projector + LLM train, the tower frozen) 
 batches of --mix-batch samples drawn the same way for every row: padded (random batches, each padded to its
 longest sample), length-grouped (train.py --group-by-length: batches of similar length) and packed (train.py
 --pack: random batches, samples packed whole into rows of 512 tokens). It reports trained tokens per second
-(the batches' real tokens, padding excluded), the figure that says how fast a pipeline learns.
+(the batches' real tokens, padding excluded), the figure that says how fast a pipeline learns; and the
+length-grouped batches once more with the language model under torch.compile (train.py --compile).
 
 Rows alternate step by step, so a busy machine slows all of them alike; medians after a warm-up step.
 """
@@ -100,7 +101,7 @@ def step_part(args) -> dict:
 def mix_part(args) -> dict:
     from llava_mini.data.dataset import LengthGroupedBatchSampler, LlavaDataset, micro_batches
     from llava_mini.loading.weights import load_checkpoint
-    from llava_mini.training.loop import model_inputs, set_trainable, trained_tokens
+    from llava_mini.training.loop import model_inputs, set_trainable
     from llava_mini.training.recipes import TINY_STAGE2
     model, tokenizer, template = load_checkpoint(args.model)
     data = os.path.join(args.data, "stage2_conv_detail_complex_vqa_shuffled.json")
@@ -112,10 +113,12 @@ def mix_part(args) -> dict:
     random_batches = [order[i:i + B] for i in range(0, len(order) - B + 1, B)]
     grouped = LengthGroupedBatchSampler(lengths, B, seed=0, drop_last=True).batches()
     plans = {"padded": (random_batches, None), "length-grouped": (grouped, None),
-             "packed": (random_batches, TINY_STAGE2.max_length)}
+             "length-grouped, compiled": (grouped, None), "packed": (random_batches, TINY_STAGE2.max_length)}
     rows, real = {}, {name: [] for name in plans}
     for name in plans:
         m = load_checkpoint(args.model)[0]
+        if name.endswith("compiled"):
+            m.language_model.compile(dynamic=True)          # what train.py --compile does
         params = set_trainable(m, 2)
         m.train()
         m.vision_tower.eval()
@@ -126,21 +129,23 @@ def mix_part(args) -> dict:
         samples = [dataset[j] for j in plan[i % len(plan)]]
         mb = micro_batches(samples, len(samples), tokenizer.pad_id, model.config.image_token_index, pack_length)[0]
         if i:
-            real[name].append((sum(s["length"] for s in samples), trained_tokens(mb), mb["input_ids"].numel()))
+            # (positions the LLM computes for real tokens, image features included; token ids and their grid)
+            real[name].append((sum(s["length"] for s in samples), sum(len(s["input_ids"]) for s in samples),
+                               mb["input_ids"].numel()))
         return {**model_inputs(mb, "cpu"), "return_logits": False}
 
     seconds = alternate(rows, batches, args.repeats)
     print(f"\nstage 2 on {data}: {len(lengths)} samples, global batch {B}, one micro-batch, fp32, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'':16s} {'ms/step':>9s} {'trained tok/s':>14s} {'rows x T':>10s} {'padding':>8s} {'x padded':>9s}")
+    print(f"{'':26s} {'ms/step':>9s} {'trained tok/s':>14s} {'ids grid':>10s} {'padding':>8s} {'x padded':>9s}")
     results = {}
     for name, t in seconds.items():
         tok = statistics.mean(r[0] for r in real[name])
-        grid = statistics.mean(r[2] for r in real[name])
-        results[name] = {"ms_per_step": t * 1000, "tokens_per_s": tok / t, "padding_share": 1 - tok / grid}
+        padding = 1 - sum(r[1] for r in real[name]) / sum(r[2] for r in real[name])
+        results[name] = {"ms_per_step": t * 1000, "tokens_per_s": tok / t, "padding_share": padding}
     for name, r in results.items():
         r["speedup_vs_padded"] = r["tokens_per_s"] / results["padded"]["tokens_per_s"]
-        print(f"{name:16s} {r['ms_per_step']:9.1f} {r['tokens_per_s']:14.0f} "
+        print(f"{name:26s} {r['ms_per_step']:9.1f} {r['tokens_per_s']:14.0f} "
               f"{statistics.mean(x[2] for x in real[name]):10.0f} {r['padding_share']:8.1%} {r['speedup_vs_padded']:8.2f}x")
     return results
 

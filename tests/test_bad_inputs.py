@@ -24,6 +24,7 @@ from llava_mini import cli
 TOOLS = {
     "train": lambda: load_script("train.py").main,
     "chat": lambda: load_script("chat.py").main,
+    "serve": lambda: load_script("serve.py").main,
     "evaluate": lambda: __import__("llava_mini.eval.evaluate", fromlist=["main"]).main,
     "world": lambda: __import__("llava_mini.synth.world", fromlist=["main"]).main,
     "coco": lambda: __import__("llava_mini.synth.coco", fromlist=["main"]).main,
@@ -74,6 +75,11 @@ CASES = [
     ("train", [*STAGE2, "--data", "{root}/data.json", "--init", "{root}/ckpt_type"], 1, "'hidden_size' must be int"),
     ("train", [*STAGE2, "--data", "{root}/data.json", "--init", "{root}/ckpt_nan"], 1, "NaN"),
     ("train", [*STAGE2, "--data", "{root}/data.json", "--image-root", "{root}", "{root}"], 2, "--image-root"),
+    # serve.py
+    ("serve", ["--model", "{ckpt}", "--api-key-env", "LLAVA_MINI_TEST_UNSET_KEY"], 1, "LLAVA_MINI_TEST_UNSET_KEY"),
+    ("serve", ["--model", "{root}/nothing"], 1, "nothing"),
+    ("serve", ["--model", "{ckpt}", "--port", "-1"], 2, "--port"),
+    ("serve", ["--model", "{ckpt}", "--max-body-mb", "0"], 2, "--max-body-mb"),
     # chat.py
     ("chat", ["--model", "{ckpt}", "--top-p", "2"], 2, "--top-p"),
     ("chat", ["--model", "{ckpt}", "--top-p", "0"], 2, "--top-p"),

@@ -162,3 +162,34 @@ def test_stream_printer_handles_split_characters():
     for b in "café ü".encode():
         printer(b)
     assert out.getvalue() == "café ü" and "\ufffd" not in out.getvalue()
+
+
+def test_a_text_only_llama_chats_without_an_image(tmp_path):
+    """A plain LLaMA folder (as weights/download.py --offline smollm2 writes): chat.py talks to it with its own
+    template and the tokens generate() gives; an image for it is one error line; a LLaVA-only command refuses it."""
+    from llava_mini.data.conversation import tokenize_prompt
+    from llava_mini.data.tokenizer import Tokenizer
+    from llava_mini.loading.weights import load_checkpoint, save_llama
+    from llava_mini.model.llama import LlamaForCausalLM
+    tok_path = make_tokenizer_json(str(tmp_path / "tok.json"))
+    tokenizer = Tokenizer.from_file(tok_path)
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(TextConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=128, bos_token_id=tokenizer.bos_id,
+                                      eos_token_id=tokenizer.eos_id, tie_word_embeddings=True))
+    with torch.no_grad():
+        llm.model.embed_tokens.weight.mul_(20)
+    folder = save_llama(llm, str(tmp_path / "llm"), tokenizer_json=tok_path)
+    result = _run(["--model", folder, "--prompt", "What colour is the sky?", "--max-new-tokens", "10"])
+    assert result.returncode == 0, result.stderr
+    model, tok, template = load_checkpoint(folder, text_only_ok=True)
+    assert template == "vicuna_v1" and isinstance(model, LlamaForCausalLM)
+    ids = torch.tensor([tokenize_prompt(tok, ["What colour is the sky?"], template)])
+    expected = tok.decode(model.generate(input_ids=ids, max_new_tokens=10).tokens[0]).strip()
+    assert expected and result.stdout.strip() == expected
+    refused = _run(["--model", folder, "--image", "x.png", "--prompt", "hi"])
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "text-only model (no vision tower): it cannot take --image" in refused.stderr
+    with pytest.raises(ValueError, match="is a text-only LLaMA checkpoint"):
+        load_checkpoint(folder)

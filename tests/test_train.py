@@ -63,13 +63,14 @@ def state(path) -> dict:
     return {k: v.clone() for k, v in weights.load_llava(path).state_dict().items()}
 
 
-def assert_same_weights(a: dict, b: dict, what: str = "") -> None:
+def assert_same_weights(a: dict, b: dict, what: str = "", atol: float = 5e-5) -> None:
     """Two runs that split the same global batches differently end with the same weights. Not bit for bit: Adam
     divides each gradient by its own size, so float noise in a near-zero one (summed in another order) moves its
-    weight by up to ~1e-5; a wrong split or gradient share moves weights by about the learning rate."""
+    weight by up to ~1e-5 at lr 1e-3 (more at a higher lr); a wrong split or gradient share moves weights by about
+    the learning rate."""
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=5e-5, msg=f"{what}{k}")
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=atol, msg=f"{what}{k}")
 
 
 @pytest.fixture(scope="module")
@@ -280,9 +281,9 @@ def test_make_bases_under_torchrun_matches_one_process(tiny, tmp_path):
     two = pipeline.make_bases(tiny["data"], str(tmp_path / "two"), [], QUICK.bases, 2, 1)
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["lm_heldout_loss"] == pytest.approx(one["lm_heldout_loss"], rel=1e-4)
-    for name in ("tiny-clip", "tiny-llama"):
+    for name in ("tiny-clip", "tiny-llama"):     # lr 2e-3 and 3e-3: a tenth of it is still far below a real error
         assert_same_weights(*(load_file(str(tmp_path / run / name / "model.safetensors")) for run in ("one", "two")),
-                            what=f"{name}: ")
+                            what=f"{name}: ", atol=2e-4)
 
 
 def test_default_pipeline_quick(tmp_path, capsys):

@@ -5,6 +5,7 @@ LLaVA-1's crop), resize to the tower's size, normalise with CLIP's mean and std.
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -31,10 +32,20 @@ def load_image(path: str, background=(255, 255, 255)) -> Image.Image:
         raise FileNotFoundError(f"image not found: {path}")
     if not os.path.isfile(path):
         raise ValueError(f"not a regular file: {path}")
+    return _decode(path, path, background)
+
+
+def decode_image(data: bytes, name: str, background=(255, 255, 255)) -> Image.Image:
+    """load_image for bytes already in memory (an upload, a data: URL); `name` is what an error calls them."""
+    return _decode(io.BytesIO(data), name, background)
+
+
+def _decode(source, path: str, background) -> Image.Image:
+    """Open, check the size from the header, decode and make RGB; every failure names `path`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)    # we check the size ourselves
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 w, h = im.size                      # from the header: nothing is decoded yet
                 if w * h > MAX_IMAGE_PIXELS:
                     raise ValueError(f"image too large: {path} is {w} x {h} pixels, more than the "

@@ -334,19 +334,36 @@ def save_projector(model, path: str) -> str:
     return path
 
 
-def load_checkpoint(path: str, vision_tower: str | None = None, device: str = "cpu", dtype=None):
+def is_text_only(path: str) -> bool:
+    """A plain LLaMA checkpoint folder: an LLM without a vision tower (e.g. SmolLM2 converted from its GGUF)."""
+    d = read_config_json(path)
+    return not is_original_llava_config(d) and isinstance(read_config(path), TextConfig)
+
+
+def load_checkpoint(path: str, vision_tower: str | None = None, device: str = "cpu", dtype=None,
+                    text_only_ok: bool = False):
     """A checkpoint folder (ours, HF llava, or original LLaVA + `vision_tower`) -> (model, tokenizer, template name).
-    The template comes from our llava_mini.json; other layouts get vicuna_v1 (LLaVA-1.5's)."""
+    The template comes from our llava_mini.json; other layouts get vicuna_v1 (LLaVA-1.5's). With `text_only_ok`, a
+    plain LLaMA folder loads too, as a LlamaForCausalLM (template: chatml when its tokenizer has <|im_start|>);
+    without it such a folder is an error that says what it is."""
     from llava_mini.data.tokenizer import Tokenizer
-    from llava_mini.loading.weights import load_llava
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model folder not found: {path}")
-    model = load_llava(path, dtype=dtype, device=device, vision_tower=vision_tower).eval()
+    text_only = not vision_tower and os.path.exists(os.path.join(path, "config.json")) and is_text_only(path)
+    if text_only and not text_only_ok:
+        raise CheckpointError(f"{path} is a text-only LLaMA checkpoint (no vision tower): chat.py and serve.py "
+                              "talk to it; this command needs a LLaVA model")
     if not os.path.exists(os.path.join(path, "tokenizer.json")):
         raise FileNotFoundError(f"{path} has no tokenizer.json (needed to turn text into token ids)")
     tokenizer = Tokenizer.from_file(path)
-    tokenizer.check_image_token(model.config.image_token_index, path)
+    if text_only:
+        model = load_llama(path, dtype=dtype, device=device).eval()
+        default = "chatml" if tokenizer.token_to_id("<|im_start|>") is not None else "vicuna_v1"
+    else:
+        model = load_llava(path, dtype=dtype, device=device, vision_tower=vision_tower).eval()
+        tokenizer.check_image_token(model.config.image_token_index, path)
+        default = "vicuna_v1"
     meta_path = os.path.join(path, "llava_mini.json")
-    template = read_json(meta_path).get("template", "vicuna_v1") if os.path.exists(meta_path) else "vicuna_v1"
+    template = read_json(meta_path).get("template", default) if os.path.exists(meta_path) else default
     model.requires_grad_(False)          # inference only: no autograd graph (local, unlike set_grad_enabled)
     return model, tokenizer, template

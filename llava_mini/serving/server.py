@@ -1,0 +1,162 @@
+"""An OpenAI-compatible HTTP server over one model, on the standard library (http.server), for the classroom.
+
+    server = make_server(engine, host="127.0.0.1", port=8000, api_key=None)
+    server.serve_forever()
+
+    GET  /v1/models               the model, with its size and whether it sees images
+    POST /v1/chat/completions     openai_api.parse_chat_request's body; "stream": true answers with server-sent
+                                  events, one chunk per new piece of text, then `data: [DONE]`
+
+Requests are read by a thread each and answered one at a time (one model, one lock): 32 clients at once all get
+their answers, in turn. Every bad request is a JSON error {"error": {"message", "type", "code"}} with a 4xx status,
+and the server keeps serving. With an API key, every request must carry `Authorization: Bearer KEY`; the key is
+compared in constant time and never logged (the log line is the method, the path and the status).
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from llava_mini.serving.openai_api import MAX_IMAGE_BYTES, Engine, RequestError, parse_chat_request
+
+MAX_BODY_BYTES = 16 * 2 ** 20
+
+
+class ClientGone(Exception):
+    """The client closed the connection while its answer was streaming."""
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: "ChatServer"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):      # the default would log the request line; keep it to what we choose
+        pass
+
+    def _log(self, status: int):
+        if not self.server.quiet:
+            print(f"{self.command} {self.path.split('?')[0]} {status}", file=sys.stderr)
+
+    def _send_json(self, status: int, payload: dict):
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self._log(status)
+
+    def _error(self, status: int, message: str):
+        kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large"}.get(
+            status, "invalid_request_error")
+        self._send_json(status, {"error": {"message": message, "type": kind, "code": status}})
+
+    def _authorized(self) -> bool:
+        key = self.server.api_key
+        if key is None:
+            return True
+        given = self.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            return True
+        self._error(401, "missing or wrong API key (send Authorization: Bearer <key>)")
+        return False
+
+    def do_GET(self):
+        if not self._authorized():
+            return
+        if self.path.rstrip("/") == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [self.server.engine.model_card()]})
+        else:
+            self._error(404, f"no such path: {self.path.split('?')[0]} (GET /v1/models, POST /v1/chat/completions)")
+
+    def do_POST(self):
+        if not self._authorized():
+            return
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            self._error(404, f"no such path: {self.path.split('?')[0]} (POST /v1/chat/completions)")
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._error(411, "a request needs a Content-Length")
+            return
+        if length > self.server.max_body:
+            self.close_connection = True                 # the body is not read: the connection cannot be reused
+            self._error(413, f"the request body is {length} bytes, more than the {self.server.max_body} "
+                             "this server takes")
+            return
+        try:
+            body = json.loads(self.rfile.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            self._error(400, f"the request body is not JSON: {e}")
+            return
+        engine = self.server.engine
+        try:
+            request = parse_chat_request(body, self.server.max_image_bytes)
+            if request.model not in (None, engine.name):
+                raise RequestError(f"unknown model {request.model!r}; this server serves {engine.name!r}",
+                                   status=404)
+            with self.server.lock:                        # one model: one answer at a time
+                if request.stream:
+                    self._stream(request)
+                else:
+                    self._send_json(200, engine.complete(request))
+        except RequestError as e:
+            self._error(e.status, str(e))
+        except ClientGone:
+            self.close_connection = True
+            self._log(499)
+
+    def _stream(self, request):
+        """Server-sent events: a role chunk, a chunk per new piece of text, a finish chunk, [DONE]."""
+        started, name = int(time.time()), self.server.engine.name
+        stream_id = f"chatcmpl-{started}-{threading.get_ident()}"
+        headers_sent = []
+
+        def event(delta: dict, finish=None):
+            if not headers_sent:                          # after the checks in complete(): errors stay plain JSON
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                headers_sent.append(True)
+                event({"role": "assistant"})
+            chunk = {"id": stream_id, "object": "chat.completion.chunk", "created": started, "model": name,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            try:
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                raise ClientGone() from None
+
+        self.close_connection = True
+        response = self.server.engine.complete(request, on_text=lambda text: event({"content": text}))
+        event({}, response["choices"][0]["finish_reason"])
+        try:
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            raise ClientGone() from None
+        self._log(200)
+
+
+class ChatServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, engine: Engine, api_key: str | None, max_body: int, max_image_bytes: int,
+                 quiet: bool):
+        super().__init__(address, Handler)
+        self.engine, self.api_key, self.max_body, self.max_image_bytes = engine, api_key, max_body, max_image_bytes
+        self.quiet = quiet
+        self.lock = threading.Lock()
+
+
+def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+                max_body: int = MAX_BODY_BYTES, max_image_bytes: int | None = None, quiet: bool = False) -> ChatServer:
+    """A server bound to host:port (port 0: any free one; server.server_address says which)."""
+    return ChatServer((host, port), engine, api_key, max_body, max_image_bytes or MAX_IMAGE_BYTES, quiet)
