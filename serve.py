@@ -1,4 +1,5 @@
-"""Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models) on this machine.
+"""Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models), and the classroom page
+(GET /: pick a held-out image, ask, watch the answer stream in and where it looked), on this machine.
 
     python serve.py                                          # the model `python train.py` leaves, 127.0.0.1:8000
     python serve.py --model checkpoints/smollm2 --port 8001  # a text-only LLM (e.g. the LLM teacher or judge)
@@ -40,6 +41,7 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="compiled decode step over a static KV cache")
     p.add_argument("--max-new-tokens", type=cli.positive_int, default=512, help="when a request gives no max_tokens")
     p.add_argument("--max-body-mb", type=cli.positive_float, default=16.0, help="largest request body")
+    p.add_argument("--images", default="data/shapes/images/test", help="the page's gallery of images to choose from")
     p.add_argument("--quiet", action="store_true", help="no log line per request")
     args = p.parse_args(argv)
     api_key = None
@@ -54,10 +56,12 @@ def main(argv=None):
     folder = os.path.normpath(args.model)             # checkpoints/tiny/final -> "tiny"
     name = args.name or os.path.basename(os.path.dirname(folder) if os.path.basename(folder) == "final" else folder)
     engine = Engine(model, tokenizer, args.template or template, name, args.device, args.max_new_tokens)
-    server = make_server(engine, args.host, args.port, api_key, int(args.max_body_mb * 2 ** 20), quiet=args.quiet)
+    server = make_server(engine, args.host, args.port, api_key, int(args.max_body_mb * 2 ** 20), quiet=args.quiet,
+                         image_dir=args.images)
     host, port = server.server_address[:2]
     print(f"serving {name} ({engine.parameters / 1e6:.1f}M parameters, {'text only' if engine.text_only else 'vision'})"
-          f" on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""), file=sys.stderr, flush=True)
+          f" on http://{host}:{port}/v1; the classroom page: http://{host}:{port}/" +
+          (" (API key required)" if api_key else ""), file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -65,7 +65,8 @@ def _number(body: dict, key: str, default, low: float, high: float, integer: boo
     return value
 
 
-def _image(url, max_bytes: int):
+def image_from_url(url, max_bytes: int = MAX_IMAGE_BYTES):
+    """A data: URL (base64) -> a PIL image; RequestError naming what is wrong (413 past `max_bytes`)."""
     if not isinstance(url, str) or not url.startswith("data:") or ";base64," not in url:
         raise RequestError("an image_url must be a data: URL with base64 data (data:image/png;base64,...); "
                            "this server fetches nothing from the network")
@@ -97,7 +98,7 @@ def _content(message: dict, index: int, max_image_bytes: int) -> tuple[str, list
             texts.append(part["text"])
         elif kind == "image_url":
             url = part.get("image_url")
-            images.append(_image(url.get("url") if isinstance(url, dict) else url, max_image_bytes))
+            images.append(image_from_url(url.get("url") if isinstance(url, dict) else url, max_image_bytes))
         else:
             raise RequestError(f"messages[{index}].content[{j}]: a part is {{'type': 'text', 'text': ...}} or "
                                "{'type': 'image_url', 'image_url': {'url': 'data:...'}}")

@@ -6,6 +6,7 @@
     GET  /v1/models               the model, with its size and whether it sees images
     POST /v1/chat/completions     openai_api.parse_chat_request's body; "stream": true answers with server-sent
                                   events, one chunk per new piece of text, then `data: [DONE]`
+    GET  /                        the classroom page (classroom.py: its files, gallery, blank image, heat maps)
 
 Requests are read by a thread each and answered one at a time (one model, one lock): 32 clients at once all get
 their answers, in turn. Every bad request is a JSON error {"error": {"message", "type", "code"}} with a 4xx status,
@@ -21,6 +22,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from llava_mini.serving import classroom
 from llava_mini.serving.openai_api import MAX_IMAGE_BYTES, Engine, RequestError, parse_chat_request
 
 MAX_BODY_BYTES = 16 * 2 ** 20
@@ -42,13 +44,7 @@ class Handler(BaseHTTPRequestHandler):
             print(f"{self.command} {self.path.split('?')[0]} {status}", file=sys.stderr)
 
     def _send_json(self, status: int, payload: dict):
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        self._log(status)
+        self._send(status, "application/json", json.dumps(payload).encode())
 
     def _error(self, status: int, message: str):
         kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large"}.get(
@@ -65,34 +61,73 @@ class Handler(BaseHTTPRequestHandler):
         self._error(401, "missing or wrong API key (send Authorization: Bearer <key>)")
         return False
 
+    def _send(self, status: int, content_type: str, body: bytes):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self._log(status)
+
     def do_GET(self):
         if not self._authorized():
             return
-        if self.path.rstrip("/") == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [self.server.engine.model_card()]})
+        path = self.path.split("?")[0]
+        engine, images = self.server.engine, self.server.image_dir
+        found = None
+        if path.rstrip("/") == "/v1/models":
+            found = 200, "application/json", json.dumps({"object": "list", "data": [engine.model_card()]}).encode()
+        elif path in ("/", "/index.html"):
+            found = classroom.static_file("index.html")
+        elif path.startswith("/static/"):
+            found = classroom.static_file(path[len("/static/"):])
+        elif path == "/classroom/images":
+            found = 200, "application/json", json.dumps({"images": classroom.gallery(images)}).encode()
+        elif path.startswith("/classroom/images/"):
+            found = classroom.gallery_image(images, path[len("/classroom/images/"):])
+        elif path == "/classroom/blank.png":
+            found = 200, "image/png", classroom.blank_png(engine)
+        if found is None:
+            self._error(404, f"no such path: {path} (GET /v1/models, POST /v1/chat/completions, GET / for the page)")
         else:
-            self._error(404, f"no such path: {self.path.split('?')[0]} (GET /v1/models, POST /v1/chat/completions)")
+            self._send(*found)
 
-    def do_POST(self):
-        if not self._authorized():
-            return
-        if self.path.rstrip("/") != "/v1/chat/completions":
-            self._error(404, f"no such path: {self.path.split('?')[0]} (POST /v1/chat/completions)")
-            return
+    def _read_json(self):
+        """The request's JSON body, or None after answering with the error."""
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             self._error(411, "a request needs a Content-Length")
-            return
+            return None
         if length > self.server.max_body:
             self.close_connection = True                 # the body is not read: the connection cannot be reused
             self._error(413, f"the request body is {length} bytes, more than the {self.server.max_body} "
                              "this server takes")
-            return
+            return None
         try:
-            body = json.loads(self.rfile.read(length))
+            return json.loads(self.rfile.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             self._error(400, f"the request body is not JSON: {e}")
+            return None
+
+    def do_POST(self):
+        if not self._authorized():
+            return
+        path = self.path.split("?")[0].rstrip("/")
+        if path == "/classroom/attention":
+            body = self._read_json()
+            if body is not None:
+                try:
+                    with self.server.lock:
+                        self._send(200, "application/json", classroom.attention_heatmap(self.server.engine, body))
+                except RequestError as e:
+                    self._error(e.status, str(e))
+            return
+        if path != "/v1/chat/completions":
+            self._error(404, f"no such path: {self.path.split('?')[0]} (POST /v1/chat/completions)")
+            return
+        body = self._read_json()
+        if body is None:
             return
         engine = self.server.engine
         try:
@@ -149,14 +184,16 @@ class ChatServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address, engine: Engine, api_key: str | None, max_body: int, max_image_bytes: int,
-                 quiet: bool):
+                 quiet: bool, image_dir: str | None):
         super().__init__(address, Handler)
         self.engine, self.api_key, self.max_body, self.max_image_bytes = engine, api_key, max_body, max_image_bytes
-        self.quiet = quiet
+        self.quiet, self.image_dir = quiet, image_dir
         self.lock = threading.Lock()
 
 
 def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-                max_body: int = MAX_BODY_BYTES, max_image_bytes: int | None = None, quiet: bool = False) -> ChatServer:
-    """A server bound to host:port (port 0: any free one; server.server_address says which)."""
-    return ChatServer((host, port), engine, api_key, max_body, max_image_bytes or MAX_IMAGE_BYTES, quiet)
+                max_body: int = MAX_BODY_BYTES, max_image_bytes: int | None = None, quiet: bool = False,
+                image_dir: str | None = None) -> ChatServer:
+    """A server bound to host:port (port 0: any free one; server.server_address says which); `image_dir`: the
+    page's gallery (the world's held-out images)."""
+    return ChatServer((host, port), engine, api_key, max_body, max_image_bytes or MAX_IMAGE_BYTES, quiet, image_dir)

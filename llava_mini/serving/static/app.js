@@ -1,0 +1,154 @@
+// The classroom page: pick or upload an image, ask, watch the answer stream in, see where it looked.
+// It speaks only to the server that served it: POST /v1/chat/completions (stream: true), GET /v1/models,
+// and the classroom routes /classroom/images, /classroom/blank.png and /classroom/attention.
+"use strict";
+
+const state = { image: null, blank: null, messages: [], busy: false };
+const $ = (id) => document.getElementById(id);
+
+function say(text) { $("status").textContent = text; }
+
+async function dataUrl(blob) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+}
+
+async function fetchDataUrl(url) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+  return dataUrl(await response.blob());
+}
+
+function reset() {
+  state.messages = [];
+  $("messages").innerHTML = "";
+  $("heatmap").hidden = true;
+  say("New conversation.");
+}
+
+function showImage(url) {
+  state.image = url;
+  $("image").src = url;
+  reset();
+}
+
+function addMessage(role, text) {
+  const div = document.createElement("div");
+  div.className = `message ${role}`;
+  const who = document.createElement("b");
+  who.textContent = role === "user" ? "You: " : "Model: ";
+  const body = document.createElement("span");
+  body.className = "text";
+  body.textContent = text;
+  div.append(who, body);
+  $("messages").append(div);
+  $("messages").scrollTop = $("messages").scrollHeight;
+  return { div, body };
+}
+
+// The request the OpenAI convention expects: the image rides in the first user message as a data: URL.
+function requestMessages(image) {
+  return state.messages.map((m, i) => (i === 0 && m.role === "user" && image)
+    ? { role: "user", content: [{ type: "text", text: m.content }, { type: "image_url", image_url: { url: image } }] }
+    : m);
+}
+
+async function ask(question) {
+  const blind = $("blind").checked;
+  const image = blind ? state.blank : state.image;
+  state.messages.push({ role: "user", content: question });
+  addMessage("user", question + (blind ? "  (blind)" : ""));
+  const reply = addMessage("assistant", "");
+  const response = await fetch("/v1/chat/completions", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ messages: requestMessages(image), temperature: 0, stream: true }),
+  });
+  if (!response.ok) {
+    const error = await response.json();
+    state.messages.pop();
+    reply.body.textContent = `(${error.error.message})`;
+    return;
+  }
+  // Server-sent events: "data: {chunk}\n\n" ... "data: [DONE]"
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "", answer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const line = buffer.slice(0, end).replace(/^data: /, "");
+      buffer = buffer.slice(end + 2);
+      if (line === "[DONE]") continue;
+      answer += JSON.parse(line).choices[0].delta.content || "";
+      reply.body.textContent = answer;
+    }
+  }
+  state.messages.push({ role: "assistant", content: answer });
+  if ($("show-map").checked && state.messages.length === 2 && answer) await heatmap(image, question, answer, reply);
+}
+
+// Where the answer looked: only for the first turn, whose prompt is exactly "<image>\nquestion".
+async function heatmap(image, question, answer, reply) {
+  say("Drawing where the answer looked...");
+  const response = await fetch("/classroom/attention", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ image, question, answer }),
+  });
+  const result = await response.json();
+  if (!response.ok) { say(result.error.message); return; }
+  $("heatmap").src = result.heatmap;
+  $("heatmap").hidden = false;
+  const note = document.createElement("span");
+  note.className = "note";
+  note.textContent = "  (heat map: where this answer looked)";
+  reply.div.append(note);
+  say("");
+}
+
+async function loadGallery() {
+  const response = await fetch("/classroom/images");
+  const names = response.ok ? (await response.json()).images : [];
+  for (const name of names) {
+    const img = document.createElement("img");
+    img.src = `/classroom/images/${encodeURIComponent(name)}`;
+    img.alt = name;
+    img.title = name;
+    img.onclick = async () => {
+      document.querySelectorAll("#gallery img").forEach((x) => x.classList.remove("chosen"));
+      img.classList.add("chosen");
+      showImage(await fetchDataUrl(img.src));
+    };
+    $("gallery").append(img);
+  }
+  if (names.length) $("gallery").firstChild.click();
+}
+
+async function start() {
+  const models = await (await fetch("/v1/models")).json();
+  const m = models.data[0];
+  $("model-name").textContent = `${m.id}: ${(m.parameters / 1e6).toFixed(1)}M parameters` +
+    (m.vision ? "" : " (text only)");
+  state.blank = await fetchDataUrl("/classroom/blank.png");
+  await loadGallery();
+  $("upload").onchange = async () => { if ($("upload").files[0]) showImage(await dataUrl($("upload").files[0])); };
+  $("reset").onclick = reset;
+  $("ask").onsubmit = async (event) => {
+    event.preventDefault();
+    const question = $("question").value.trim();
+    if (!question || state.busy) return;
+    state.busy = true;
+    $("question").value = "";
+    $("send").disabled = true;
+    try { await ask(question); } catch (e) { say(String(e)); } finally { state.busy = false; $("send").disabled = false; }
+  };
+  say("Pick an image and ask a question.");
+}
+
+start();

@@ -1,0 +1,56 @@
+"""The classroom page in a real browser (headless Chromium driven by Selenium): load it, choose an image, ask,
+wait for the streamed answer and the heat map, ask blind, and save a screenshot. .ci/run installs Debian's chromium
+and chromium-driver; without them this test is skipped and says why."""
+import threading
+
+import pytest
+from conftest import load_script
+from PIL import Image
+from test_chat import make_tiny_checkpoint
+
+from llava_mini.loading.weights import load_checkpoint
+from llava_mini.serving.openai_api import Engine
+from llava_mini.serving.server import make_server
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (requirements-dev.txt)")
+page = load_script("docs/screenshot_page.py")          # browser() and ask_and_wait(), shared with the screenshot
+pytestmark = pytest.mark.skipif(not (page.CHROMIUM and page.DRIVER),
+                                reason="no headless browser: apt-get install chromium chromium-driver")
+
+
+def test_the_page_chats_streams_draws_the_heat_map_and_asks_blind(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, colour in enumerate([(200, 30, 30), (30, 30, 200), (30, 160, 30)]):
+        Image.new("RGB", (32, 32), colour).save(images / f"scene_{i}.png")
+    model, tokenizer, template = load_checkpoint(make_tiny_checkpoint(str(tmp_path / "ckpt")))
+    server = make_server(Engine(model, tokenizer, template, "tiny", max_new_tokens=10), port=0, quiet=True,
+                         image_dir=str(images))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    driver = page.browser()
+    try:
+        driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: "parameters" in d.find_element(By.ID, "model-name").text)
+        assert "tiny" in driver.find_element(By.ID, "model-name").text
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery img")) == 3)
+        driver.find_elements(By.CSS_SELECTOR, "#gallery img")[1].click()
+        wait.until(lambda d: "chosen" in d.find_elements(By.CSS_SELECTOR, "#gallery img")[1].get_attribute("class"))
+        answer = page.ask_and_wait(driver, "What colour is the square?", 0)
+        assert answer and not answer.startswith("(")                 # an answer, not an error in brackets
+        wait.until(lambda d: d.find_element(By.ID, "heatmap").is_displayed())
+        assert driver.find_element(By.ID, "heatmap").get_attribute("src").startswith("data:image/png;base64,")
+        driver.find_element(By.ID, "blind").click()
+        blind = page.ask_and_wait(driver, "And now?", 1)
+        assert blind and "(blind)" in driver.find_elements(By.CSS_SELECTOR, ".message.user")[-1].text
+        driver.find_element(By.ID, "reset").click()
+        assert not driver.find_elements(By.CSS_SELECTOR, ".message")
+        assert driver.save_screenshot(str(tmp_path / "page.png")) and (tmp_path / "page.png").stat().st_size > 1000
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()
