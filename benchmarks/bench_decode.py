@@ -9,7 +9,8 @@ generate() (dynamic cache; static cache + torch.compile), same random weights, s
 The prompt is what a chat turn with an image gives the language model: --image-tokens embeddings (where the image
 features go) followed by --text-tokens token embeddings, fed as inputs_embeds. For each batch size in --batches it
 times greedy decoding of exactly --new-tokens tokens (no early stop) and reports tokens per second per run
-(batch x new tokens / seconds), and the prefill latency (one forward pass over the prompt). The compiled rows pay
+(batch x new tokens / seconds), the peak memory one run needs beyond the loaded models (benchmarks/memory.py), and
+the prefill latency (one forward pass over the prompt). The compiled rows pay
 their compile in a warm-up call that is not timed; the compile time is printed. The rows alternate run by run, so
 a busy machine slows all of them alike; the median of --repeats is reported. Needs transformers.
 """
@@ -23,6 +24,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # run from anywhere
+
+from memory import peak_rss_growth  # noqa: E402
 
 from llava_mini import cli  # noqa: E402
 from llava_mini.jsonio import write_json  # noqa: E402
@@ -59,7 +62,8 @@ def main(argv=None):
     p.add_argument("--kv-heads", type=cli.positive_int, default=1)
     p.add_argument("--head-dim", type=cli.positive_int, default=32)
     p.add_argument("--vocab", type=cli.positive_int, default=1024)
-    p.add_argument("--image-tokens", type=cli.non_negative_int, default=64, help="64: the classroom tower's 8x8 patches")
+    p.add_argument("--image-tokens", type=cli.non_negative_int, default=64,
+                   help="64: the classroom tower's 8x8 patches")
     p.add_argument("--text-tokens", type=cli.positive_int, default=40)
     p.add_argument("--new-tokens", type=cli.positive_int, default=64)
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
@@ -123,17 +127,20 @@ def main(argv=None):
                                                  for _ in range(args.repeats)),
                        "transformers": statistics.median(seconds(lambda: hf(inputs_embeds=embeds), device)
                                                          for _ in range(args.repeats))}
+            memory = {name: peak_rss_growth(lambda: fn(embeds), device) for name, fn in rows.items()}
             base = statistics.median(times["transformers, dynamic cache"])
             print(f"\nbatch {batch}: prefill of {T} positions: ours {prefill['ours'] * 1000:.1f} ms, transformers "
                   f"{prefill['transformers'] * 1000:.1f} ms")
-            print(f"{'':38s} {'tokens/s':>9s} {'x transformers':>15s} {'warm-up s':>10s} {'ours tokens':>12s}")
+            print(f"{'':38s} {'tokens/s':>9s} {'x transformers':>15s} {'warm-up s':>10s} {'peak MB':>8s} "
+                  f"{'tokens':>7s}")
             table = {}
             for name in rows:
                 t = statistics.median(times[name])
                 table[name] = {"tokens_per_s": batch * n / t, "speedup_vs_transformers": base / t,
-                               "warmup_s": warmup[name], "tokens_equal_ours_eager": same[name]}
-                print(f"{name:38s} {batch * n / t:9.0f} {base / t:14.2f}x {warmup[name]:10.1f} "
-                      f"{'same' if same[name] else 'differ':>12s}")
+                               "warmup_s": warmup[name], "peak_mb": memory[name], "tokens_equal_ours_eager": same[name]}
+                peak = "n/a" if memory[name] is None else f"{memory[name]:.1f}"
+                print(f"{name:38s} {batch * n / t:9.0f} {base / t:14.2f}x {warmup[name]:10.1f} {peak:>8s} "
+                      f"{'same' if same[name] else 'differ':>7s}")
             results["batches"][str(batch)] = {"prefill_ms": {k: v * 1000 for k, v in prefill.items()}, "decode": table}
     if args.json:
         write_json(results, args.json)

@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from llava_mini import cli  # noqa: E402
-from llava_mini.jsonio import write_json  # noqa: E402
 from llava_mini.data.conversation import tokenize_prompt  # noqa: E402
 from llava_mini.data.tokenizer import Tokenizer  # noqa: E402
+from llava_mini.jsonio import write_json  # noqa: E402
 from llava_mini.loading import hub  # noqa: E402
 from llava_mini.loading.weights import load_llama  # noqa: E402
 

@@ -17,7 +17,8 @@ longest sample), length-grouped (train.py --group-by-length: batches of similar 
 (the batches' real tokens, padding excluded), the figure that says how fast a pipeline learns; and the
 length-grouped batches once more with the language model under torch.compile (train.py --compile).
 
-Rows alternate step by step, so a busy machine slows all of them alike; medians after a warm-up step.
+Rows alternate step by step, so a busy machine slows all of them alike; medians after a warm-up step. The step
+part also reports each row's peak memory beyond the loaded model and its optimizer state (benchmarks/memory.py).
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # run from anywhere
+
+from memory import peak_rss_growth  # noqa: E402
 
 from llava_mini import cli  # noqa: E402
 from llava_mini.jsonio import write_json  # noqa: E402
@@ -86,15 +89,19 @@ def step_part(args) -> dict:
             rows[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
         ids = torch.randint(3, cfg.vocab_size, (args.batch, args.seq))
         seconds = alternate(rows, lambda i, name: {"input_ids": ids, "labels": ids}, args.repeats)
+        memory = {name: peak_rss_growth(lambda: timed_step(model, opt, {"input_ids": ids, "labels": ids}))
+                  for name, (model, opt) in rows.items()}
         tokens = args.batch * args.seq
         best_hf = min(seconds["transformers eager"], seconds["transformers sdpa"])
         print(f"\n{size}: {sum(p.numel() for p in rows['ours eager'][0].parameters()) / 1e6:.1f}M params, "
               f"batch {args.batch} x {args.seq} tokens, fp32, {torch.get_num_threads()} threads")
-        print(f"{'':20s} {'ms/step':>9s} {'tokens/s':>9s} {'x best transformers':>20s}")
+        print(f"{'':20s} {'ms/step':>9s} {'tokens/s':>9s} {'x best transformers':>20s} {'peak MB':>8s}")
         results[size] = {}
         for name, t in seconds.items():
-            results[size][name] = {"ms_per_step": t * 1000, "tokens_per_s": tokens / t, "speedup": best_hf / t}
-            print(f"{name:20s} {t * 1000:9.1f} {tokens / t:9.0f} {best_hf / t:19.2f}x")
+            results[size][name] = {"ms_per_step": t * 1000, "tokens_per_s": tokens / t, "speedup": best_hf / t,
+                                   "peak_mb": memory[name]}
+            peak = "n/a" if memory[name] is None else f"{memory[name]:.0f}"
+            print(f"{name:20s} {t * 1000:9.1f} {tokens / t:9.0f} {best_hf / t:19.2f}x {peak:>8s}")
     return results
 
 
@@ -146,7 +153,8 @@ def mix_part(args) -> dict:
     for name, r in results.items():
         r["speedup_vs_padded"] = r["tokens_per_s"] / results["padded"]["tokens_per_s"]
         print(f"{name:26s} {r['ms_per_step']:9.1f} {r['tokens_per_s']:14.0f} "
-              f"{statistics.mean(x[2] for x in real[name]):10.0f} {r['padding_share']:8.1%} {r['speedup_vs_padded']:8.2f}x")
+              f"{statistics.mean(x[2] for x in real[name]):10.0f} {r['padding_share']:8.1%} "
+              f"{r['speedup_vs_padded']:8.2f}x")
     return results
 
 

@@ -172,3 +172,23 @@ def test_text_stream_never_passes_a_stop_string():
     for ch in "the answer ENDING here":
         stream(ord(ch))
     assert "".join(pieces) == "the answer " == stream.text_so_far() and stream.stopped
+
+
+def test_a_text_only_llm_answers_and_refuses_an_image(tmp_path):
+    """serve.py --model <a plain LLaMA>: the engine answers text, and an image for it is a 400 naming why."""
+    from test_chat import make_tokenizer_json
+
+    from llava_mini.data.tokenizer import Tokenizer
+    from llava_mini.model.config import TextConfig
+    from llava_mini.model.llama import LlamaForCausalLM
+    from llava_mini.serving.openai_api import RequestError, parse_chat_request
+    tokenizer = Tokenizer.from_file(make_tokenizer_json(str(tmp_path / "tok.json")))
+    llm = LlamaForCausalLM(TextConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=128, eos_token_id=tokenizer.eos_id)).eval()
+    engine = Engine(llm, tokenizer, "vicuna_v1", "text", max_new_tokens=5)
+    reply = engine.complete(parse_chat_request({"messages": [{"role": "system", "content": "Be brief."},
+                                                             user("Hello?")], "temperature": 0}))
+    assert reply["usage"]["completion_tokens"] <= 5 and engine.model_card()["vision"] is False
+    with pytest.raises(RequestError, match="text-only"):
+        engine.complete(parse_chat_request({"messages": [user("What is this?", png_data_url())]}))
