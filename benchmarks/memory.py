@@ -4,7 +4,8 @@
 
 On Linux a process's peak resident set size (VmHWM in /proc/self/status) can be reset by writing 5 to
 /proc/self/clear_refs; so: reset, run, read the new peak, subtract what was resident before. That is the memory the
-call needed on top of what the process already held (the models). On CUDA, torch's own peak counter is used.
+call needed on top of what the process already held (the models, and the memory the allocator kept from earlier
+calls: after a warm-up, a small model's step reuses it and reads near 0 MB). On CUDA, torch's own peak counter.
 """
 from __future__ import annotations
 
@@ -34,4 +35,4 @@ def peak_rss_growth(fn, device=None) -> float | None:
     except OSError:
         return None
     fn()
-    return (_rss_kb("VmHWM") - before) / 1024
+    return max(0, _rss_kb("VmHWM") - before) / 1024
