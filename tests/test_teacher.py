@@ -347,3 +347,39 @@ def test_position_names_list_the_grid_row_by_row():
     from llava_mini.synth.teacher import POSITION_NAMES, position_name
     cells = [position_name((col + 0.5) / 3, (row + 0.5) / 3) for row in range(3) for col in range(3)]
     assert cells == list(POSITION_NAMES)
+
+
+def test_fact_check_keeps_true_samples_and_names_the_false_claim():
+    from llava_mini.eval.fact_check import fact_check, scene_of_context
+    ctx = {"captions": ["A large red circle and a small blue square on a pale blue background."],
+           "boxes": ["red circle: [0.05, 0.10, 0.40, 0.45]", "blue square: [0.60, 0.62, 0.82, 0.84]"]}
+    scene = scene_of_context(ctx)
+    assert scene["background"] == "pale blue" and scene["objects"][1] == {
+        "color": "blue", "shape": "square", "bbox": [0.60, 0.62, 0.82, 0.84]}
+    good = [{"from": "human", "value": "Where is the circle?"},
+            {"from": "gpt", "value": "The red circle is at the top left, and there are two shapes."}]
+    assert fact_check(good, ctx) is None
+    for answer, why in [("There is a green triangle.", "false claim (object): a green triangle"),
+                        ("The red circle is at the bottom right.",
+                         "false claim (position): red circle at the bottom right"),
+                        ("I see three shapes.", "false claim (count): 3 x object")]:
+        assert fact_check([good[0], {"from": "gpt", "value": answer}], ctx) == why
+    assert fact_check([{"from": "human", "value": "Is there a green triangle?"}, good[1]], ctx) is None  # questions
+
+
+def test_llm_teacher_with_a_check_rejects_false_samples_and_says_why():
+    from llava_mini.eval.fact_check import fact_check
+
+    class Client:                                   # replies in turn: a true sample, a false one, not JSON
+        replies = [json.dumps([{"from": "human", "value": "What is there?"}, {"from": "gpt", "value": v}])
+                   for v in ("A red circle.", "A blue star.")] + ["Sure! Here you go."]
+
+        def chat(self, messages, temperature=0.0):
+            return self.replies.pop(0)
+    ctx = {"captions": ["A red circle on a white background."], "boxes": ["red circle: [0.10, 0.10, 0.40, 0.40]"]}
+    teacher = LLMTeacher(Client(), check=fact_check)
+    assert teacher.conversation(ctx)[1]["value"] == "A red circle."
+    assert teacher.detail(ctx) is None and teacher.complex(ctx) is None
+    assert dict(teacher.rejected) == {"detail": 1, "complex": 1}
+    assert dict(teacher.reasons) == {"false claim (object)": 1, "not a JSON list of alternating human/gpt turns": 1}
+    assert teacher.examples["false claim (object)"][2] == "false claim (object): a blue star"

@@ -3,7 +3,8 @@
 Same interface as teacher.RuleTeacher (`conversation`, `detail`, `complex`, each returning LLaVA turns or None), so the
 data builders in teacher.py take either. Any OpenAI-compatible endpoint (llm_client.ChatClient) gets a paper-style
 system prompt and one few-shot example per kind; the reply must be a JSON list of turns that alternate human/gpt,
-anything else is counted as a rejection (`teacher.rejected`).
+anything else is counted as a rejection (`teacher.rejected`, with the reasons in `teacher.reasons`). With `check`
+(eval/fact_check.py's `fact_check`), a well-formed sample that states something false of the scene is rejected too.
 
     from llava_mini.synth.llm_client import ChatClient
     teacher = LLMTeacher(ChatClient("http://127.0.0.1:8000/v1", "my-model"))
@@ -77,10 +78,20 @@ def check_turns(reply: str) -> list[dict] | None:
 class LLMTeacher:
     """The same interface as RuleTeacher, written by a language model from the same symbolic context."""
 
-    def __init__(self, client, temperature: float = 0.0):
+    def __init__(self, client, temperature: float = 0.0, check=None):
         self.client = client  # llm_client.ChatClient or anything with .chat(messages, temperature) -> str
         self.temperature = temperature
-        self.rejected = Counter()  # replies that failed check_turns, per kind
+        # check(turns, context) -> None if the sample may be kept, else why not (eval/fact_check.py checks facts)
+        self.check = check
+        self.rejected = Counter()  # rejected replies, per kind
+        self.reasons = Counter()   # ... and why ("false claim (position)": the part before a colon)
+        self.examples = {}         # reason -> (kind, reply, the whole why): the first reply rejected for it
+
+    def _reject(self, kind: str, why: str, reply: str) -> None:
+        reason = why.split(":")[0]
+        self.rejected[kind] += 1
+        self.reasons[reason] += 1
+        self.examples.setdefault(reason, (kind, reply, why))
 
     def _ask(self, kind: str, context: dict) -> list[dict] | None:
         shot = [t for q, a in FEW_SHOT_REPLIES[kind] for t in ({"from": "human", "value": q}, {"from": "gpt", "value": a})]
@@ -88,9 +99,14 @@ class LLMTeacher:
                     {"role": "user", "content": format_context(FEW_SHOT_CONTEXT)},
                     {"role": "assistant", "content": json.dumps(shot)},
                     {"role": "user", "content": format_context(context)}]
-        turns = check_turns(self.client.chat(messages, temperature=self.temperature))
+        reply = self.client.chat(messages, temperature=self.temperature)
+        turns = check_turns(reply)
         if turns is None:
-            self.rejected[kind] += 1
+            self._reject(kind, "not a JSON list of alternating human/gpt turns", reply)
+            return None
+        why = self.check(turns, context) if self.check else None
+        if why:
+            self._reject(kind, why, reply)
             return None
         turns[0]["value"] = "<image>\n" + turns[0]["value"].replace("<image>", "").strip()
         return turns
