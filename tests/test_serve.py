@@ -192,3 +192,22 @@ def test_a_text_only_llm_answers_and_refuses_an_image(tmp_path):
     assert reply["usage"]["completion_tokens"] <= 5 and engine.model_card()["vision"] is False
     with pytest.raises(RequestError, match="text-only"):
         engine.complete(parse_chat_request({"messages": [user("What is this?", png_data_url())]}))
+
+
+def test_the_heat_map_route_draws_a_png_and_refuses_bad_requests(model):
+    def attention(url, body):
+        request = urllib.request.Request(url + "/classroom/attention", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+    with serving(model) as (url, _):
+        status, reply = attention(url, {"image": png_data_url(), "question": QUESTION, "answer": "red"})
+        assert status == 200 and reply["heatmap"].startswith("data:image/png;base64,")
+        heat = Image.open(io.BytesIO(base64.b64decode(reply["heatmap"].split(",", 1)[1])))
+        assert heat.width >= 320
+        assert attention(url, {"question": QUESTION})[0] == 400
+        assert attention(url, {"image": "data:image/png;base64,aGVsbG8=", "question": "q", "answer": "a"})[0] == 400
+        assert models_ok(url)

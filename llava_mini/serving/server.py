@@ -47,7 +47,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, "application/json", json.dumps(payload).encode())
 
     def _error(self, status: int, message: str):
-        kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large"}.get(
+        kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large", 500: "server_error"}.get(
             status, "invalid_request_error")
         self._send_json(status, {"error": {"message": message, "type": kind, "code": status}})
 
@@ -122,6 +122,8 @@ class Handler(BaseHTTPRequestHandler):
                         self._send(200, "application/json", classroom.attention_heatmap(self.server.engine, body))
                 except RequestError as e:
                     self._error(e.status, str(e))
+                except ValueError as e:                    # e.g. an answer with no tokens to show
+                    self._error(400, str(e))
             return
         if path != "/v1/chat/completions":
             self._error(404, f"no such path: {self.path.split('?')[0]} (POST /v1/chat/completions)")
@@ -145,6 +147,8 @@ class Handler(BaseHTTPRequestHandler):
         except ClientGone:
             self.close_connection = True
             self._log(499)
+        except Exception as e:                            # a bug: say so in JSON, and keep serving
+            self._error(500, f"internal error ({type(e).__name__}: {e}); please report it")
 
     def _stream(self, request):
         """Server-sent events: a role chunk, a chunk per new piece of text, a finish chunk, [DONE]."""
