@@ -383,3 +383,25 @@ def test_llm_teacher_with_a_check_rejects_false_samples_and_says_why():
     assert dict(teacher.rejected) == {"detail": 1, "complex": 1}
     assert dict(teacher.reasons) == {"false claim (object)": 1, "not a JSON list of alternating human/gpt turns": 1}
     assert teacher.examples["false claim (object)"][2] == "false claim (object): a blue star"
+
+
+def test_the_lines_reply_format_for_small_models():
+    from llava_mini.synth.llm_teacher import check_lines
+    assert check_lines("Sure!\nQ: What is there?\nA: A red circle.\nQ: Where?\nA: Top left.\nQ: And") == [
+        {"from": "human", "value": "What is there?"}, {"from": "gpt", "value": "A red circle."},
+        {"from": "human", "value": "Where?"}, {"from": "gpt", "value": "Top left."}]
+    assert check_lines("Q: one?\nQ: two?\nA: yes") is None and check_lines("no lines at all") is None
+
+    class Client:
+        def chat(self, messages, temperature=0.0):
+            self.messages = messages
+            return "Q: Describe the image.\nA: A red circle on white."
+    client = Client()
+    teacher = LLMTeacher(client, reply_format="lines")
+    turns = teacher.detail({"captions": ["A red circle."], "boxes": ["red circle: [0.10, 0.10, 0.40, 0.40]"]})
+    assert turns == [{"from": "human", "value": "<image>\nDescribe the image."},
+                     {"from": "gpt", "value": "A red circle on white."}]
+    assert client.messages[2]["content"].startswith("Q: Describe the image in detail.\nA: ")   # the example, in lines
+    assert '"Q: "' in client.messages[0]["content"] and "JSON" not in client.messages[0]["content"]
+    with pytest.raises(ValueError, match="reply_format"):
+        LLMTeacher(client, reply_format="yaml")

@@ -53,10 +53,12 @@ def main(argv=None):
     p.add_argument("--scenes", type=cli.positive_int, default=12, help="how many train scenes to write for")
     p.add_argument("--out", help="write the kept samples here (LLaVA JSON), and the report beside it")
     p.add_argument("--timeout", type=cli.positive_float, default=300.0, help="seconds per request")
+    p.add_argument("--reply-format", choices=("json", "lines"), default="json",
+                   help="json: the paper's list of turns; lines: Q:/A: lines, which a small model can copy")
     args = p.parse_args(argv)
     scenes = read_json(os.path.join(args.data, "scenes_train.json"))[:args.scenes]
     client = ChatClient(args.url, args.model, api_key_env=args.api_key_env, timeout=args.timeout, max_retries=1)
-    kept, report = run_teacher(LLMTeacher(client, check=fact_check), scenes)
+    kept, report = run_teacher(LLMTeacher(client, check=fact_check, reply_format=args.reply_format), scenes)
     print(f"LLM teacher ({args.model} at {args.url}) on {len(scenes)} scenes: {report['written']} of "
           f"{report['asked']} samples written, {report['asked'] - report['written']} rejected; "
           f"{report['seconds_per_sample']:.1f} s per sample")

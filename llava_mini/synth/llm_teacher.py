@@ -23,8 +23,16 @@ as text you were given. Only state what the description supports; do not invent 
 
 {task}
 
-Reply with JSON only: a list of turns [{{"from": "human", "value": ...}}, {{"from": "gpt", "value": ...}}, ...] that \
-starts with "human", alternates, and ends with "gpt"."""
+{reply_format}"""
+
+# How the reply is written. "json" is the paper's (a list of turns); "lines" is one a small model can copy: a
+# question on a "Q:" line, its answer on the next "A:" line (SmolLM2-135M breaks the JSON: docs/EXPERIMENTS.md).
+REPLY_FORMATS = {
+    "json": 'Reply with JSON only: a list of turns [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}, '
+            '...] that starts with "human", alternates, and ends with "gpt".',
+    "lines": 'Reply with lines only: each question on a line that starts with "Q: ", and its answer on the next line, '
+             'which starts with "A: ".',
+}
 
 TASKS = {
     "conversation": "Write a conversation between a person asking about the image and you answering. Ask varied "
@@ -75,12 +83,37 @@ def check_turns(reply: str) -> list[dict] | None:
     return [{"from": t["from"], "value": t["value"].strip()} for t in turns]
 
 
+def check_lines(reply: str) -> list[dict] | None:
+    """A "lines" reply as turns, or None: "Q: ..." and "A: ..." lines in turn (other lines are skipped; a last
+    question without its answer is dropped, as a reply cut off by the token limit ends)."""
+    turns = []
+    for line in reply.splitlines():
+        line = line.strip()
+        for prefix, role in (("Q:", "human"), ("A:", "gpt")):
+            if line.startswith(prefix) and line[len(prefix):].strip():
+                if (role == "human") != (len(turns) % 2 == 0):
+                    return None                           # two questions or two answers in a row
+                turns.append({"from": role, "value": line[len(prefix):].strip()})
+    turns = turns[:len(turns) // 2 * 2]
+    return turns or None
+
+
+def render_turns(turns: list[dict], reply_format: str) -> str:
+    """The few-shot example's reply, written the way the model is asked to reply."""
+    if reply_format == "json":
+        return json.dumps(turns)
+    return "\n".join(("Q: " if t["from"] == "human" else "A: ") + t["value"] for t in turns)
+
+
 class LLMTeacher:
     """The same interface as RuleTeacher, written by a language model from the same symbolic context."""
 
-    def __init__(self, client, temperature: float = 0.0, check=None):
+    def __init__(self, client, temperature: float = 0.0, check=None, reply_format: str = "json"):
+        if reply_format not in REPLY_FORMATS:
+            raise ValueError(f"reply_format must be one of {', '.join(REPLY_FORMATS)}, got {reply_format!r}")
         self.client = client  # llm_client.ChatClient or anything with .chat(messages, temperature) -> str
         self.temperature = temperature
+        self.reply_format = reply_format
         # check(turns, context) -> None if the sample may be kept, else why not (eval/fact_check.py checks facts)
         self.check = check
         self.rejected = Counter()  # rejected replies, per kind
@@ -95,14 +128,16 @@ class LLMTeacher:
 
     def _ask(self, kind: str, context: dict) -> list[dict] | None:
         shot = [t for q, a in FEW_SHOT_REPLIES[kind] for t in ({"from": "human", "value": q}, {"from": "gpt", "value": a})]
-        messages = [{"role": "system", "content": SYSTEM_PROMPT.format(task=TASKS[kind])},
+        system = SYSTEM_PROMPT.format(task=TASKS[kind], reply_format=REPLY_FORMATS[self.reply_format])
+        messages = [{"role": "system", "content": system},
                     {"role": "user", "content": format_context(FEW_SHOT_CONTEXT)},
-                    {"role": "assistant", "content": json.dumps(shot)},
+                    {"role": "assistant", "content": render_turns(shot, self.reply_format)},
                     {"role": "user", "content": format_context(context)}]
         reply = self.client.chat(messages, temperature=self.temperature)
-        turns = check_turns(reply)
+        turns = check_turns(reply) if self.reply_format == "json" else check_lines(reply)
         if turns is None:
-            self._reject(kind, "not a JSON list of alternating human/gpt turns", reply)
+            self._reject(kind, "not a JSON list of alternating human/gpt turns" if self.reply_format == "json"
+                         else "no Q:/A: lines in turn", reply)
             return None
         why = self.check(turns, context) if self.check else None
         if why:
