@@ -3,7 +3,7 @@ complex-reasoning samples from world scenes' captions and boxes; each sample is 
 
     python serve.py --model checkpoints/smollm2 --port 8001 --quiet &          # SmolLM2-135M-Instruct, offline
     python -m llava_mini.eval.teacher_run --url http://127.0.0.1:8001/v1 --model smollm2 --data data/shapes \\
-        --scenes 12 --out data/shapes/llm_teacher.json
+        --scenes 12 --out data/shapes/llm_teacher.json [--reply-format lines]   # lines: for a small model
 
 It prints how many samples were written and rejected, and why (a reply that is not the JSON list of turns the
 prompt asks for; a claim that is false of the scene: an object, count, colour or place), one example of each, and

@@ -2,7 +2,8 @@
 
 Same interface as teacher.RuleTeacher (`conversation`, `detail`, `complex`, each returning LLaVA turns or None), so the
 data builders in teacher.py take either. Any OpenAI-compatible endpoint (llm_client.ChatClient) gets a paper-style
-system prompt and one few-shot example per kind; the reply must be a JSON list of turns that alternate human/gpt,
+system prompt and one few-shot example per kind; the reply must be a JSON list of turns that alternate human/gpt
+(the paper's format; `reply_format="lines"` asks for "Q:" / "A:" lines instead, which a small model can copy);
 anything else is counted as a rejection (`teacher.rejected`, with the reasons in `teacher.reasons`). With `check`
 (eval/fact_check.py's `fact_check`), a well-formed sample that states something false of the scene is rejected too.
 
