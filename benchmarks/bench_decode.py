@@ -9,7 +9,7 @@ generate() (dynamic cache; static cache + torch.compile), same random weights, s
 The prompt is what a chat turn with an image gives the language model: --image-tokens embeddings (where the image
 features go) followed by --text-tokens token embeddings, fed as inputs_embeds. For each batch size in --batches it
 times greedy decoding of exactly --new-tokens tokens (no early stop) and reports tokens per second per run
-(batch x new tokens / seconds), the peak memory one run needs beyond the loaded models (benchmarks/memory.py), and
+(batch x new tokens / seconds), the peak memory one run needs beyond the loaded models (benchmarks/measure.py), and
 the prefill latency (one forward pass over the prompt). The compiled rows pay
 their compile in a warm-up call that is not timed; the compile time is printed. The rows alternate run by run, so
 a busy machine slows all of them alike; the median of --repeats is reported. Needs transformers.
@@ -25,25 +25,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # run from anywhere
 
-from memory import peak_rss_growth  # noqa: E402
-
+from benchmarks.measure import elapsed, peak_rss_growth, write_results  # noqa: E402
 from llava_mini import cli  # noqa: E402
-from llava_mini.jsonio import write_json  # noqa: E402
 from llava_mini.model.config import TextConfig  # noqa: E402
 from llava_mini.model.llama import LlamaForCausalLM  # noqa: E402
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def seconds(fn, device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def hf_generate(model, embeds, n, **kwargs):
@@ -122,10 +107,10 @@ def main(argv=None):
             times = {name: [] for name in rows}
             for _ in range(args.repeats):
                 for name, fn in rows.items():
-                    times[name].append(seconds(lambda: fn(embeds), device))
-            prefill = {"ours": statistics.median(seconds(lambda: eager(inputs_embeds=embeds), device)
+                    times[name].append(elapsed(lambda: fn(embeds), device))
+            prefill = {"ours": statistics.median(elapsed(lambda: eager(inputs_embeds=embeds), device)
                                                  for _ in range(args.repeats)),
-                       "transformers": statistics.median(seconds(lambda: hf(inputs_embeds=embeds), device)
+                       "transformers": statistics.median(elapsed(lambda: hf(inputs_embeds=embeds), device)
                                                          for _ in range(args.repeats))}
             memory = {name: peak_rss_growth(lambda: fn(embeds), device) for name, fn in rows.items()}
             base = statistics.median(times["transformers, dynamic cache"])
@@ -142,9 +127,7 @@ def main(argv=None):
                 print(f"{name:38s} {batch * n / t:9.0f} {base / t:14.2f}x {warmup[name]:10.1f} {peak:>8s} "
                       f"{'same' if same[name] else 'differ':>7s}")
             results["batches"][str(batch)] = {"prefill_ms": {k: v * 1000 for k, v in prefill.items()}, "decode": table}
-    if args.json:
-        write_json(results, args.json)
-        print(f"wrote {args.json}")
+    write_results(results, args.json)
     return results
 
 

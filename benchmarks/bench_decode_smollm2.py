@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from benchmarks.measure import write_results  # noqa: E402
 from llava_mini import cli  # noqa: E402
 from llava_mini.data.conversation import tokenize_prompt  # noqa: E402
 from llava_mini.data.tokenizer import Tokenizer  # noqa: E402
-from llava_mini.jsonio import write_json  # noqa: E402
 from llava_mini.loading import hub  # noqa: E402
 from llava_mini.loading.weights import load_llama  # noqa: E402
 
@@ -115,9 +115,7 @@ def main(argv=None):
     if args.profile:
         with torch.inference_mode():
             print(profile_step(ours, ids, args.new_tokens))
-    if args.json:
-        write_json(results, args.json)
-        print(f"wrote {args.json}")
+    write_results(results, args.json)
     return results
 
 

@@ -18,33 +18,17 @@ included in our decode time. Needs `transformers` (requirements-dev.txt). Runs f
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # run from anywhere
 
+from benchmarks.measure import timed  # noqa: E402
 from llava_mini import cli  # noqa: E402
 from llava_mini.model.attention import set_attention_backend  # noqa: E402
 from llava_mini.model.config import TextConfig  # noqa: E402
 from llava_mini.model.llama import LlamaForCausalLM  # noqa: E402
-
-
-def timed(fn, device, repeats):
-    """Median wall time of fn() in milliseconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def main(argv=None):
@@ -100,7 +84,7 @@ def main(argv=None):
                                                eos_token_id=None, pad_token_id=0)),
             }
             for phase, (ours_fn, hf_fn) in runs.items():
-                t_ours, t_hf = timed(ours_fn, device, args.repeats), timed(hf_fn, device, args.repeats)
+                t_ours, t_hf = (timed(fn, device, args.repeats) * 1000 for fn in (ours_fn, hf_fn))
                 print(f"{backend:8s} {phase:8s} {t_ours:10.1f} {t_hf:10.1f} {t_ours / t_hf:8.2f}")
         print(f"{backend:8s} max |logits ours - hf| = {diff:.2e}")
 

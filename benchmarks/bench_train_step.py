@@ -18,7 +18,7 @@ longest sample), length-grouped (train.py --group-by-length: batches of similar 
 length-grouped batches once more with the language model under torch.compile (train.py --compile).
 
 Rows alternate step by step, so a busy machine slows all of them alike; medians after a warm-up step. The step
-part also reports each row's peak memory beyond the loaded model and its optimizer state (benchmarks/memory.py).
+part also reports each row's peak memory beyond the loaded model and its optimizer state (benchmarks/measure.py).
 """
 from __future__ import annotations
 
@@ -26,16 +26,13 @@ import os
 import random
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # run from anywhere
 
-from memory import peak_rss_growth  # noqa: E402
-
+from benchmarks.measure import elapsed, peak_rss_growth, write_results  # noqa: E402
 from llava_mini import cli  # noqa: E402
-from llava_mini.jsonio import write_json  # noqa: E402
 from llava_mini.model.attention import set_attention_backend  # noqa: E402
 from llava_mini.model.config import TextConfig  # noqa: E402
 from llava_mini.model.llama import LlamaForCausalLM  # noqa: E402
@@ -49,11 +46,11 @@ SIZES = {
 
 
 def timed_step(model, opt, batch) -> float:
-    start = time.perf_counter()
-    model(**batch).loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+    def step():
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return elapsed(step)
 
 
 def alternate(rows: dict, batches, repeats: int) -> dict:
@@ -181,9 +178,7 @@ def main(argv=None):
         results["step"] = step_part(args)
     if args.part in ("mix", "all"):
         results["mix"] = mix_part(args)
-    if args.json:
-        write_json(results, args.json)
-        print(f"wrote {args.json}")
+    write_results(results, args.json)
     return results
 
 

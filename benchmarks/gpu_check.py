@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # run from anywhere
 
+from benchmarks.measure import timed, write_results  # noqa: E402
 from llava_mini import cli  # noqa: E402
-from llava_mini.jsonio import write_json  # noqa: E402
 from llava_mini.model.attention import build_mask, flex_attention, sdpa_attention, set_attention_backend  # noqa: E402
 from llava_mini.model.config import TextConfig  # noqa: E402
 from llava_mini.model.llama import LlamaForCausalLM  # noqa: E402
@@ -41,22 +41,6 @@ ONE_B = dict(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hid
              num_attention_heads=32, num_key_value_heads=8, head_dim=64)
 TOY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
            num_key_value_heads=2, head_dim=16)
-
-
-def timed(fn, device, repeats: int, warmup: int = 2) -> float:
-    """Median seconds of fn() after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def train_steps(cfg: TextConfig, device, dtype, batch: int, seq: int, repeats: int, peak: float | None) -> dict:
@@ -78,7 +62,7 @@ def train_steps(cfg: TextConfig, device, dtype, batch: int, seq: int, repeats: i
             opt.step()
             opt.zero_grad(set_to_none=True)
         try:
-            t = timed(step, device, repeats)
+            t = timed(step, device, repeats, warmup=2)
         except Exception as e:                               # a row that cannot run here says why, the rest go on
             results[row] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
             print(f"  train step {row}: {results[row]['error']}")
@@ -104,7 +88,7 @@ def attention_only(device, dtype, B: int, H: int, T: int, D: int, repeats: int) 
         def run():
             out = fn(q, k, v)
             out.float().sum().backward()
-        return timed(run, device, repeats)
+        return timed(run, device, repeats, warmup=2)
 
     def qkv(b, t):
         return [torch.randn(b, H, t, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
@@ -138,7 +122,7 @@ def copy_bandwidth(device, nbytes: int, repeats: int) -> float:
     """Bytes per second of a device-to-device copy (read + write counted)."""
     x = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
     y = torch.empty_like(x)
-    return 2 * nbytes / timed(lambda: y.copy_(x), device, repeats)
+    return 2 * nbytes / timed(lambda: y.copy_(x), device, repeats, warmup=2)
 
 
 def decode(cfg: TextConfig, device, dtype, new_tokens: int, repeats: int, bandwidth_bytes: int) -> dict:
@@ -203,9 +187,7 @@ def main(argv=None):
     if "train.py" in parts:
         print("4. the pipeline's CUDA path:")
         results["train_py"] = train_py(timeout=600)
-    if args.json:
-        write_json(results, args.json)
-        print(f"wrote {args.json}")
+    write_results(results, args.json)
     return results
 
 
