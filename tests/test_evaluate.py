@@ -12,6 +12,7 @@ from llava_mini.eval import evaluate as ev
 from llava_mini.eval import judges, scoring
 from llava_mini.eval.describe import description_score, description_summary
 from llava_mini.loading import weights
+from llava_mini.synth import claims as claim_parser
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -63,21 +64,21 @@ def test_relative_scores_arithmetic():
 
 
 def test_claims_are_parsed_and_checked_against_the_scene():
-    claims = judges.extract_claims("There are two red circles and a blue square at the bottom left. No stars.")
-    assert judges.Claim("count", "red", "circle", number=2) in claims
-    assert judges.Claim("position", "blue", "square", where="bottom left") in claims
-    assert judges.Claim("count", None, "star", number=0) in claims
-    assert all(judges.check_claim(c, SCENE) for c in claims)
-    wrong = judges.extract_claims("There are three shapes: a green triangle on the right.")
-    assert {c.kind: judges.check_claim(c, SCENE) for c in wrong} == {"count": True, "object": False, "position": False}
-    assert judges.check_claim(judges.Claim("color", "blue"), {"background": "pale blue", "objects": []})
+    found = claim_parser.extract_claims("There are two red circles and a blue square at the bottom left. No stars.")
+    assert claim_parser.Claim("count", "red", "circle", number=2) in found
+    assert claim_parser.Claim("position", "blue", "square", where="bottom left") in found
+    assert claim_parser.Claim("count", None, "star", number=0) in found
+    assert all(claim_parser.check_claim(c, SCENE) for c in found)
+    wrong = claim_parser.extract_claims("There are three shapes: a green triangle on the right.")
+    assert {c.kind: claim_parser.check_claim(c, SCENE) for c in wrong} == {"count": True, "object": False, "position": False}
+    assert claim_parser.check_claim(claim_parser.Claim("color", "blue"), {"background": "pale blue", "objects": []})
     # Arithmetic about an imagined scene is not a claim about this one.
-    assert judges.extract_claims("Adding one more makes 2 + 1 = 3 red circles, so one object would be left.") == set()
+    assert claim_parser.extract_claims("Adding one more makes 2 + 1 = 3 red circles, so one object would be left.") == set()
 
 
 def test_rule_judge_knows_the_worlds_words():
     world = pytest.importorskip("llava_mini.synth.world")
-    assert set(world.COLORS) <= judges.COLOR_WORDS and set(world.SHAPES) <= judges.SHAPE_WORDS
+    assert set(world.COLORS) <= claim_parser.COLOR_WORDS and set(world.SHAPES) <= claim_parser.SHAPE_WORDS
 
 
 def test_rule_judge_prefers_true_answers():
@@ -251,6 +252,7 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path, monkeypatch
     monkeypatch.setenv("OPENAI_API_KEY", "sk-unused")
     import time
     from types import SimpleNamespace
+
     from llava_mini.synth import llm_client
     monkeypatch.setattr(llm_client, "time", SimpleNamespace(monotonic=time.monotonic, sleep=lambda s: None))  # no backoff
     with pytest.raises(SystemExit) as stop:

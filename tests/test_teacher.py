@@ -350,7 +350,7 @@ def test_position_names_list_the_grid_row_by_row():
 
 
 def test_fact_check_keeps_true_samples_and_names_the_false_claim():
-    from llava_mini.eval.fact_check import fact_check, scene_of_context
+    from llava_mini.synth.fact_check import fact_check, scene_of_context
     ctx = {"captions": ["A large red circle and a small blue square on a pale blue background."],
            "boxes": ["red circle: [0.05, 0.10, 0.40, 0.45]", "blue square: [0.60, 0.62, 0.82, 0.84]"]}
     scene = scene_of_context(ctx)
@@ -368,7 +368,7 @@ def test_fact_check_keeps_true_samples_and_names_the_false_claim():
 
 
 def test_llm_teacher_with_a_check_rejects_false_samples_and_says_why():
-    from llava_mini.eval.fact_check import fact_check
+    from llava_mini.synth.fact_check import fact_check
 
     class Client:                                   # replies in turn: a true sample, a false one, not JSON
         replies = [json.dumps([{"from": "human", "value": "What is there?"}, {"from": "gpt", "value": v}])
@@ -405,3 +405,23 @@ def test_the_lines_reply_format_for_small_models():
     assert '"Q: "' in client.messages[0]["content"] and "JSON" not in client.messages[0]["content"]
     with pytest.raises(ValueError, match="reply_format"):
         LLMTeacher(client, reply_format="yaml")
+
+
+def test_the_world_command_runs_an_llm_teacher_and_reports_what_it_rejected(server, tmp_path, capsys):
+    # One scene, three kinds: a sample with a false count, a true one (no checkable claim), one out of format.
+    server.script = [(200, "Q: How many objects are there?\nA: I see twenty objects.", 0),
+                     (200, "Q: Describe the image.\nA: It is a small picture.", 0),
+                     (200, "Sure! Here is a description.", 0)]
+    out = tmp_path / "world"
+    world.main(["--out", str(out), "--train", "2", "--test", "1", "--llm-teacher", server.url,
+                "--llm-model", "fake", "--llm-scenes", "1", "--llm-reply-format", "lines"])
+    kept = json.loads((out / "llm_teacher.json").read_text())
+    scene = json.loads((out / "scenes_train.json").read_text())[0]
+    assert [s["id"] for s in kept] == [f"{scene['id']}_llm_detail"] and kept[0]["image"] == scene["image"]
+    report = json.loads((out / "llm_teacher_report.json").read_text())
+    assert (report["asked"], report["written"]) == (3, 1)
+    assert report["rejected"] == {"conversation": 1, "complex": 1}
+    assert set(report["reasons"]) == {"false claim (count)", "no Q:/A: lines in turn"}
+    assert scene["captions"][0] in server.requests[0]["body"]["messages"][-1]["content"]   # the scene, in words
+    printed = capsys.readouterr().out
+    assert "1 of 3 samples written, 2 rejected" in printed and "rejected 1x: false claim (count)" in printed

@@ -4,7 +4,7 @@
     score["recall"], score["precision"], score["all_named"], score["exact"]
     summary = description_summary([score, ...])      # means over images, and the shares described fully / exactly
 
-The facts come from the rule judge's parser (judges.extract_claims), so a description is read the way the
+The facts come from the rule judge's parser (synth/claims.py), so a description is read the way the
 LLaVA-Bench-style score reads it. An object counts as named when the text names its colour and its shape together
 ("a red circle", "two red circles"); recall and precision are over the scene's distinct (colour, shape) pairs, so "two
 yellow diamonds" names a scene's two yellow diamonds at once. A stated position ("the star at the bottom left") is
@@ -12,7 +12,7 @@ checked too, where the text gives one.
 """
 from __future__ import annotations
 
-from llava_mini.eval.judges import check_claim, extract_claims
+from llava_mini.synth.claims import check_claim, extract_claims
 
 
 def _norm(color: str | None) -> str | None:

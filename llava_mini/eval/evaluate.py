@@ -201,6 +201,8 @@ def main(argv=None):
     p.add_argument("--judge", choices=("rule", "openai"), default="rule")
     p.add_argument("--judge-url", default="http://127.0.0.1:8000/v1")
     p.add_argument("--judge-model", default="gpt-4o-mini")
+    p.add_argument("--judge-max-tokens", type=cli.positive_int, help="cut the judge's explanation after N tokens "
+                   "(its scores are on the first line)")
     p.add_argument("--scienceqa", help="ScienceQA in LLaVA's converted format (images relative to its folder)")
     p.add_argument("--no-projector-baseline", action="store_true",
                    help="also score with the projector's output zeroed (see the module docstring)")
@@ -257,7 +259,7 @@ def main(argv=None):
             judge = RuleJudge()
         else:
             from llava_mini.synth.llm_client import ChatClient
-            judge = LLMJudge(ChatClient(args.judge_url, args.judge_model))
+            judge = LLMJudge(ChatClient(args.judge_url, args.judge_model), max_tokens=args.judge_max_tokens)
         from llava_mini.synth.llm_client import ChatError
         try:
             report["bench"] = evaluate_bench(model, tokenizer, items, args.data, judge=judge,

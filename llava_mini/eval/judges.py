@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
 
-from llava_mini.eval.scoring import NUMBER_WORDS, normalize_answer
+from tqdm import tqdm
+
+from llava_mini.eval.scoring import normalize_answer
+from llava_mini.synth.claims import check_claim, extract_claims
 from llava_mini.synth.llm_teacher import format_context
-from llava_mini.synth.phrasings import COLOR_WORDS
 
 CATEGORIES = ("conv", "detail", "complex")
 
@@ -36,96 +37,6 @@ def relative_scores(records: list[dict]) -> dict:
         ref = sum(r["score_reference"] for r in rs) / len(rs)
         out[name] = {"relative": 100.0 * model / ref if ref else 0.0, "model": model, "reference": ref, "n": len(rs)}
     return out
-
-
-SHAPE_WORDS = {"circle", "square", "triangle", "rectangle", "star", "ellipse", "oval", "hexagon", "pentagon",
-               "diamond", "cross", "heart"}
-OBJECT_WORDS = {"shape", "object", "thing", "item"}        # "three shapes": a count over every object
-# A clause with one of these talks about a changed or imagined scene ("adding one more makes 3 circles",
-# "one object would be left"): it is arithmetic, not a statement about this image, so it is not checked.
-HYPOTHETICAL_WORDS = {"would", "could", "if", "adding", "add", "removing", "remove", "makes", "leaves", "after"}
-POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "upper": "top", "above": "top",
-                  "bottom": "bottom", "lower": "bottom", "below": "bottom", "center": "center",
-                  "centre": "center", "middle": "center"}
-
-
-def _singular(word: str) -> str:
-    if word.endswith("es") and word[:-2] in {"cross"}:
-        return word[:-2]
-    return word[:-1] if word.endswith("s") and word[:-1] in SHAPE_WORDS | OBJECT_WORDS else word
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One checkable statement parsed from an answer. kind: "object" (an object of this colour/shape exists),
-    "color" (something has this colour), "count" (exactly `number` such objects), "position" (such an object
-    lies in region `where`)."""
-    kind: str
-    color: str | None = None
-    shape: str | None = None
-    number: int | None = None
-    where: str | None = None
-
-
-def extract_claims(text: str) -> set[Claim]:
-    """Parse the facts a rule judge can check: "two red circles", "a blue square on the left", "no stars",
-    "the background is white". Deliberately simple: a word window, clause by clause."""
-    claims = set()
-    for clause in re.split(r"[.;,!?\n]|\band\b|\bbut\b", text.lower()):
-        words = [_singular(w) for w in re.findall(r"[a-z0-9]+", clause)]
-        if "=" in clause or HYPOTHETICAL_WORDS & set(words):
-            continue
-        objects_here, colors_used = [], set()
-        for i, w in enumerate(words):
-            if w not in SHAPE_WORDS | OBJECT_WORDS:
-                continue
-            shape = w if w in SHAPE_WORDS else None
-            before = range(i - 1, max(0, i - 3) - 1, -1)            # up to 3 words back: "three small red circles"
-            color_at = next((j for j in before if words[j] in COLOR_WORDS), None)
-            color = words[color_at] if color_at is not None else None
-            colors_used.add(color_at)
-            number_word = next((words[j] for j in before if words[j] in NUMBER_WORDS or words[j].isdigit()
-                                or words[j] == "no"), None)
-            number = None if number_word is None else 0 if number_word == "no" else int(NUMBER_WORDS.get(number_word, number_word))
-            if number is not None:
-                claims.add(Claim("count", color, shape, number=number))
-            if number != 0 and (shape or color):
-                claims.add(Claim("object", color, shape))
-                objects_here.append((color, shape))
-        # A colour not attached to a shape: "it is red", "the background is white".
-        claims |= {Claim("color", w) for i, w in enumerate(words) if w in COLOR_WORDS and i not in colors_used}
-        wheres = {POSITION_WORDS[w] for w in words if w in POSITION_WORDS}
-        if len(objects_here) == 1 and objects_here[0][1] and wheres:      # one object, its place: "top left"
-            color, shape = objects_here[0]
-            claims.add(Claim("position", color, shape, where=" ".join(sorted(wheres))))
-    return claims
-
-
-def _in_region(bbox, where: str) -> bool:
-    """bbox normalised (x1, y1, x2, y2); where: region words joined by spaces, all must hold ("left top")."""
-    cx, cy = (bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2
-    region = {"left": cx < 0.5, "right": cx > 0.5, "top": cy < 0.5, "bottom": cy > 0.5,
-              "center": abs(cx - 0.5) < 0.25 and abs(cy - 0.5) < 0.25}
-    return all(region[w] for w in where.split())
-
-
-def check_claim(claim: Claim, scene: dict) -> bool:
-    """Is the claim true of the scene? (scene: world.py's dict with "objects" and "background")."""
-    def norm_color(c):
-        return "gray" if c == "grey" else c
-    matches = [o for o in scene.get("objects", [])
-               if (claim.shape is None or o["shape"] == claim.shape)
-               and (claim.color is None or norm_color(o["color"]) == norm_color(claim.color))]
-    if claim.kind == "object":
-        return bool(matches)
-    if claim.kind == "count":
-        return len(matches) == claim.number
-    if claim.kind == "color":
-        background = [norm_color(w) for w in str(scene.get("background", "")).split()]    # "pale blue"
-        return bool(matches) or norm_color(claim.color) in background
-    if claim.kind == "position":
-        return any(_in_region(o["bbox"], claim.where) for o in matches)
-    raise ValueError(f"unknown claim kind {claim.kind!r}")
 
 
 def _token_f1(a: str, b: str) -> float:
@@ -194,15 +105,18 @@ def parse_judge_scores(text: str) -> tuple[float, float]:
 
 
 class LLMJudge:
-    """Asks an OpenAI-compatible model (llm_client.ChatClient). Assistant 1 is the reference, 2 the model."""
+    """Asks an OpenAI-compatible model (llm_client.ChatClient). Assistant 1 is the reference, 2 the model.
+    The scores are on the reply's first line, so `max_tokens` may cut the explanation short (None: the server's
+    limit)."""
 
-    def __init__(self, client):
-        self.client = client
+    def __init__(self, client, max_tokens: int | None = None):
+        self.client, self.max_tokens = client, max_tokens
 
     def score(self, item: dict, answer: str) -> tuple[float, float]:
         if "context" not in item:
             raise ValueError(f"bench item {item.get('id')!r} has no 'context'; the judge needs it")
-        return parse_judge_scores(self.client.chat(judge_messages(item, item["reference"], answer), temperature=0))
+        return parse_judge_scores(self.client.chat(judge_messages(item, item["reference"], answer), temperature=0,
+                                                  max_tokens=self.max_tokens))
 
 
 def score_bench(items: list[dict], answers: list[str], judge) -> dict:
@@ -211,7 +125,7 @@ def score_bench(items: list[dict], answers: list[str], judge) -> dict:
     if len(items) != len(answers):
         raise ValueError(f"{len(items)} bench items but {len(answers)} answers")
     records, failures = [], []
-    for item, answer in zip(items, answers):
+    for item, answer in tqdm(list(zip(items, answers)), desc="judge", unit="answer", disable=len(items) < 2):
         try:
             ref_score, model_score = judge.score(item, answer)
         except JudgeReplyError as e:

@@ -12,13 +12,12 @@ import string
 from collections import Counter, defaultdict
 
 from llava_mini.jsonio import read_json
+from llava_mini.synth.phrasings import NUMBER_VALUES
 
 # ---------------------------------------------------------------------------------------------------------------
 # 1. VQA scoring
 
-NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())}
+NUMBER_WORDS = {w: str(i) for w, i in NUMBER_VALUES.items()}      # "two" -> "2"
 ARTICLES = {"a", "an", "the"}
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 

@@ -5,7 +5,7 @@ data builders in teacher.py take either. Any OpenAI-compatible endpoint (llm_cli
 system prompt and one few-shot example per kind; the reply must be a JSON list of turns that alternate human/gpt
 (the paper's format; `reply_format="lines"` asks for "Q:" / "A:" lines instead, which a small model can copy);
 anything else is counted as a rejection (`teacher.rejected`, with the reasons in `teacher.reasons`). With `check`
-(eval/fact_check.py's `fact_check`), a well-formed sample that states something false of the scene is rejected too.
+(synth/fact_check.py's `fact_check`), a well-formed sample that states something false of the scene is rejected too.
 
     from llava_mini.synth.llm_client import ChatClient
     teacher = LLMTeacher(ChatClient("http://127.0.0.1:8000/v1", "my-model"))
@@ -115,17 +115,17 @@ class LLMTeacher:
         self.client = client  # llm_client.ChatClient or anything with .chat(messages, temperature) -> str
         self.temperature = temperature
         self.reply_format = reply_format
-        # check(turns, context) -> None if the sample may be kept, else why not (eval/fact_check.py checks facts)
+        # check(turns, context) -> None if the sample may be kept, else why not (synth/fact_check.py checks facts)
         self.check = check
         self.rejected = Counter()  # rejected replies, per kind
-        self.reasons = Counter()   # ... and why ("false claim (position)": the part before a colon)
+        self.reasons = Counter()   # ... and why ("false claim (position)")
         self.examples = {}         # reason -> (kind, reply, the whole why): the first reply rejected for it
 
-    def _reject(self, kind: str, why: str, reply: str) -> None:
-        reason = why.split(":")[0]
+    def _reject(self, kind: str, reason: str, reply: str, why: str | None = None) -> None:
+        """reason: what the report counts ("false claim (position)"); why: the whole story, when longer."""
         self.rejected[kind] += 1
         self.reasons[reason] += 1
-        self.examples.setdefault(reason, (kind, reply, why))
+        self.examples.setdefault(reason, (kind, reply, why or reason))
 
     def _ask(self, kind: str, context: dict) -> list[dict] | None:
         shot = [t for q, a in FEW_SHOT_REPLIES[kind] for t in ({"from": "human", "value": q}, {"from": "gpt", "value": a})]
@@ -142,7 +142,7 @@ class LLMTeacher:
             return None
         why = self.check(turns, context) if self.check else None
         if why:
-            self._reject(kind, why, reply)
+            self._reject(kind, why.partition(": ")[0], reply, why)      # "false claim (count): 3 x object"
             return None
         turns[0]["value"] = "<image>\n" + turns[0]["value"].replace("<image>", "").strip()
         return turns

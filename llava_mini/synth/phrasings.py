@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 COLOR_WORDS = {"red", "green", "blue", "yellow", "black", "gray", "grey", "teal", "brown", "white", "purple", "orange",
                "pink", "cyan", "magenta", "violet"}
+NUMBER_VALUES = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
 IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "knife": "knives", "sheep": "sheep", "skis": "skis"}
 
 

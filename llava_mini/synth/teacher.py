@@ -41,6 +41,12 @@ def boxes_of(named_boxes) -> list[str]:
     return [f"{name}: [{', '.join(f'{v:.2f}' for v in box)}]" for name, box in named_boxes]
 
 
+def symbolic_context(scene: dict) -> dict:
+    """What the teacher may see: captions and boxes `name: [x1, y1, x2, y2]`, never pixels or hidden fields."""
+    return {"captions": list(scene["captions"]),
+            "boxes": boxes_of([(f"{o['color']} {o['shape']}", o["bbox"]) for o in scene["objects"]])}
+
+
 BOX_RE = re.compile(r"^\s*(.+?)\s*:\s*\[\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]+)\s*\]\s*$")
 
 

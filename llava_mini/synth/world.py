@@ -4,6 +4,7 @@ LLaVA's teacher never sees pixels, only captions and boxes. Here every scene *is
 sizes, boxes), so every answer the teacher writes can be checked exactly. Run:
 
     python -m llava_mini.synth.world --out data/shapes --train 5000 --test 500 [--seed 0 --image-size 64]
+        [--llm-teacher http://127.0.0.1:8001/v1 --llm-model smollm2]   # and a real LLM teacher (synth/teacher_run.py)
 
 It writes under --out (the contract in docs/ARCHITECTURE.md, "Files on disk that cross boundaries"):
     images/{train,test}/{id}.png    scenes_{train,test}.json
@@ -11,6 +12,8 @@ It writes under --out (the contract in docs/ARCHITECTURE.md, "Files on disk that
     test.json     held-out short-answer questions with exact answers and question_type
     bench.json    LLaVA-Bench-style questions: one conv, one detail and one complex question on each of the first
                   BENCH_IMAGES held-out scenes (150 with the default 500), with context and references
+    llm_teacher.json, llm_teacher_report.json   with --llm-teacher: the LLM's fact-checked samples, and why the
+                  others were rejected
 and prints answer statistics (the majority-answer rate per question type is what a blind model could score).
 """
 from __future__ import annotations
@@ -30,13 +33,14 @@ from llava_mini.synth.teacher import (
     AnswerBalancer,
     RuleTeacher,
     article,
-    boxes_of,
     join,
     make_instruct_data,
     position_name,
     short_answer_questions,
     stage1_pairs,
+    symbolic_context,
 )
+from llava_mini.synth.teacher_run import add_teacher_arguments, teach_world
 
 # Colours are far apart in RGB so that an object's interior is unambiguous even after anti-aliasing.
 COLORS = {
@@ -199,12 +203,6 @@ def scene_in_words(scene: dict) -> str:
     return " ".join(scene["captions"] + ([] if places in scene["captions"] else [places]))
 
 
-def symbolic_context(scene: dict) -> dict:
-    """What the teacher may see: captions and boxes `name: [x1, y1, x2, y2]`, never pixels or hidden fields."""
-    return {"captions": list(scene["captions"]),
-            "boxes": boxes_of([(f"{o['color']} {o['shape']}", o["bbox"]) for o in scene["objects"]])}
-
-
 def vocabulary(cfg: WorldConfig) -> list[str]:
     """Every object name the world can produce; the teacher draws its negatives ('Is there a ...?' -> no) from it."""
     return [f"{c} {s}" for c in cfg.colors for s in cfg.shapes]
@@ -311,12 +309,15 @@ def main(argv=None):
     p.add_argument("--vqa-rounds", type=cli.non_negative_int, default=3, help="rounds of short-answer questions per train image")
     p.add_argument("--rotate", action="store_true", help="rotate polygons by random angles")
     p.add_argument("--allow-overlap", action="store_true", help="let objects overlap (default: apart)")
+    add_teacher_arguments(p, url_default=None)
     args = p.parse_args(argv)
     if args.image_size < 8:
         p.error(f"argument --image-size: must be >= 8, got {args.image_size}")
     cfg = WorldConfig(image_size=args.image_size, max_objects=args.max_objects, rotate=args.rotate,
                       allow_overlap=args.allow_overlap)
     generate_dataset(args.out, args.train, args.test, seed=args.seed, cfg=cfg, vqa_rounds=args.vqa_rounds)
+    if args.llm_teacher:
+        teach_world(args, args.out)
 
 
 if __name__ == "__main__":

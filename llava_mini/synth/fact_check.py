@@ -4,28 +4,21 @@
 
 The teacher sees only the symbolic context (captions, and boxes `name: [x1, y1, x2, y2]`), so that is what its
 answers are checked against: the boxes give each object's colour, shape and place, the captions the background.
-The claims are the rule judge's (judges.extract_claims): objects that exist, counts, colours, places. LLaVA kept
+The claims are the rule judge's (synth/claims.py): objects that exist, counts, colours, places. LLaVA kept
 GPT-4's samples as they came; a 135M teacher needs the check.
 """
 from __future__ import annotations
 
 import re
 
-from llava_mini.eval.judges import check_claim, extract_claims
-
-BOX = re.compile(r"^(.*?):\s*\[([-\d.\s,]+)\]$")
+from llava_mini.synth.claims import check_claim, extract_claims
+from llava_mini.synth.teacher import parse_objects
 
 
 def scene_of_context(context: dict) -> dict:
     """The objects (colour, shape, bbox) and background that a teacher's context states, as check_claim reads them."""
-    objects = []
-    for box in context.get("boxes", []):
-        match = BOX.match(box.strip())
-        if not match:
-            raise ValueError(f"not a box 'name: [x1, y1, x2, y2]': {box!r}")
-        words = match[1].split()
-        objects.append({"color": " ".join(words[:-1]) or None, "shape": words[-1],
-                        "bbox": [float(v) for v in match[2].split(",")]})
+    objects = [{"color": o["color"], "shape": o["noun"], "bbox": o["box"]}
+               for o in parse_objects(context.get("boxes", []))]
     background = next((m[1] for c in context.get("captions", [])
                        if (m := re.search(r"on a (?:plain )?([a-z ]+?) background", c.lower()))), "")
     return {"objects": objects, "background": background}
