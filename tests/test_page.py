@@ -1,6 +1,7 @@
 """The classroom page in a real browser (headless Chromium driven by Selenium): load it, choose an image, ask,
-wait for the streamed answer and the heat map, ask blind, and save a screenshot. .ci/run installs Debian's chromium
-and chromium-driver; without them this test is skipped and says why."""
+wait for the streamed answer and the heat map, ask blind, and save a screenshot; behind an API key, the page asks
+for the key and then chats. .ci/run installs Debian's chromium and chromium-driver; without them this test is
+skipped and says why."""
 import threading
 
 import pytest
@@ -18,17 +19,22 @@ pytestmark = pytest.mark.skipif(not (page.CHROMIUM and page.DRIVER),
                                 reason="no headless browser: apt-get install chromium chromium-driver")
 
 
-def test_the_page_chats_streams_draws_the_heat_map_and_asks_blind(tmp_path):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+def start_server(tmp_path, api_key=None):
     images = tmp_path / "images"
     images.mkdir()
     for i, colour in enumerate([(200, 30, 30), (30, 30, 200), (30, 160, 30)]):
         Image.new("RGB", (32, 32), colour).save(images / f"scene_{i}.png")
     model, tokenizer, template = load_checkpoint(make_tiny_checkpoint(str(tmp_path / "ckpt")))
     server = make_server(Engine(model, tokenizer, template, "tiny", max_new_tokens=10), port=0, quiet=True,
-                         image_dir=str(images))
+                         image_dir=str(images), api_key=api_key)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_the_page_chats_streams_draws_the_heat_map_and_asks_blind(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    server = start_server(tmp_path)
     driver = page.browser()
     try:
         driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
@@ -50,6 +56,34 @@ def test_the_page_chats_streams_draws_the_heat_map_and_asks_blind(tmp_path):
         assert driver.save_screenshot(str(tmp_path / "page.png")) and (tmp_path / "page.png").stat().st_size > 1000
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_page_asks_for_the_servers_api_key_and_sends_it(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    server = start_server(tmp_path, api_key="sk-classroom-7")
+    driver = page.browser()
+    try:
+        driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.find_element(By.ID, "key-form").is_displayed())
+        assert "loading" in driver.find_element(By.ID, "model-name").text          # nothing loaded without the key
+        driver.find_element(By.ID, "api-key").send_keys("wrong")
+        driver.find_element(By.CSS_SELECTOR, "#key-form button").click()
+        wait.until(lambda d: "refused" in d.find_element(By.ID, "key-message").text)
+        driver.find_element(By.ID, "api-key").clear()
+        driver.find_element(By.ID, "api-key").send_keys("sk-classroom-7")
+        driver.find_element(By.CSS_SELECTOR, "#key-form button").click()
+        wait.until(lambda d: "parameters" in d.find_element(By.ID, "model-name").text)
+        assert not driver.find_element(By.ID, "key-form").is_displayed()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery img")) == 3)
+        answer = page.ask_and_wait(driver, "What colour is the square?", 0)
+        assert answer and not answer.startswith("(")                 # an answer, not the 401 in brackets
+        assert "sk-classroom-7" not in driver.current_url
     finally:
         driver.quit()
         server.shutdown()

@@ -158,6 +158,17 @@ def test_api_key_is_required_and_never_logged(model, monkeypatch):
         client = ChatClient(url + "/v1", "tiny", api_key_env="CLASSROOM_KEY", max_retries=0)
         answer = client.chat([{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": QUESTION}])
         assert isinstance(answer, str) and answer
+
+        def get_status(path, headers=None):
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url + path, headers=headers or {}), timeout=10) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+        # The page's own files are public (it must load to ask for the key); everything that reaches data is not.
+        assert get_status("/") == get_status("/static/app.js") == 200
+        assert get_status("/v1/models") == get_status("/classroom/images") == get_status("/classroom/blank.png") == 401
+        assert get_status("/v1/models", {"Authorization": f"Bearer {key}"}) == 200
     logged = log.getvalue()
     assert "POST /v1/chat/completions 401" in logged and "POST /v1/chat/completions 200" in logged
     assert key not in logged

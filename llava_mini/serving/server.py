@@ -10,8 +10,9 @@
 
 Requests are read by a thread each and answered one at a time (one model, one lock): 32 clients at once all get
 their answers, in turn. Every bad request is a JSON error {"error": {"message", "type", "code"}} with a 4xx status,
-and the server keeps serving. With an API key, every request must carry `Authorization: Bearer KEY`; the key is
-compared in constant time and never logged (the log line is the method, the path and the status).
+and the server keeps serving. With an API key, every request but the page's own files (`/`, `/static/...`, which
+hold no data and reach no model) must carry `Authorization: Bearer KEY`; the page asks for the key and sends it. The
+key is compared in constant time and never logged (the log line is the method, the path and the status).
 """
 from __future__ import annotations
 
@@ -70,9 +71,10 @@ class Handler(BaseHTTPRequestHandler):
         self._log(status)
 
     def do_GET(self):
-        if not self._authorized():
-            return
         path = self.path.split("?")[0]
+        public = path in ("/", "/index.html") or path.startswith("/static/")
+        if not public and not self._authorized():
+            return
         engine, images = self.server.engine, self.server.image_dir
         found = None
         if path.rstrip("/") == "/v1/models":

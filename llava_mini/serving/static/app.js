@@ -1,12 +1,39 @@
 // The classroom page: pick or upload an image, ask, watch the answer stream in, see where it looked.
 // It speaks only to the server that served it: POST /v1/chat/completions (stream: true), GET /v1/models,
 // and the classroom routes /classroom/images, /classroom/blank.png and /classroom/attention.
+// A server started with an API key answers those with 401 until the page sends the key: the page then asks for it,
+// keeps it for this tab only (sessionStorage, never in the address) and sends it as "Authorization: Bearer".
 "use strict";
 
-const state = { image: null, blank: null, messages: [], busy: false };
+const state = { image: null, blank: null, messages: [], busy: false, key: sessionStorage.getItem("llava_mini_key") };
 const $ = (id) => document.getElementById(id);
 
 function say(text) { $("status").textContent = text; }
+
+// fetch, with the API key when there is one.
+function api(url, options = {}) {
+  const headers = { ...(options.headers || {}) };
+  if (state.key) headers.Authorization = `Bearer ${state.key}`;
+  return fetch(url, { ...options, headers });
+}
+
+// Resolves once the server accepts the key typed into the key form.
+function askForKey(message) {
+  $("key-form").hidden = false;
+  $("key-message").textContent = message;
+  $("api-key").focus();
+  return new Promise((resolve) => {
+    $("key-form").onsubmit = async (event) => {
+      event.preventDefault();
+      state.key = $("api-key").value.trim();
+      const response = await api("/v1/models");
+      if (!response.ok) { $("key-message").textContent = "That key was refused; try again."; return; }
+      sessionStorage.setItem("llava_mini_key", state.key);
+      $("key-form").hidden = true;
+      resolve(response);
+    };
+  });
+}
 
 async function dataUrl(blob) {
   return new Promise((resolve, reject) => {
@@ -18,7 +45,7 @@ async function dataUrl(blob) {
 }
 
 async function fetchDataUrl(url) {
-  const response = await fetch(url);
+  const response = await api(url);
   if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
   return dataUrl(await response.blob());
 }
@@ -63,7 +90,7 @@ async function ask(question) {
   state.messages.push({ role: "user", content: question });
   addMessage("user", question + (blind ? "  (blind)" : ""));
   const reply = addMessage("assistant", "");
-  const response = await fetch("/v1/chat/completions", {
+  const response = await api("/v1/chat/completions", {
     method: "POST", headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ messages: requestMessages(image), temperature: 0, stream: true }),
   });
@@ -97,7 +124,7 @@ async function ask(question) {
 // Where the answer looked: only for the first turn, whose prompt is exactly "<image>\nquestion".
 async function heatmap(image, question, answer, reply) {
   say("Drawing where the answer looked...");
-  const response = await fetch("/classroom/attention", {
+  const response = await api("/classroom/attention", {
     method: "POST", headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ image, question, answer }),
   });
@@ -113,17 +140,17 @@ async function heatmap(image, question, answer, reply) {
 }
 
 async function loadGallery() {
-  const response = await fetch("/classroom/images");
+  const response = await api("/classroom/images");
   const names = response.ok ? (await response.json()).images : [];
   for (const name of names) {
     const img = document.createElement("img");
-    img.src = `/classroom/images/${encodeURIComponent(name)}`;
+    img.src = await fetchDataUrl(`/classroom/images/${encodeURIComponent(name)}`);   // with the key, if any
     img.alt = name;
     img.title = name;
-    img.onclick = async () => {
+    img.onclick = () => {
       document.querySelectorAll("#gallery img").forEach((x) => x.classList.remove("chosen"));
       img.classList.add("chosen");
-      showImage(await fetchDataUrl(img.src));
+      showImage(img.src);
     };
     $("gallery").append(img);
   }
@@ -131,7 +158,9 @@ async function loadGallery() {
 }
 
 async function start() {
-  const models = await (await fetch("/v1/models")).json();
+  let response = await api("/v1/models");
+  if (response.status === 401) response = await askForKey("This server needs its API key.");
+  const models = await response.json();
   const m = models.data[0];
   $("model-name").textContent = `${m.id}: ${(m.parameters / 1e6).toFixed(1)}M parameters` +
     (m.vision ? "" : " (text only)");
