@@ -6,6 +6,7 @@
     python chat.py --model llava-v1.5-7b --vision-tower clip-vit-large-patch14-336 --image photo.jpg   # original
     python chat.py --prompt "What shapes do you see?"                            # one question, print, exit
     python chat.py --model checkpoints/smollm2 --prompt "What is the capital of France?"   # a text-only LLM
+    python chat.py --model checkpoints/lora/final [--model-base checkpoints/tiny/stage1/final]  # a LoRA adapter
 
 Commands inside the chat: /image PATH (a new image starts a new conversation), /reset, /quit.
 
@@ -25,7 +26,7 @@ import torch
 from llava_mini import cli
 from llava_mini.data.conversation import TEMPLATES, get_template, stop_token_ids, tokenize_next_turn, tokenize_prompt
 from llava_mini.data.images import load_image, preprocess_image
-from llava_mini.loading.weights import load_checkpoint
+from llava_mini.loading.model_folder import load_checkpoint
 from llava_mini.model.attention import BACKENDS, set_attention_backend
 
 DEFAULT_MODEL = "checkpoints/tiny/final"
@@ -175,6 +176,8 @@ def main(argv=None):
     p = cli.ArgumentParser(description="Chat with a LLaVA model about an image.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint folder (default {DEFAULT_MODEL})")
     p.add_argument("--vision-tower", help="CLIP folder, for an original-LLaVA-layout checkpoint")
+    p.add_argument("--model-base", help="for a LoRA adapter folder: its base checkpoint, when not the one "
+                   "adapter_config.json names")
     p.add_argument("--image", help=f"image file (default: the first image in {DEFAULT_IMAGES})")
     p.add_argument("--template", choices=sorted(TEMPLATES),
                    help="conversation template (default: the one stored with the checkpoint)")
@@ -195,7 +198,8 @@ def main(argv=None):
         hint = " Train one first: python train.py" if args.model == DEFAULT_MODEL else ""
         sys.exit(f"error: no model at {args.model}.{hint}")
     dtype = torch.bfloat16 if str(args.device).startswith("cuda") else None
-    model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device, dtype, text_only_ok=True)
+    model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device, dtype, text_only_ok=True,
+                                                 model_base=args.model_base)
     set_attention_backend(model, args.attention)
     text_only = not hasattr(model, "vision_tower")
     if text_only and args.image:

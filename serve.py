@@ -19,7 +19,7 @@ import os
 import sys
 
 from llava_mini import cli
-from llava_mini.loading.weights import load_checkpoint
+from llava_mini.loading.model_folder import load_checkpoint
 from llava_mini.model.attention import BACKENDS, set_attention_backend
 from llava_mini.serving.openai_api import Engine
 from llava_mini.serving.server import make_server
@@ -31,6 +31,8 @@ def main(argv=None):
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="a LLaVA checkpoint folder, or a text-only LLaMA one")
     p.add_argument("--vision-tower", help="CLIP folder, for an original-LLaVA-layout checkpoint")
+    p.add_argument("--model-base", help="for a LoRA adapter folder: its base checkpoint, when not the one "
+                   "adapter_config.json names")
     p.add_argument("--name", help="the model's name in the API (default: the folder's name)")
     p.add_argument("--template", help="conversation template (default: the checkpoint's)")
     p.add_argument("--host", default="127.0.0.1")
@@ -49,7 +51,8 @@ def main(argv=None):
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is empty or not set")
-    model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device, text_only_ok=True)
+    model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device, text_only_ok=True,
+                                                 model_base=args.model_base)
     set_attention_backend(model, args.attention)
     if args.compile:
         (model.language_model if hasattr(model, "language_model") else model).compile_decoding()

@@ -104,7 +104,7 @@ def step_part(args) -> dict:
 
 def mix_part(args) -> dict:
     from llava_mini.data.dataset import LengthGroupedBatchSampler, LlavaDataset, micro_batches
-    from llava_mini.loading.weights import load_checkpoint
+    from llava_mini.loading.model_folder import load_checkpoint
     from llava_mini.training.loop import model_inputs, set_trainable
     from llava_mini.training.recipes import TINY_STAGE2
     model, tokenizer, template = load_checkpoint(args.model)

@@ -29,6 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from llava_mini import cli  # noqa: E402
+
 OUT = os.path.join(REPO, "docs", "img")
 PNG = {"metadata": {"Software": None}, "dpi": 110}     # no version string: the same figure gives the same bytes
 
@@ -159,7 +160,7 @@ def attention_figure(run: str, data: str, path: str, image_id: str = "shapes_tes
     from llava_mini.data.images import load_image
     from llava_mini.eval.attention_map import answer_attention, overlay
     from llava_mini.jsonio import read_json
-    from llava_mini.loading.weights import load_checkpoint
+    from llava_mini.loading.model_folder import load_checkpoint
     torch.manual_seed(0)
     model, tokenizer, template = load_checkpoint(os.path.join(run, "final"))
     scene = next(s for s in read_json(os.path.join(data, "scenes_test.json")) if s["id"] == image_id)

@@ -51,7 +51,7 @@ def main(argv=None):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from llava_mini.loading.weights import load_checkpoint
+    from llava_mini.loading.model_folder import load_checkpoint
     from llava_mini.serving.openai_api import Engine
     from llava_mini.serving.server import make_server
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])

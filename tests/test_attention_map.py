@@ -62,7 +62,7 @@ def test_overlay_keeps_the_image_size():
 def test_answer_attention_and_cli_on_a_tiny_model(tmp_path, capsys):
     from test_chat import make_tiny_checkpoint
 
-    from llava_mini.loading.weights import load_checkpoint
+    from llava_mini.loading.model_folder import load_checkpoint
     model_dir = make_tiny_checkpoint(str(tmp_path / "ckpt"))
     image_path = str(tmp_path / "img.png")
     Image.new("RGB", (48, 40), (30, 30, 200)).save(image_path)

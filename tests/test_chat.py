@@ -74,7 +74,7 @@ def _run(args, stdin=None):
 
 def test_one_shot_prints_the_greedy_answer(tiny):
     from llava_mini.eval.evaluate import generate_answers
-    from llava_mini.loading.weights import load_checkpoint
+    from llava_mini.loading.model_folder import load_checkpoint
     model_dir, image = tiny
     result = _run(["--model", model_dir, "--image", image, "--prompt", "What colour is the circle?",
                    "--max-new-tokens", "12", "--device", "cpu"])
@@ -102,7 +102,6 @@ def _main_exits(args, monkeypatch, cwd=ROOT) -> str:
     """Run chat.py's main in this process as `python chat.py` does (no interpreter start-up); its error message."""
     sys.path.insert(0, ROOT)
     import chat
-
     from llava_mini import cli
     monkeypatch.chdir(cwd)
     err = io.StringIO()
@@ -127,7 +126,7 @@ def test_default_model_missing_says_train(tmp_path, monkeypatch):
 def test_kv_cache_across_turns_equals_recomputation(tiny):
     sys.path.insert(0, ROOT)
     from chat import ChatSession
-    from llava_mini.loading.weights import load_checkpoint
+    from llava_mini.loading.model_folder import load_checkpoint
     model_dir, image = tiny
     model, tokenizer, template = load_checkpoint(model_dir)
     session = ChatSession(model, tokenizer, template, max_new_tokens=6)
@@ -169,7 +168,8 @@ def test_a_text_only_llama_chats_without_an_image(tmp_path):
     template and the tokens generate() gives; an image for it is one error line; a LLaVA-only command refuses it."""
     from llava_mini.data.conversation import tokenize_prompt
     from llava_mini.data.tokenizer import Tokenizer
-    from llava_mini.loading.weights import load_checkpoint, save_llama
+    from llava_mini.loading.model_folder import load_checkpoint
+    from llava_mini.loading.weights import save_llama
     from llava_mini.model.llama import LlamaForCausalLM
     tok_path = make_tokenizer_json(str(tmp_path / "tok.json"))
     tokenizer = Tokenizer.from_file(tok_path)

@@ -11,7 +11,7 @@ from conftest import load_script
 from llava_mini.eval import evaluate as ev
 from llava_mini.eval import judges, scoring
 from llava_mini.eval.describe import description_score, description_summary
-from llava_mini.loading import weights
+from llava_mini.loading import model_folder
 from llava_mini.synth import claims as claim_parser
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -196,7 +196,7 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path, monkeypatch
     from PIL import Image
     from test_chat import make_tiny_checkpoint
     model_dir = make_tiny_checkpoint(str(tmp_path / "ckpt"))
-    model, tokenizer, template = weights.load_checkpoint(model_dir)
+    model, tokenizer, template = model_folder.load_checkpoint(model_dir)
     data = tmp_path / "shapes"
     (data / "images").mkdir(parents=True)
     colours = [(220, 40, 40), (40, 80, 220), (40, 170, 60)]
@@ -275,7 +275,7 @@ def test_probe_answer_reads_the_answer_position_of_each_question(tmp_path):
     from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, tokenize_prompt
     from llava_mini.data.images import load_image, preprocess_image
     probe = load_script("benchmarks/probe_answer.py")
-    model, tokenizer, template = weights.load_checkpoint(make_tiny_checkpoint(str(tmp_path / "ckpt")))
+    model, tokenizer, template = model_folder.load_checkpoint(make_tiny_checkpoint(str(tmp_path / "ckpt")))
     (tmp_path / "images").mkdir()
     for i, c in enumerate([(220, 40, 40), (40, 80, 220)]):
         Image.new("RGB", (32, 32), c).save(tmp_path / "images" / f"{i}.png")

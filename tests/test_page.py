@@ -9,7 +9,7 @@ from conftest import load_script
 from PIL import Image
 from test_chat import make_tiny_checkpoint
 
-from llava_mini.loading.weights import load_checkpoint
+from llava_mini.loading.model_folder import load_checkpoint
 from llava_mini.serving.openai_api import Engine
 from llava_mini.serving.server import make_server
 

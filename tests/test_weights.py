@@ -494,7 +494,7 @@ def test_failed_save_keeps_the_previous_checkpoint(llama_dir, tmp_path, monkeypa
 
 
 def test_a_shard_index_may_not_point_outside_the_checkpoint(tmp_path):
-    from llava_mini.loading.safetensors_io import CheckpointError, Checkpoint
+    from llava_mini.loading.safetensors_io import Checkpoint, CheckpointError
     folder = tmp_path / "model"
     folder.mkdir()
     (tmp_path / "outside.safetensors").write_bytes(b"")

@@ -167,7 +167,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from llava_mini.data.images import load_image
-    from llava_mini.loading.weights import load_checkpoint
+    from llava_mini.loading.model_folder import load_checkpoint
     model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device)
     text_config = model.config.text_config
     layers = parse_index_list(args.layers, text_config.num_hidden_layers, "layer")

@@ -39,7 +39,7 @@ from llava_mini import cli
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, TEMPLATES, stop_token_ids
 from llava_mini.eval.scoring import answer_confusion, read_scienceqa, scienceqa_accuracy, vqa_accuracy
 from llava_mini.jsonio import read_json, write_json
-from llava_mini.loading.weights import load_checkpoint
+from llava_mini.loading.model_folder import load_checkpoint
 from llava_mini.safepath import path_inside
 
 LETTER_PROMPT = "\nAnswer with the option's letter from the given choices directly."
@@ -193,6 +193,8 @@ def main(argv=None):
     p = cli.ArgumentParser(description="VQA accuracy with baselines, LLaVA-Bench relative score, ScienceQA")
     p.add_argument("--model", required=True, help="checkpoint folder (ours, HF llava, or original LLaVA)")
     p.add_argument("--vision-tower", help="CLIP folder, for the original LLaVA layout")
+    p.add_argument("--model-base", help="for a LoRA adapter folder: its base checkpoint, when not the one "
+                   "adapter_config.json names")
     p.add_argument("--data", help="shapes world folder with test.json and bench.json (e.g. data/shapes)")
     p.add_argument("--easyvqa", help="easy-VQA folder with easyvqa_test.json (python -m llava_mini.synth.easyvqa)")
     p.add_argument("--bench", action="store_true", help="also run the LLaVA-Bench-style judged score on bench.json")
@@ -224,7 +226,8 @@ def main(argv=None):
         p.error("--bench and --describe need --data (bench.json and scenes_test.json live there)")
 
     try:
-        model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device)
+        model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device,
+                                                     model_base=args.model_base)
     except (OSError, ValueError) as e:
         p.exit(1, f"error: cannot load the model: {e}\n")
     if args.compile:

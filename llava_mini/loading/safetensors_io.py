@@ -244,8 +244,9 @@ def parse_size(size) -> int:
     return int(float(match[1]) * {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}[match[2]])
 
 
-def write_safetensors(state: dict, out_dir: str, max_shard_size) -> None:
-    """`model.safetensors`, or shards `model-0000i-of-0000n.safetensors` + index when over max_shard_size."""
+def write_safetensors(state: dict, out_dir: str, max_shard_size, single_name: str = SAFETENSORS_FILE) -> None:
+    """`model.safetensors` (or `single_name`), or shards `model-0000i-of-0000n.safetensors` + index when over
+    max_shard_size."""
     limit, shards, current, current_size = parse_size(max_shard_size), [], {}, 0
     for key, tensor in state.items():
         size = tensor.numel() * tensor.element_size()
@@ -254,7 +255,7 @@ def write_safetensors(state: dict, out_dir: str, max_shard_size) -> None:
             current, current_size = {}, 0
         current[key], current_size = tensor, current_size + size
     shards.append(current)
-    names = [SAFETENSORS_FILE] if len(shards) == 1 else \
+    names = [single_name] if len(shards) == 1 else \
         [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, shard in tqdm(list(zip(names, shards)), desc="writing shards", disable=len(shards) < 3, leave=False):
         save_file({k: t.detach().contiguous().cpu() for k, t in shard.items()}, os.path.join(out_dir, name),
@@ -266,7 +267,8 @@ def write_safetensors(state: dict, out_dir: str, max_shard_size) -> None:
                    os.path.join(out_dir, SAFETENSORS_INDEX))
 
 
-def save_folder(state: dict, config: dict, out_dir: str, max_shard_size, extra_files: dict | None = None) -> str:
+def save_folder(state: dict, config: dict, out_dir: str, max_shard_size, extra_files: dict | None = None,
+                weights_name: str = SAFETENSORS_FILE, config_name: str = "config.json") -> str:
     """Write weights, config.json and extra files (name -> dict for JSON, or a path to copy) into `out_dir` atomically:
     everything goes to a temporary sibling folder, which then replaces `out_dir`. A crash leaves either the old folder,
     or the new one (a crash between the two renames leaves the old one as `<out_dir>.old-<pid>`)."""
@@ -276,8 +278,8 @@ def save_folder(state: dict, config: dict, out_dir: str, max_shard_size, extra_f
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        write_safetensors(state, tmp, max_shard_size)
-        write_json(config, os.path.join(tmp, "config.json"))
+        write_safetensors(state, tmp, max_shard_size, weights_name)
+        write_json(config, os.path.join(tmp, config_name))
         for name, content in (extra_files or {}).items():
             if isinstance(content, dict):
                 write_json(content, os.path.join(tmp, name))

@@ -56,8 +56,15 @@ from llava_mini.loading.safetensors_io import (
     short_list,
     ties_embeddings,
 )
-from llava_mini.model.config import (CLIPConfig, LlavaConfig, TextConfig, VisionConfig, config_file, read_config,
-                                     read_config_json)
+from llava_mini.model.config import (
+    CLIPConfig,
+    LlavaConfig,
+    TextConfig,
+    VisionConfig,
+    config_file,
+    read_config,
+    read_config_json,
+)
 
 DEFAULT_SHARD_SIZE = "4GB"
 
@@ -75,7 +82,7 @@ def _clip_key_vision_only(key: str) -> str | None:
     return _vision_key(key)
 
 
-def _hf_llava_key(key: str) -> str:
+def hf_llava_key(key: str) -> str:
     """Any HF llava layout (old, transformers 5 in memory, transformers 5 on disk) -> ours."""
     if key == "lm_head.weight":
         return "language_model.lm_head.weight"
@@ -110,7 +117,7 @@ def _projector_key(key: str) -> str:
     """A projector-only file: original (`model.mm_projector.*`) or HF names, with or without `model.`."""
     if key.startswith("model.mm_projector."):
         return _original_projector_key(key)
-    return _hf_llava_key(key)
+    return hf_llava_key(key)
 
 
 def _sources(ckpt: Checkpoint, key_fn, prefix: str = "") -> dict:
@@ -197,7 +204,7 @@ def original_llava_config(d: dict, vision_config: VisionConfig, path: str = "") 
                        image_aspect_ratio="pad" if d.get("image_aspect_ratio") == "pad" else "crop")
 
 
-def _drop_identity_linear_2(sources: dict, path: str) -> None:
+def drop_identity_linear_2(sources: dict, path: str) -> None:
     """Our "linear" projector is saved with an identity linear_2 (see the module docstring); check it and drop it."""
     weight, bias = sources.pop("multi_modal_projector.linear_2.weight"), sources.pop("multi_modal_projector.linear_2.bias")
     w, b = weight[0].read(weight[1], torch.float32), bias[0].read(bias[1], torch.float32)
@@ -236,9 +243,9 @@ def load_llava(path: str, dtype=None, device="cpu", vision_tower: str | None = N
     else:
         with config_file(os.path.join(path, "config.json")):
             config = LlavaConfig.from_hf(config_dict)
-        sources = _sources(ckpt, _hf_llava_key)
+        sources = _sources(ckpt, hf_llava_key)
         if config.projector_type == "linear" and "multi_modal_projector.linear_2.weight" in sources:
-            _drop_identity_linear_2(sources, path)
+            drop_identity_linear_2(sources, path)
         if config.text_config.tie_word_embeddings:
             sources.pop("language_model.lm_head.weight", None)
 
@@ -257,7 +264,7 @@ def load_projector(model, path: str):
     ckpt = Checkpoint(path)
     sources = _sources(ckpt, _projector_key)
     if getattr(model.config, "projector_type", None) == "linear" and "multi_modal_projector.linear_2.weight" in sources:
-        _drop_identity_linear_2(sources, path)
+        drop_identity_linear_2(sources, path)
     params = {"multi_modal_projector." + k: p for k, p in model.multi_modal_projector.state_dict(keep_vars=True).items()}
     missing, unexpected = set(params) - set(sources), set(sources) - set(params)
     if missing or unexpected:
@@ -285,17 +292,22 @@ def _tied_state(model) -> dict:
     return {k: v for k, v in state.items() if not is_ignored(k)}
 
 
+def with_identity_linear_2(state: dict, config: LlavaConfig) -> dict:
+    """HF's projector has two layers: a "linear" projector is saved with linear_2 = identity (module docstring)."""
+    if config.projector_type == "linear":
+        w = state["multi_modal_projector.linear_1.weight"]
+        n = w.shape[0]
+        state = {**state, "multi_modal_projector.linear_2.weight": torch.eye(n, dtype=w.dtype),
+                 "multi_modal_projector.linear_2.bias": torch.zeros(n, dtype=w.dtype)}
+    return state
+
+
 def save_llava(model, out_dir: str, tokenizer_json: str | None = None, extra_json: dict | None = None,
                max_shard_size=DEFAULT_SHARD_SIZE) -> str:
     """Save in the llava-hf layout + HF config.json, loadable by transformers' LlavaForConditionalGeneration and by
     `load_llava`. `tokenizer_json` is copied in; `extra_json` ({"llava_mini.json": {...}}) lands in the same atomic
     write. A "linear" projector gets an identity linear_2 (module docstring)."""
-    state = _tied_state(model)
-    if model.config.projector_type == "linear":
-        w = state["multi_modal_projector.linear_1.weight"]
-        n = w.shape[0]
-        state["multi_modal_projector.linear_2.weight"] = torch.eye(n, dtype=w.dtype)
-        state["multi_modal_projector.linear_2.bias"] = torch.zeros(n, dtype=w.dtype)
+    state = with_identity_linear_2(_tied_state(model), model.config)
     extra = dict(extra_json or {})
     if tokenizer_json is not None:
         extra["tokenizer.json"] = tokenizer_json
@@ -332,38 +344,3 @@ def save_projector(model, path: str) -> str:
     save_file(state, tmp, metadata={"format": "pt", "projector_type": model.config.projector_type})
     os.replace(tmp, path)
     return path
-
-
-def is_text_only(path: str) -> bool:
-    """A plain LLaMA checkpoint folder: an LLM without a vision tower (e.g. SmolLM2 converted from its GGUF)."""
-    d = read_config_json(path)
-    return not is_original_llava_config(d) and isinstance(read_config(path), TextConfig)
-
-
-def load_checkpoint(path: str, vision_tower: str | None = None, device: str = "cpu", dtype=None,
-                    text_only_ok: bool = False):
-    """A checkpoint folder (ours, HF llava, or original LLaVA + `vision_tower`) -> (model, tokenizer, template name).
-    The template comes from our llava_mini.json; other layouts get vicuna_v1 (LLaVA-1.5's). With `text_only_ok`, a
-    plain LLaMA folder loads too, as a LlamaForCausalLM (template: chatml when its tokenizer has <|im_start|>);
-    without it such a folder is an error that says what it is."""
-    from llava_mini.data.tokenizer import Tokenizer
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"model folder not found: {path}")
-    text_only = not vision_tower and os.path.exists(os.path.join(path, "config.json")) and is_text_only(path)
-    if text_only and not text_only_ok:
-        raise CheckpointError(f"{path} is a text-only LLaMA checkpoint (no vision tower): chat.py and serve.py "
-                              "talk to it; this command needs a LLaVA model")
-    if not os.path.exists(os.path.join(path, "tokenizer.json")):
-        raise FileNotFoundError(f"{path} has no tokenizer.json (needed to turn text into token ids)")
-    tokenizer = Tokenizer.from_file(path)
-    if text_only:
-        model = load_llama(path, dtype=dtype, device=device).eval()
-        default = "chatml" if tokenizer.token_to_id("<|im_start|>") is not None else "vicuna_v1"
-    else:
-        model = load_llava(path, dtype=dtype, device=device, vision_tower=vision_tower).eval()
-        tokenizer.check_image_token(model.config.image_token_index, path)
-        default = "vicuna_v1"
-    meta_path = os.path.join(path, "llava_mini.json")
-    template = read_json(meta_path).get("template", default) if os.path.exists(meta_path) else default
-    model.requires_grad_(False)          # inference only: no autograd graph (local, unlike set_grad_enabled)
-    return model, tokenizer, template

@@ -188,6 +188,9 @@ class Handler(BaseHTTPRequestHandler):
 
 class ChatServer(ThreadingHTTPServer):
     daemon_threads = True
+    # Connections the kernel holds while the accept loop is busy (socketserver's default is 5): a class of 32 who
+    # press Enter together on a loaded machine would otherwise see some connections refused or reset.
+    request_queue_size = 128
 
     def __init__(self, address, engine: Engine, api_key: str | None, max_body: int, max_image_bytes: int,
                  quiet: bool, image_dir: str | None):

@@ -37,6 +37,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--max-length", type=cli.positive_int)
     g.add_argument("--template")
     g.add_argument("--projector-type")
+    g.add_argument("--lora-r", type=cli.positive_int, help="stage 2: train LoRA adapters of this rank (and the "
+                   "projector) instead of the whole LLM; saved in PEFT's format (llava_mini/loading/adapters.py)")
+    g.add_argument("--lora-alpha", type=cli.positive_float, help="LoRA's scale is alpha / r (default: alpha = 2 r)")
+    g.add_argument("--lora-dropout", type=cli.fraction, help="dropout on the adapters' input")
+    g.add_argument("--lora-targets", nargs="+", metavar="NAME",
+                   help="the LLM's linear layers that get adapters (default: all of them, lm_head excepted)")
     p.add_argument("--warmup-ratio", type=cli.fraction, default=0.03)
     p.add_argument("--weight-decay", type=cli.non_negative_float, default=0.0)
     p.add_argument("--max-grad-norm", type=cli.positive_float, default=1.0)
@@ -75,6 +81,13 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error("give --init (a LLaVA checkpoint) or both --vision and --llm")
         if len(args.image_root) not in (1, len(args.data)):
             p.error("give one --image-root, or one per --data file")
+        lora = recipe(args).lora_r is not None
+        if lora and args.stage == 1:
+            p.error("--lora-r is for stage 2 (stage 1 trains only the projector)")
+        if lora and args.init is None:
+            p.error("LoRA needs --init: the adapter is saved against that base checkpoint (the stage-1 result)")
+        if lora and args.fsdp:
+            p.error("--fsdp with LoRA: LoRA's optimizer state is small; train it with plain data parallelism")
     return args
 
 
@@ -84,4 +97,9 @@ def recipe(args) -> StageRecipe:
     r = preset.stage1 if args.stage == 1 else preset.stage2
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(StageRecipe)
                  if getattr(args, f.name, None) is not None}
-    return dataclasses.replace(r, **overrides)
+    if "lora_targets" in overrides:
+        overrides["lora_targets"] = tuple(overrides["lora_targets"])
+    r = dataclasses.replace(r, **overrides)
+    if r.lora_r is not None and r.lora_alpha is None:
+        r = dataclasses.replace(r, lora_alpha=2.0 * r.lora_r)
+    return r

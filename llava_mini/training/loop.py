@@ -8,7 +8,8 @@ What one optimizer step does: take the next global batch (a pure function of see
 the same batches), give each process its share, run it in micro-batches (gradient accumulation), weight each
 micro-batch's mean loss by its number of trained tokens so the gradient is the mean over all trained tokens of the
 global batch (the same for any number of processes and micro-batches), clip, step AdamW and the cosine schedule.
-The vision tower is always frozen (and in eval mode); stage 1 trains the projector only, stage 2 the projector and LLM.
+The vision tower is always frozen (and in eval mode); stage 1 trains the projector only, stage 2 the projector and LLM,
+or with --lora-r the projector and LoRA adapters on the frozen LLM (saved as a PEFT adapter: loading/adapters.py).
 """
 from __future__ import annotations
 
@@ -28,11 +29,14 @@ from tqdm import tqdm
 
 from llava_mini.data.dataset import LengthGroupedBatchSampler, LlavaDataset, collate, micro_batches
 from llava_mini.data.tokenizer import Tokenizer
+from llava_mini.jsonio import read_json
 from llava_mini.loading import weights
+from llava_mini.loading.adapters import ADAPTER_CONFIG, is_adapter, load_adapter, save_adapter
 from llava_mini.model.attention import set_attention_backend
 from llava_mini.model.config import LlavaConfig
 from llava_mini.model.llama import count_trained_tokens
 from llava_mini.model.llava import LlavaForConditionalGeneration
+from llava_mini.model.lora import apply_lora, lora_layers, lora_parameters
 from llava_mini.model.projector import LlavaMultiModalProjector
 from llava_mini.training.args import recipe
 from llava_mini.training.checkpoints import (
@@ -63,9 +67,15 @@ from llava_mini.training.recipes import PRESETS, StageRecipe
 
 def build_model(args, r: StageRecipe) -> tuple[LlavaForConditionalGeneration, str]:
     """The model and the path of its tokenizer.json. Stage 1 from a CLIP + an LLM (+ a new projector), or from a LLaVA
-    checkpoint (--init; also how stage 2 starts, and how --resume reloads)."""
+    checkpoint (--init; also how stage 2 starts, and how --resume reloads). With LoRA, the adapters go on the LLM's
+    linear layers; a LoRA run resumes from its adapter, which names its base."""
     if args.init:
-        model = weights.load_llava(args.init)
+        if is_adapter(args.init):
+            model = load_adapter(args.init)
+        else:
+            model = weights.load_llava(args.init)
+            if r.lora_r is not None:
+                apply_lora(model.language_model, r.lora_r, r.lora_alpha, r.lora_dropout, r.lora_targets)
         return model, os.path.join(args.init, "tokenizer.json")
     llm_dir = args.llm
     if llm_dir == "smollm2":
@@ -88,10 +98,14 @@ def build_model(args, r: StageRecipe) -> tuple[LlavaForConditionalGeneration, st
 
 
 def set_trainable(model: LlavaForConditionalGeneration, stage: int) -> list[torch.nn.Parameter]:
-    """The freeze policy: the vision tower never trains; stage 1 trains the projector, stage 2 projector + LLM."""
+    """The freeze policy: the vision tower never trains; stage 1 trains the projector, stage 2 projector + LLM, or,
+    when the LLM carries LoRA layers, projector + adapters (the LLM's own weights stay as they are)."""
     model.requires_grad_(False)
     model.multi_modal_projector.requires_grad_(True)
-    if stage == 2:
+    if stage == 2 and lora_layers(model):
+        for p in lora_parameters(model):
+            p.requires_grad_(True)
+    elif stage == 2:
         model.language_model.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -164,6 +178,14 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     total_steps: int
     heldout: LlavaDataset | None             # --eval-data, read on the first process only
+    lora_base: str | None = None             # with LoRA: the checkpoint the adapter is saved against
+
+    @property
+    def lora(self) -> dict | None:
+        """The adapters' settings for save_adapter (None: full fine-tuning)."""
+        r = self.recipe
+        return None if self.lora_base is None else {"r": r.lora_r, "alpha": r.lora_alpha, "dropout": r.lora_dropout,
+                                                    "targets": sorted(r.lora_targets)}
 
     @property
     def steps_per_epoch(self) -> int:
@@ -172,8 +194,9 @@ class Run:
     def meta(self, step: int, **extra) -> dict:
         """What llava_mini.json records beside the weights."""
         a = self.args
+        recipe = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.recipe).items()}
         return {"template": self.recipe.template, "stage": a.stage, "preset": a.preset,
-                "recipe": dataclasses.asdict(self.recipe), "data": a.data, "seed": a.seed,
+                "recipe": recipe, "data": a.data, "seed": a.seed,
                 "total_steps": self.total_steps,
                 "step": step, **extra}
 
@@ -221,8 +244,12 @@ def setup(args) -> Run:
     if args.eval_data and rank == 0:
         heldout = LlavaDataset(args.eval_data, args.eval_image_root or args.image_root[0], tokenizer, r.template,
                                model.config, max_length=r.max_length)
+    lora_base = None
+    if lora_layers(model):         # a resumed LoRA run keeps the base its adapter names
+        lora_base = read_json(os.path.join(args.init, ADAPTER_CONFIG))["base_model_name_or_path"] \
+            if is_adapter(args.init) else os.path.abspath(args.init)
     return Run(args, r, rank, world, device, model, net, params, tokenizer, tokenizer_json, dataset, sampler,
-               optimizer, scheduler, total_steps, heldout)
+               optimizer, scheduler, total_steps, heldout, lora_base)
 
 
 def restore(run: Run, checkpoint_dir: str) -> int:
@@ -250,9 +277,8 @@ def save(run: Run, step: int, log: MetricsLog | None) -> str | None:
     if run.rank != 0:
         return None
     view = StateView(run.model.config, model_state)
-    path = save_checkpoint(run.args.out, step, lambda d: weights.save_llava(
-        view, d, run.tokenizer_json, {"llava_mini.json": run.meta(step)}),
-        {"step": step, "optimizer": opt_state, "scheduler": run.scheduler.state_dict(), "rng": rngs})
+    path = save_checkpoint(run.args.out, step, lambda d: save_model(run, view, d, run.meta(step)),
+                           {"step": step, "optimizer": opt_state, "scheduler": run.scheduler.state_dict(), "rng": rngs})
     log.plot(f"stage {run.args.stage}")
     return path
 
@@ -262,10 +288,16 @@ def save_final(run: Run, step: int, log: MetricsLog | None, extra: dict) -> str:
     final = os.path.join(run.args.out, "final")
     state = full_state(run.net if run.args.fsdp else run.model, run.args, run.world)
     if run.rank == 0:
-        weights.save_llava(StateView(run.model.config, state), final, run.tokenizer_json,
-                           {"llava_mini.json": run.meta(step, **extra)})
+        save_model(run, StateView(run.model.config, state), final, run.meta(step, **extra))
         log.plot(f"stage {run.args.stage}")
     return final
+
+
+def save_model(run: Run, view: StateView, folder: str, meta: dict) -> str:
+    """The model files of a checkpoint: the HF llava layout, or with LoRA the adapter in PEFT's format."""
+    if run.lora is not None:
+        return save_adapter(view, folder, run.lora_base, run.lora, run.tokenizer_json, {"llava_mini.json": meta})
+    return weights.save_llava(view, folder, run.tokenizer_json, {"llava_mini.json": meta})
 
 
 # ---------------------------------------------------------------------------------------------------------------

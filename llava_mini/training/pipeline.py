@@ -26,7 +26,7 @@ from llava_mini.data.dataset import shuffled_turns
 from llava_mini.eval.evaluate import evaluate_bench, evaluate_descriptions, evaluate_vqa
 from llava_mini.eval.judges import RuleJudge
 from llava_mini.jsonio import read_json, write_json
-from llava_mini.loading import weights
+from llava_mini.loading import model_folder
 from llava_mini.loading.manifest import ManifestError, verify_manifest
 from llava_mini.synth import easyvqa, world
 from llava_mini.training.args import parse_args
@@ -196,7 +196,7 @@ def run_pipeline(args) -> dict:
 
     print(f"[5/6] evaluation: python -m llava_mini.eval.evaluate --model {final} --data {data_dir}" +
           (f" --easyvqa {evqa_dir}" if use_evqa else ""))
-    model, tokenizer, template = weights.load_checkpoint(final)
+    model, tokenizer, template = model_folder.load_checkpoint(final)
     sets = [("shapes world", os.path.join(data_dir, "test.json"), data_dir)]
     if use_evqa:
         sets.append(("easy-VQA", os.path.join(evqa_dir, "easyvqa_test.json"), evqa_dir))

