@@ -10,14 +10,16 @@ llava_mini/training/pipeline.py.
 One stage at a time (the pipeline prints the exact commands it runs; --preset tiny is the default run's recipe):
     python train.py --stage 1 --data data/shapes/stage1.json --image-root data/shapes \\
         --vision checkpoints/base/tiny-clip --llm checkpoints/base/tiny-llama --out checkpoints/tiny/stage1
-    python train.py --stage 2 --data data/shapes/stage2_vqa_shuffled.json data/easyvqa/easyvqa_train_shuffled.json \\
+    python train.py --stage 2 --data data/shapes/stage2_conv_detail_complex_vqa_shuffled.json data/easyvqa/easyvqa_train_shuffled.json \\
         --image-root data/shapes data/easyvqa --init checkpoints/tiny/stage1/final --out checkpoints/tiny \\
         --group-by-length
     python train.py --stage 2 ... --resume          # continue exactly from the newest checkpoint in --out
+    python train.py --stage 2 ... --lora-r 8 --lr 1e-2 --projector-lr 1e-3   # LoRA adapters (PEFT format) + projector
 
 The paper's configuration on GPUs (DDP; add --fsdp when the model does not fit on one GPU):
     torchrun --nproc_per_node 8 train.py --preset llava-1.5-7b --stage 1 --data blip_laion_cc_sbu_558k.json \\
         --image-root images --vision clip-vit-large-patch14-336 --llm vicuna-7b-v1.5 --out checkpoints/llava-1.5-7b/stage1
+    torchrun --nproc_per_node 8 train.py --preset llava-1.5-7b-lora --stage 2 --init .../stage1/final ...  # LoRA
 """
 import os
 

@@ -170,6 +170,7 @@ def test_an_adapter_without_its_base_or_on_the_wrong_base_is_an_error_naming_bot
     with pytest.raises(CheckpointError, match=f"adapter {adapter} was trained on another base than {wrong}"):
         load_adapter(str(adapter), base=str(wrong))
     assert load_adapter(str(adapter), base=str(stage1)) is not None   # --model-base: the right one, moved
+    assert lora_layers(load_adapter(str(adapter), base=str(stage1), dtype=torch.bfloat16))   # in bf16 it matches too
     with pytest.raises(CheckpointError, match="is not a LoRA adapter"):
         load_checkpoint(str(stage1), model_base=str(stage1))
 
@@ -183,3 +184,13 @@ def test_lora_flags_are_checked():
                        "--preset", "llava-1.5-7b-lora"])
     r = loop.recipe(args)
     assert (r.lora_r, r.lora_alpha, r.lora_dropout, r.lr, r.projector_lr) == (128, 256, 0.05, 2e-4, 2e-5)
+
+
+def test_the_lora_benchmark_counts_what_lora_saves():
+    bench = load_script("benchmarks/bench_lora.py")
+    results = bench.main(["--models", "classroom", "--ranks", "4", "--batch", "1", "--seq", "80", "--repeats", "1"])
+    full, lora = results["classroom"]["full"], results["classroom"]["LoRA r 4"]
+    assert lora["trainable"] < full["trainable"] / 3 and lora["adam_state_mb"] < full["adam_state_mb"] / 3
+    assert lora["adam_state_mb"] == pytest.approx(8 * lora["trainable"] / 2 ** 20)    # two fp32 moments each
+    vicuna = results["llava-1.5-7b"]
+    assert vicuna["full"]["trainable"] > 6.7e9 and 3.0e8 < vicuna["LoRA r 128"]["trainable"] < 3.6e8

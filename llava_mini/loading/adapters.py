@@ -13,7 +13,7 @@ An adapter folder holds what stage 2 with LoRA trained and nothing else (LLaVA-1
   non_lora_trainables.bin, a pickle). Module paths are those of transformers' model in memory (>= 4.52:
   `model.language_model.layers.0.self_attn.q_proj`, `model.multi_modal_projector.linear_1`), the names PEFT itself
   writes for it; tests/test_lora.py loads the folder with peft and compares logits;
-- `llava_mini.json`: the template and the base's fingerprint, so an adapter put on the wrong base is an error naming
+- `llava_mini.json`: the template and the base's signature (base_signature), so an adapter put on the wrong base is an error naming
   both, not a quietly wrong model; `tokenizer.json`.
 The tower and the LLM's own weights are the base's: an adapter without its base is not a model.
 """
@@ -51,15 +51,31 @@ def _is_adapter_key(key: str) -> bool:
     return ".lora_A." in key or ".lora_B." in key or key.startswith(PROJECTOR + ".")
 
 
-def base_fingerprint(state: dict) -> str:
-    """A sha256 over what the adapter does not carry (the tower and the LLM's frozen weights): every key, shape and
-    dtype, and each tensor's first and last 256 values. Cheap for a 7B model, and different for any other base."""
-    digest = hashlib.sha256()
-    for key in sorted(k for k in state if not _is_adapter_key(k)):
-        flat = state[key].detach().reshape(-1)
-        sample = torch.cat([flat[:256], flat[-256:]]).float().cpu()
-        digest.update(f"{key}{tuple(flat.shape)}{state[key].dtype}".encode() + sample.numpy().tobytes())
-    return digest.hexdigest()
+SIGNATURE_VALUES = 8          # per tensor: about 6,000 numbers for LLaVA-1.5-7B
+
+
+def base_signature(state: dict) -> dict:
+    """What identifies the base (the tower and the LLM's frozen weights, which the adapter does not carry): a hash of
+    every key and shape, and the first values of every tensor. Values, not a hash of them,
+    so the same base loaded in another dtype (bf16 on a GPU) still matches: same_base compares them with a
+    tolerance."""
+    keys = sorted(k for k in state if not _is_adapter_key(k))
+    shapes = hashlib.sha256("".join(f"{k}{tuple(state[k].shape)}" for k in keys).encode()).hexdigest()
+    return {"shapes_sha256": shapes,
+            "values": {k: state[k].detach().reshape(-1)[:SIGNATURE_VALUES].float().tolist() for k in keys}}
+
+
+def same_base(signature: dict, state: dict) -> bool:
+    """Does `state` hold the base that `signature` (base_signature) describes? Exact to fp32 rounding, or to the
+    precision of a half-precision load."""
+    if base_signature(state)["shapes_sha256"] != signature["shapes_sha256"]:
+        return False
+    for key, values in signature["values"].items():
+        found = state[key].detach().reshape(-1)[:SIGNATURE_VALUES].float()
+        tol = 1e-6 if state[key].dtype == torch.float32 else 1e-2
+        if not torch.allclose(found, torch.tensor(values), rtol=tol, atol=tol * (1e-3 + found.abs().max().item())):
+            return False
+    return True
 
 
 def lora_settings(model) -> dict:
@@ -87,7 +103,7 @@ def save_adapter(model, out_dir: str, base: str, lora: dict, tokenizer_json: str
               "init_lora_weights": True, "use_rslora": False, "use_dora": False}
     extra = dict(extra_json or {})
     meta = dict(extra.pop("llava_mini.json", {}))
-    meta.update(base=base, base_fingerprint=base_fingerprint(state), lora=lora)
+    meta.update(base=base, base_signature=base_signature(state), lora=lora)
     extra["llava_mini.json"] = meta
     if tokenizer_json is not None:
         extra["tokenizer.json"] = tokenizer_json
@@ -116,11 +132,9 @@ def load_adapter(path: str, base: str | None = None, dtype=None, device="cpu"):
     meta_path = os.path.join(path, "llava_mini.json")
     meta = read_json(meta_path) if os.path.exists(meta_path) else {}
     model = load_llava(base, dtype=dtype, device=device)
-    expected = meta.get("base_fingerprint")
-    if expected and base_fingerprint(model.state_dict()) != expected:
-        raise CheckpointError(f"the adapter {path} was trained on another base than {base} (fingerprint "
-                              f"{expected[:12]}, this base's {base_fingerprint(model.state_dict())[:12]}); "
-                              f"it was trained on {meta.get('base', 'a base it does not name')}")
+    if "base_signature" in meta and not same_base(meta["base_signature"], model.state_dict()):
+        raise CheckpointError(f"the adapter {path} was trained on another base than {base} (other weights or "
+                              f"shapes); it was trained on {meta.get('base', 'a base it does not name')}")
 
     weights = os.path.join(path, ADAPTER_WEIGHTS)
     ckpt = Checkpoint(weights)
@@ -135,7 +149,8 @@ def load_adapter(path: str, base: str | None = None, dtype=None, device="cpu"):
     targets = sorted({k.split(".lora_A.")[0].rsplit(".", 1)[-1] for k in lora_keys})
     if not targets:
         raise CheckpointError(f"{weights}: no lora_A weights")
-    apply_lora(model.language_model, int(config["r"]), config["lora_alpha"], float(config.get("lora_dropout", 0.0)), tuple(targets))
+    apply_lora(model.language_model, int(config["r"]), config["lora_alpha"], float(config.get("lora_dropout", 0.0)),
+               tuple(targets))
     params = {k: p for k, p in model.state_dict(keep_vars=True).items() if _is_adapter_key(k)}
     missing, unexpected = set(params) - set(sources), set(sources) - set(params)
     if missing or unexpected:

@@ -31,7 +31,7 @@ from llava_mini.data.dataset import LengthGroupedBatchSampler, LlavaDataset, col
 from llava_mini.data.tokenizer import Tokenizer
 from llava_mini.jsonio import read_json
 from llava_mini.loading import weights
-from llava_mini.loading.adapters import ADAPTER_CONFIG, is_adapter, load_adapter, save_adapter
+from llava_mini.loading.adapters import ADAPTER_CONFIG, is_adapter, load_adapter, lora_settings, save_adapter
 from llava_mini.model.attention import set_attention_backend
 from llava_mini.model.config import LlavaConfig
 from llava_mini.model.llama import count_trained_tokens
@@ -178,14 +178,8 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     total_steps: int
     heldout: LlavaDataset | None             # --eval-data, read on the first process only
-    lora_base: str | None = None             # with LoRA: the checkpoint the adapter is saved against
-
-    @property
-    def lora(self) -> dict | None:
-        """The adapters' settings for save_adapter (None: full fine-tuning)."""
-        r = self.recipe
-        return None if self.lora_base is None else {"r": r.lora_r, "alpha": r.lora_alpha, "dropout": r.lora_dropout,
-                                                    "targets": sorted(r.lora_targets)}
+    lora: dict | None = None                 # with LoRA: the adapters' settings (adapters.lora_settings) ...
+    lora_base: str | None = None             # ... and the checkpoint the adapter is saved against
 
     @property
     def steps_per_epoch(self) -> int:
@@ -244,12 +238,13 @@ def setup(args) -> Run:
     if args.eval_data and rank == 0:
         heldout = LlavaDataset(args.eval_data, args.eval_image_root or args.image_root[0], tokenizer, r.template,
                                model.config, max_length=r.max_length)
-    lora_base = None
-    if lora_layers(model):         # a resumed LoRA run keeps the base its adapter names
+    lora = lora_base = None
+    if lora_layers(model):         # a LoRA run that starts from an adapter (a resumed one) keeps the adapter's base
+        lora = lora_settings(model)
         lora_base = read_json(os.path.join(args.init, ADAPTER_CONFIG))["base_model_name_or_path"] \
             if is_adapter(args.init) else os.path.abspath(args.init)
     return Run(args, r, rank, world, device, model, net, params, tokenizer, tokenizer_json, dataset, sampler,
-               optimizer, scheduler, total_steps, heldout, lora_base)
+               optimizer, scheduler, total_steps, heldout, lora, lora_base)
 
 
 def restore(run: Run, checkpoint_dir: str) -> int:

