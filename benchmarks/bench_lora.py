@@ -4,9 +4,10 @@ memory and step time, on the classroom model and on SmolLM2-135M behind the tiny
     python benchmarks/bench_lora.py                        # classroom with r 8; SmolLM2 with r 8 and r 128 (LLaVA's)
     python benchmarks/bench_lora.py --models smol --ranks 16 --json lora.json
 
-Each model is built twice from the same random weights (the shipped tiny CLIP's and tiny LLaMA's shapes, or
-SmolLM2's): once with the projector + whole LLM trainable, once with LoRA on every linear layer of the LLM (alpha =
-2 r) + the projector, the tower frozen in both, as train.py sets them. A step is forward + backward + AdamW on one
+Each row builds the model from the same random weights (the shipped tiny CLIP's and tiny LLaMA's shapes, or
+SmolLM2's): the projector + whole LLM trainable, or LoRA on every linear layer of the LLM (alpha = 2 r, dropout 0.05
+as LLaVA's; once more without dropout, which on a CPU costs more than the adapters' matmuls) + the projector, the
+tower frozen in every row, as train.py sets them. A step is forward + backward + AdamW on one
 batch of --batch samples of --seq tokens, each with one image. Rows alternate step by step, medians after a warm-up
 step; optimizer state is what AdamW actually holds after the steps (exp_avg and exp_avg_sq, fp32). The last table
 is computed, not run: the same counts for LLaVA-1.5-7B (Vicuna-7B), whose weights would not fit here.
@@ -50,12 +51,12 @@ def optimizer_bytes(optimizer) -> int:
                if torch.is_tensor(t) and t.dim() > 0)
 
 
-def build(config: LlavaConfig, state: dict | None, rank: int | None):
+def build(config: LlavaConfig, state: dict | None, rank: int | None, dropout: float = 0.05):
     model = LlavaForConditionalGeneration(config)
     if state is not None:
         model.load_state_dict(state)
     if rank is not None:
-        apply_lora(model.language_model, rank, 2.0 * rank, 0.05)
+        apply_lora(model.language_model, rank, 2.0 * rank, dropout)
     params = set_trainable(model, 2)
     model.train()
     model.vision_tower.eval()
@@ -66,7 +67,8 @@ def compare(name: str, ranks: list[int], batch: int, seq: int, repeats: int) -> 
     config = model_config(name)
     torch.manual_seed(0)
     state = LlavaForConditionalGeneration(config).state_dict()
-    rows = {"full": build(config, state, None), **{f"LoRA r {r}": build(config, state, r) for r in ranks}}
+    rows = {"full": build(config, state, None), **{f"LoRA r {r}": build(config, state, r) for r in ranks},
+            f"r {ranks[0]}, no drop": build(config, state, ranks[0], dropout=0.0)}
     size = config.vision_config.image_size
     ids = torch.randint(3, config.text_config.vocab_size - 1, (batch, seq - config.num_image_tokens + 1))
     ids[:, 1] = config.image_token_index
@@ -86,14 +88,14 @@ def compare(name: str, ranks: list[int], batch: int, seq: int, repeats: int) -> 
     total = sum(p.numel() for p in rows["full"][0].parameters())
     print(f"\n{name}: {total / 1e6:.1f}M parameters; a step is {batch} x {seq} positions (one image each), "
           f"fp32, {torch.get_num_threads()} threads")
-    print(f"{'':12s} {'trainable':>12s} {'share':>7s} {'AdamW state MB':>15s} {'ms/step':>9s} {'x full':>7s}")
+    print(f"{'':14s} {'trainable':>12s} {'share':>7s} {'AdamW state MB':>15s} {'ms/step':>9s} {'x full':>7s}")
     full_ms = statistics.median(times["full"]) * 1000
     out = {}
     for row, (model, optimizer) in rows.items():
         ms = statistics.median(times[row]) * 1000
         out[row] = {"trainable": trainable(model), "adam_state_mb": optimizer_bytes(optimizer) / 2 ** 20,
                     "ms_per_step": ms, "speedup": full_ms / ms}
-        print(f"{row:12s} {out[row]['trainable']:12,d} {out[row]['trainable'] / total:7.2%} "
+        print(f"{row:14s} {out[row]['trainable']:12,d} {out[row]['trainable'] / total:7.2%} "
               f"{out[row]['adam_state_mb']:15.1f} {ms:9.1f} {full_ms / ms:6.2f}x")
     return out
 

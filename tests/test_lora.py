@@ -87,6 +87,12 @@ def test_an_adapter_round_trips_through_its_files_with_a_linear_projector(tmp_pa
     assert again.config.projector_type == "linear" and len(lora_layers(again)) == 4
     ids, pixels = inputs(model.config)
     assert torch.equal(logits(again, ids, pixels), logits(model, ids, pixels))
+    # An adapter that leaves the projector as it was (PEFT without modules_to_save) keeps the base's.
+    save_file({k: v for k, v in stored.items() if "multi_modal_projector" not in k},
+              tmp_path / "adapter" / ADAPTER_WEIGHTS)
+    lora_only = load_adapter(str(tmp_path / "adapter"))
+    assert torch.equal(lora_only.multi_modal_projector.linear_1.weight,
+                       weights.load_llava(base).multi_modal_projector.linear_1.weight)
 
 
 @pytest.fixture(scope="module")

@@ -136,22 +136,24 @@ def load_adapter(path: str, base: str | None = None, dtype=None, device="cpu"):
         raise CheckpointError(f"the adapter {path} was trained on another base than {base} (other weights or "
                               f"shapes); it was trained on {meta.get('base', 'a base it does not name')}")
 
-    weights = os.path.join(path, ADAPTER_WEIGHTS)
-    ckpt = Checkpoint(weights)
+    weights_file = os.path.join(path, ADAPTER_WEIGHTS)
+    ckpt = Checkpoint(weights_file)
     try:
         sources = {_our_key(k): (ckpt, k) for k in ckpt.keys()}
     except KeyError as e:
-        raise CheckpointError(f"{weights}: key {e.args[0]} does not start with {PEFT_PREFIX!r}: not a PEFT "
+        raise CheckpointError(f"{weights_file}: key {e.args[0]} does not start with {PEFT_PREFIX!r}: not a PEFT "
                               "adapter of a whole model") from None
     if model.config.projector_type == "linear" and f"{PROJECTOR}.linear_2.weight" in sources:
-        drop_identity_linear_2(sources, weights)
+        drop_identity_linear_2(sources, weights_file)
     lora_keys = {k for k in sources if ".lora_A." in k}
     targets = sorted({k.split(".lora_A.")[0].rsplit(".", 1)[-1] for k in lora_keys})
     if not targets:
-        raise CheckpointError(f"{weights}: no lora_A weights")
+        raise CheckpointError(f"{weights_file}: no lora_A weights")
     apply_lora(model.language_model, int(config["r"]), config["lora_alpha"], float(config.get("lora_dropout", 0.0)),
                tuple(targets))
     params = {k: p for k, p in model.state_dict(keep_vars=True).items() if _is_adapter_key(k)}
+    if not any(k.startswith(PROJECTOR + ".") for k in sources):      # an adapter that left the projector as it was
+        params = {k: p for k, p in params.items() if not k.startswith(PROJECTOR + ".")}
     missing, unexpected = set(params) - set(sources), set(sources) - set(params)
     if missing or unexpected:
         raise CheckpointError(f"the adapter {path} does not fit the base {base}: missing "
