@@ -10,6 +10,7 @@ from PIL import Image
 from test_chat import make_tiny_checkpoint
 
 from llava_mini.loading.model_folder import load_checkpoint
+from llava_mini.serving.classroom import GALLERY_SIZE
 from llava_mini.serving.openai_api import Engine
 from llava_mini.serving.server import make_server
 
@@ -22,8 +23,8 @@ pytestmark = pytest.mark.skipif(not (page.CHROMIUM and page.DRIVER),
 def start_server(tmp_path, api_key=None):
     images = tmp_path / "images"
     images.mkdir()
-    for i, colour in enumerate([(200, 30, 30), (30, 30, 200), (30, 160, 30)]):
-        Image.new("RGB", (32, 32), colour).save(images / f"scene_{i}.png")
+    for i in range(GALLERY_SIZE):           # a full gallery: it is still loading when the test clicks and asks
+        Image.new("RGB", (32, 32), (10 * i, 30, 200 - 5 * i)).save(images / f"scene_{i:02d}.png")
     model, tokenizer, template = load_checkpoint(make_tiny_checkpoint(str(tmp_path / "ckpt")))
     server = make_server(Engine(model, tokenizer, template, "tiny", max_new_tokens=10), port=0, quiet=True,
                          image_dir=str(images), api_key=api_key)
@@ -41,11 +42,16 @@ def test_the_page_chats_streams_draws_the_heat_map_and_asks_blind(tmp_path):
         wait = WebDriverWait(driver, 30)
         wait.until(lambda d: "parameters" in d.find_element(By.ID, "model-name").text)
         assert "tiny" in driver.find_element(By.ID, "model-name").text
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery img")) == 3)
-        driver.find_elements(By.CSS_SELECTOR, "#gallery img")[1].click()
-        wait.until(lambda d: "chosen" in d.find_elements(By.CSS_SELECTOR, "#gallery img")[1].get_attribute("class"))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery img")) > 1)
+        driver.find_elements(By.CSS_SELECTOR, "#gallery img")[1].click()            # at once, as a student would
         answer = page.ask_and_wait(driver, "What colour is the square?", 0)
         assert answer and not answer.startswith("(")                 # an answer, not an error in brackets
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery img[src^='data:']")) == GALLERY_SIZE)
+        # the gallery finished loading without taking the choice back or clearing the conversation
+        gallery = driver.find_elements(By.CSS_SELECTOR, "#gallery img")
+        assert [i for i, img in enumerate(gallery) if "chosen" in img.get_attribute("class")] == [1]
+        assert driver.find_element(By.ID, "image").get_attribute("src") == gallery[1].get_attribute("src")
+        assert len(driver.find_elements(By.CSS_SELECTOR, ".message")) == 2
         wait.until(lambda d: d.find_element(By.ID, "heatmap").is_displayed())
         assert driver.find_element(By.ID, "heatmap").get_attribute("src").startswith("data:image/png;base64,")
         driver.find_element(By.ID, "blind").click()
@@ -80,7 +86,7 @@ def test_the_page_asks_for_the_servers_api_key_and_sends_it(tmp_path):
         driver.find_element(By.CSS_SELECTOR, "#key-form button").click()
         wait.until(lambda d: "parameters" in d.find_element(By.ID, "model-name").text)
         assert not driver.find_element(By.ID, "key-form").is_displayed()
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery img")) == 3)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery img[src^='data:']")) == GALLERY_SIZE)
         answer = page.ask_and_wait(driver, "What colour is the square?", 0)
         assert answer and not answer.startswith("(")                 # an answer, not the 401 in brackets
         assert "sk-classroom-7" not in driver.current_url

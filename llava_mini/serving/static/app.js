@@ -5,7 +5,8 @@
 // keeps it for this tab only (sessionStorage, never in the address) and sends it as "Authorization: Bearer".
 "use strict";
 
-const state = { image: null, blank: null, messages: [], busy: false, key: sessionStorage.getItem("llava_mini_key") };
+const state = { image: null, blank: null, messages: [], busy: false, chosen: false,
+                key: sessionStorage.getItem("llava_mini_key") };
 const $ = (id) => document.getElementById(id);
 
 function say(text) { $("status").textContent = text; }
@@ -139,22 +140,30 @@ async function heatmap(image, question, answer, reply) {
   say("");
 }
 
+// The gallery's images are fetched (with the key, if any) while the page is already usable: clicking one before its
+// data has arrived waits for it, and the first image is chosen for the class only if nobody has chosen one yet.
 async function loadGallery() {
   const response = await api("/classroom/images");
   const names = response.ok ? (await response.json()).images : [];
-  for (const name of names) {
+  const loads = names.map((name) => {
     const img = document.createElement("img");
-    img.src = await fetchDataUrl(`/classroom/images/${encodeURIComponent(name)}`);   // with the key, if any
     img.alt = name;
     img.title = name;
-    img.onclick = () => {
+    const data = fetchDataUrl(`/classroom/images/${encodeURIComponent(name)}`);
+    img.onclick = async () => {
+      state.chosen = true;
       document.querySelectorAll("#gallery img").forEach((x) => x.classList.remove("chosen"));
       img.classList.add("chosen");
-      showImage(img.src);
+      showImage(await data);
     };
     $("gallery").append(img);
+    return data.then((url) => { img.src = url; });
+  });
+  if (loads.length) {
+    await loads[0];
+    if (!state.chosen) $("gallery").firstChild.click();
   }
-  if (names.length) $("gallery").firstChild.click();
+  await Promise.all(loads);
 }
 
 async function start() {
@@ -165,8 +174,9 @@ async function start() {
   $("model-name").textContent = `${m.id}: ${(m.parameters / 1e6).toFixed(1)}M parameters` +
     (m.vision ? "" : " (text only)");
   state.blank = await fetchDataUrl("/classroom/blank.png");
-  await loadGallery();
-  $("upload").onchange = async () => { if ($("upload").files[0]) showImage(await dataUrl($("upload").files[0])); };
+  $("upload").onchange = async () => {
+    if ($("upload").files[0]) { state.chosen = true; showImage(await dataUrl($("upload").files[0])); }
+  };
   $("reset").onclick = reset;
   $("ask").onsubmit = async (event) => {
     event.preventDefault();
@@ -178,6 +188,7 @@ async function start() {
     try { await ask(question); } catch (e) { say(String(e)); } finally { state.busy = false; $("send").disabled = false; }
   };
   say("Pick an image and ask a question.");
+  await loadGallery();
 }
 
 start();
