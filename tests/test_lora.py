@@ -177,6 +177,11 @@ def test_an_adapter_without_its_base_or_on_the_wrong_base_is_an_error_naming_bot
         load_adapter(str(adapter), base=str(wrong))
     assert load_adapter(str(adapter), base=str(stage1)) is not None   # --model-base: the right one, moved
     assert lora_layers(load_adapter(str(adapter), base=str(stage1), dtype=torch.bfloat16))   # in bf16 it matches too
+    with pytest.raises(CheckpointError, match="the base given"):
+        load_adapter(str(adapter), base=str(tmp_path / "elsewhere"))
+    llm_only = weights.save_llama(weights.load_llava(stage1).language_model, str(tmp_path / "llm"))
+    with pytest.raises(CheckpointError, match=f"{llm_only} is a text-only LLaMA, but the adapter {adapter}"):
+        load_adapter(str(adapter), base=llm_only)           # original LLaVA's --model-base: the LLM alone
     with pytest.raises(CheckpointError, match="is not a LoRA adapter"):
         load_checkpoint(str(stage1), model_base=str(stage1))
 

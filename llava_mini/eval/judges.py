@@ -4,7 +4,7 @@ per category (conv, detail, complex) and overall. `python -m llava_mini.eval.eva
 
 Two judges with one method, `score(item, answer) -> (reference score, model score)`:
 - RuleJudge, deterministic, for the shapes world: it parses the facts an answer states (colours, shapes, counts,
-  positions) and checks them against the scene.
+  positions; synth/claims.py) and checks them against the scene.
 - LLMJudge: any OpenAI-compatible endpoint (llm_client.ChatClient) with a review prompt in the style of the paper.
 """
 from __future__ import annotations

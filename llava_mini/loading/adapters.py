@@ -27,6 +27,7 @@ import torch
 from llava_mini.jsonio import read_json
 from llava_mini.loading.safetensors_io import Checkpoint, CheckpointError, save_folder, short_list
 from llava_mini.loading.weights import drop_identity_linear_2, hf_llava_key, load_llava, with_identity_linear_2
+from llava_mini.model.config import TextConfig, read_config
 from llava_mini.model.lora import apply_lora, lora_layers
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -124,11 +125,15 @@ def load_adapter(path: str, base: str | None = None, dtype=None, device="cpu"):
     config = read_json(os.path.join(path, ADAPTER_CONFIG))
     if config.get("peft_type") != "LORA":
         raise CheckpointError(f"{path}/{ADAPTER_CONFIG}: peft_type {config.get('peft_type')!r}; only LORA loads here")
+    named = f"its {ADAPTER_CONFIG}'s base_model_name_or_path" if base is None else "the base given"
     base = base or config.get("base_model_name_or_path")
     if not base or not os.path.isdir(base):
-        raise CheckpointError(f"the adapter {path} needs its base model, and {base!r} (its {ADAPTER_CONFIG}'s "
-                              "base_model_name_or_path) is not a folder here: pass the base checkpoint it was "
-                              "trained on (--model-base)")
+        raise CheckpointError(f"the adapter {path} needs its base model, and {base!r} ({named}) is not a folder "
+                              "here: pass the base checkpoint it was trained on (--model-base)")
+    if isinstance(read_config(base), TextConfig):
+        raise CheckpointError(f"{base} is a text-only LLaMA, but the adapter {path} was trained on a LLaVA "
+                              "checkpoint (tower + projector + LLM: the stage-1 result it names): pass that as the "
+                              "base, not the LLM alone as original LLaVA's --model-base")
     meta_path = os.path.join(path, "llava_mini.json")
     meta = read_json(meta_path) if os.path.exists(meta_path) else {}
     model = load_llava(base, dtype=dtype, device=device)
