@@ -175,9 +175,7 @@ def run_chat(session: ChatSession, lines, out=sys.stdout) -> None:
 def main(argv=None):
     p = cli.ArgumentParser(description="Chat with a LLaVA model about an image.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint folder (default {DEFAULT_MODEL})")
-    p.add_argument("--vision-tower", help="CLIP folder, for an original-LLaVA-layout checkpoint")
-    p.add_argument("--model-base", help="for a LoRA adapter folder: its base checkpoint, when not the one "
-                   "adapter_config.json names")
+    cli.add_checkpoint_arguments(p)
     p.add_argument("--image", help=f"image file (default: the first image in {DEFAULT_IMAGES})")
     p.add_argument("--template", choices=sorted(TEMPLATES),
                    help="conversation template (default: the one stored with the checkpoint)")

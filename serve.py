@@ -30,9 +30,7 @@ DEFAULT_MODEL = "checkpoints/tiny/final"
 def main(argv=None):
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="a LLaVA checkpoint folder, or a text-only LLaMA one")
-    p.add_argument("--vision-tower", help="CLIP folder, for an original-LLaVA-layout checkpoint")
-    p.add_argument("--model-base", help="for a LoRA adapter folder: its base checkpoint, when not the one "
-                   "adapter_config.json names")
+    cli.add_checkpoint_arguments(p)
     p.add_argument("--name", help="the model's name in the API (default: the folder's name)")
     p.add_argument("--template", help="conversation template (default: the checkpoint's)")
     p.add_argument("--host", default="127.0.0.1")

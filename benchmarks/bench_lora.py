@@ -28,7 +28,7 @@ from llava_mini.loading.safetensors_io import parameters_on_meta  # noqa: E402
 from llava_mini.model.config import LlavaConfig, llava_1_5_7b, read_config, smollm2_135m  # noqa: E402
 from llava_mini.model.llava import LlavaForConditionalGeneration  # noqa: E402
 from llava_mini.model.lora import apply_lora  # noqa: E402
-from llava_mini.training.loop import set_trainable  # noqa: E402
+from llava_mini.training.model_setup import set_trainable  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 TINY = os.path.join(ROOT, "weights", "tiny")

@@ -105,7 +105,8 @@ def step_part(args) -> dict:
 def mix_part(args) -> dict:
     from llava_mini.data.dataset import LengthGroupedBatchSampler, LlavaDataset, micro_batches
     from llava_mini.loading.model_folder import load_checkpoint
-    from llava_mini.training.loop import model_inputs, set_trainable
+    from llava_mini.training.loop import model_inputs
+    from llava_mini.training.model_setup import set_trainable
     from llava_mini.training.recipes import TINY_STAGE2
     model, tokenizer, template = load_checkpoint(args.model)
     data = os.path.join(args.data, "stage2_conv_detail_complex_vqa_shuffled.json")

@@ -103,3 +103,11 @@ def probability(text: str) -> float:
 def fraction(text: str) -> float:
     """A share such as the warmup ratio: in [0, 1]."""
     return _number(text, float, 0, 1)
+
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """The folders a model folder may need besides itself, as every command that loads one names them
+    (loading/model_folder.py's load_checkpoint takes both)."""
+    p.add_argument("--vision-tower", help="CLIP folder, for an original-LLaVA-layout checkpoint (it stores none)")
+    p.add_argument("--model-base", help="for a LoRA adapter folder: its base checkpoint, when not the one "
+                   "adapter_config.json names")

@@ -24,7 +24,7 @@ from conftest import load_script  # noqa: E402
 from llava_mini.loading import weights  # noqa: E402
 from llava_mini.model.llava import LlavaForConditionalGeneration  # noqa: E402
 from llava_mini.synth import world  # noqa: E402
-from llava_mini.training import loop, pipeline  # noqa: E402
+from llava_mini.training import loop, model_setup, pipeline  # noqa: E402
 from llava_mini.training.args import parse_args, recipe  # noqa: E402
 from llava_mini.training.recipes import CLASSROOM, QUICK  # noqa: E402
 from llava_mini.training.checkpoints import (latest_checkpoint, list_checkpoints, load_trainer_state,  # noqa: E402
@@ -83,12 +83,12 @@ def stage1(tiny):
 
 def test_freeze_policy_stage1_trains_only_the_projector(tiny, stage1):
     args = parse_args(stage1_args(tiny, tiny["root"] / "unused"))
-    model, _ = loop.build_model(args, recipe(args))
-    trainable = loop.set_trainable(model, 1)
+    model, _ = model_setup.build_model(args, recipe(args))
+    trainable = model_setup.set_trainable(model, 1)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and all(n.startswith("multi_modal_projector.") for n in names)
     assert len(trainable) == len(names)
-    loop.set_train_mode(model)
+    model_setup.set_train_mode(model)
     assert model.training and not model.vision_tower.training
 
     before, after = {k: v for k, v in model.state_dict().items()}, state(stage1)

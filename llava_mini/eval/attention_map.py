@@ -152,7 +152,7 @@ def answer_attention(model, tokenizer, image: Image.Image, question: str, templa
 def main(argv=None):
     p = cli.ArgumentParser(description="Overlay on an image where the answer's tokens looked.")
     p.add_argument("--model", required=True, help="checkpoint folder")
-    p.add_argument("--vision-tower", help="CLIP folder, for an original-LLaVA-layout checkpoint")
+    cli.add_checkpoint_arguments(p)
     p.add_argument("--image", required=True)
     p.add_argument("--question", required=True)
     p.add_argument("--answer", help="score this answer instead of generating one")
@@ -168,7 +168,8 @@ def main(argv=None):
 
     from llava_mini.data.images import load_image
     from llava_mini.loading.model_folder import load_checkpoint
-    model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device)
+    model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device,
+                                                 model_base=args.model_base)
     text_config = model.config.text_config
     layers = parse_index_list(args.layers, text_config.num_hidden_layers, "layer")
     heads = parse_index_list(args.heads, text_config.num_attention_heads, "head")

@@ -192,9 +192,7 @@ def _print_vqa_table(name: str, runs: dict) -> None:
 def main(argv=None):
     p = cli.ArgumentParser(description="VQA accuracy with baselines, LLaVA-Bench relative score, ScienceQA")
     p.add_argument("--model", required=True, help="checkpoint folder (ours, HF llava, or original LLaVA)")
-    p.add_argument("--vision-tower", help="CLIP folder, for the original LLaVA layout")
-    p.add_argument("--model-base", help="for a LoRA adapter folder: its base checkpoint, when not the one "
-                   "adapter_config.json names")
+    cli.add_checkpoint_arguments(p)
     p.add_argument("--data", help="shapes world folder with test.json and bench.json (e.g. data/shapes)")
     p.add_argument("--easyvqa", help="easy-VQA folder with easyvqa_test.json (python -m llava_mini.synth.easyvqa)")
     p.add_argument("--bench", action="store_true", help="also run the LLaVA-Bench-style judged score on bench.json")

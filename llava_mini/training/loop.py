@@ -8,8 +8,8 @@ What one optimizer step does: take the next global batch (a pure function of see
 the same batches), give each process its share, run it in micro-batches (gradient accumulation), weight each
 micro-batch's mean loss by its number of trained tokens so the gradient is the mean over all trained tokens of the
 global batch (the same for any number of processes and micro-batches), clip, step AdamW and the cosine schedule.
-The vision tower is always frozen (and in eval mode); stage 1 trains the projector only, stage 2 the projector and LLM,
-or with --lora-r the projector and LoRA adapters on the frozen LLM (saved as a PEFT adapter: loading/adapters.py).
+What trains is model_setup.py's freeze policy (the tower never does); with --lora-r the checkpoints are PEFT adapters
+(loading/adapters.py) instead of whole models.
 """
 from __future__ import annotations
 
@@ -31,13 +31,12 @@ from llava_mini.data.dataset import LengthGroupedBatchSampler, LlavaDataset, col
 from llava_mini.data.tokenizer import Tokenizer
 from llava_mini.jsonio import read_json
 from llava_mini.loading import weights
-from llava_mini.loading.adapters import ADAPTER_CONFIG, is_adapter, load_adapter, lora_settings, save_adapter
+from llava_mini.loading.adapters import ADAPTER_CONFIG, is_adapter, lora_settings, save_adapter
 from llava_mini.model.attention import set_attention_backend
 from llava_mini.model.config import LlavaConfig
 from llava_mini.model.llama import count_trained_tokens
 from llava_mini.model.llava import LlavaForConditionalGeneration
-from llava_mini.model.lora import apply_lora, lora_layers, lora_parameters
-from llava_mini.model.projector import LlavaMultiModalProjector
+from llava_mini.model.lora import lora_layers
 from llava_mini.training.args import recipe
 from llava_mini.training.checkpoints import (
     check_resume,
@@ -59,61 +58,9 @@ from llava_mini.training.distributed import (
     wrap_for_processes,
 )
 from llava_mini.training.metrics import MetricsLog
+from llava_mini.training.model_setup import build_model, set_train_mode, set_trainable
 from llava_mini.training.optim import build_optimizer, cosine_with_warmup
 from llava_mini.training.recipes import PRESETS, StageRecipe
-
-# ---------------------------------------------------------------------------------------------------------------
-# The model
-
-def build_model(args, r: StageRecipe) -> tuple[LlavaForConditionalGeneration, str]:
-    """The model and the path of its tokenizer.json. Stage 1 from a CLIP + an LLM (+ a new projector), or from a LLaVA
-    checkpoint (--init; also how stage 2 starts, and how --resume reloads). With LoRA, the adapters go on the LLM's
-    linear layers; a LoRA run resumes from its adapter, which names its base."""
-    if args.init:
-        if is_adapter(args.init):
-            model = load_adapter(args.init)
-        else:
-            model = weights.load_llava(args.init)
-            if r.lora_r is not None:
-                apply_lora(model.language_model, r.lora_r, r.lora_alpha, r.lora_dropout, r.lora_targets)
-        return model, os.path.join(args.init, "tokenizer.json")
-    llm_dir = args.llm
-    if llm_dir == "smollm2":
-        from llava_mini.loading.hub import get_smollm2
-        llm_dir = get_smollm2()
-    tokenizer_json = os.path.join(llm_dir, "tokenizer.json")
-    tokenizer = Tokenizer.from_file(tokenizer_json)
-    vision = weights.load_clip(args.vision, vision_only=True)
-    llm = weights.load_llama(llm_dir)
-    config = LlavaConfig(vision_config=vision.config, text_config=llm.config,
-                         projector_type=args.projector_type or PRESETS[args.preset].projector_type,
-                         image_aspect_ratio=PRESETS[args.preset].image_aspect_ratio,
-                         image_token_index=tokenizer.image_token_id)
-    with weights.parameters_on_meta():
-        model = LlavaForConditionalGeneration(config)
-    # The towers come in as loaded; only the projector is new (PyTorch's default init, as in LLaVA).
-    model.vision_tower, model.language_model = vision, llm
-    model.multi_modal_projector = LlavaMultiModalProjector(config)
-    return model, tokenizer_json
-
-
-def set_trainable(model: LlavaForConditionalGeneration, stage: int) -> list[torch.nn.Parameter]:
-    """The freeze policy: the vision tower never trains; stage 1 trains the projector, stage 2 projector + LLM, or,
-    when the LLM carries LoRA layers, projector + adapters (the LLM's own weights stay as they are)."""
-    model.requires_grad_(False)
-    model.multi_modal_projector.requires_grad_(True)
-    if stage == 2 and lora_layers(model):
-        for p in lora_parameters(model):
-            p.requires_grad_(True)
-    elif stage == 2:
-        model.language_model.requires_grad_(True)
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def set_train_mode(model: LlavaForConditionalGeneration) -> None:
-    model.train()
-    model.vision_tower.eval()      # frozen: no dropout or other train-time behaviour, ever
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # The data
