@@ -13,8 +13,8 @@ An adapter folder holds what stage 2 with LoRA trained and nothing else (LLaVA-1
   non_lora_trainables.bin, a pickle). Module paths are those of transformers' model in memory (>= 4.52:
   `model.language_model.layers.0.self_attn.q_proj`, `model.multi_modal_projector.linear_1`), the names PEFT itself
   writes for it; tests/test_lora.py loads the folder with peft and compares logits;
-- `llava_mini.json`: the template and the base's signature (base_signature), so an adapter put on the wrong base is an error naming
-  both, not a quietly wrong model; `tokenizer.json`.
+- `llava_mini.json`: the template and the base's signature (base_signature), so an adapter put on the wrong base
+  is an error naming both, not a quietly wrong model; `tokenizer.json`.
 The tower and the LLM's own weights are the base's: an adapter without its base is not a model.
 """
 from __future__ import annotations
@@ -55,21 +55,27 @@ def _is_adapter_key(key: str) -> bool:
 SIGNATURE_VALUES = 8          # per tensor: about 6,000 numbers for LLaVA-1.5-7B
 
 
+def _base_keys(state: dict) -> list[str]:
+    return sorted(k for k in state if not _is_adapter_key(k))
+
+
+def _shapes_sha256(state: dict) -> str:
+    return hashlib.sha256("".join(f"{k}{tuple(state[k].shape)}" for k in _base_keys(state)).encode()).hexdigest()
+
+
 def base_signature(state: dict) -> dict:
     """What identifies the base (the tower and the LLM's frozen weights, which the adapter does not carry): a hash of
     every key and shape, and the first values of every tensor. Values, not a hash of them,
     so the same base loaded in another dtype (bf16 on a GPU) still matches: same_base compares them with a
     tolerance."""
-    keys = sorted(k for k in state if not _is_adapter_key(k))
-    shapes = hashlib.sha256("".join(f"{k}{tuple(state[k].shape)}" for k in keys).encode()).hexdigest()
-    return {"shapes_sha256": shapes,
-            "values": {k: state[k].detach().reshape(-1)[:SIGNATURE_VALUES].float().tolist() for k in keys}}
+    return {"shapes_sha256": _shapes_sha256(state),
+            "values": {k: state[k].detach().reshape(-1)[:SIGNATURE_VALUES].float().tolist() for k in _base_keys(state)}}
 
 
 def same_base(signature: dict, state: dict) -> bool:
     """Does `state` hold the base that `signature` (base_signature) describes? Exact to fp32 rounding, or to the
     precision of a half-precision load."""
-    if base_signature(state)["shapes_sha256"] != signature["shapes_sha256"]:
+    if _shapes_sha256(state) != signature["shapes_sha256"]:
         return False
     for key, values in signature["values"].items():
         found = state[key].detach().reshape(-1)[:SIGNATURE_VALUES].float()
