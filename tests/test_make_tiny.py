@@ -51,6 +51,16 @@ def test_tokenizer_round_trips_any_text(tokenizer_json):
     assert len(ids) == 2, [tok.id_to_token(i) for i in ids]                            # learned whole words
 
 
+def test_tokenizer_keeps_punctuation_apart_from_words(tmp_path):
+    # As LLaMA's tokenizer does ("left," -> "▁left", ","): the word in a question is the same token as in the scene,
+    # although "left," and "square." are frequent enough here for BPE to learn them as pieces of their own.
+    make_tiny.train_tokenizer(["A red circle at the top left, a blue square."] * 50, vocab_size=400).save(
+        str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    pieces = [tok.id_to_token(i) for i in tok.encode("at the top left, a blue square.")]
+    assert pieces[3:5] == ["▁left", ","] and pieces[-3:] == ["▁blue", "▁square", "."], pieces
+
+
 @pytest.mark.parametrize("template", ["plain", "vicuna_v1", "llava_v1"])
 def test_tokenizer_works_with_the_templates(tokenizer_json, template):
     tok = Tokenizer.from_file(tokenizer_json)
@@ -61,13 +71,22 @@ def test_tokenizer_works_with_the_templates(tokenizer_json, template):
     assert "2 objects" in trained and "How many" not in trained
 
 
-def test_make_tiny_writes_loadable_hf_folders(tmp_path):
+TINY_SIZES = dict(image_size=32, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, vocab_size=400,
+                  clip_steps=3, clip_batch=8, lm_steps=3, sft_steps=2, lm_batch=4, lm_block=1024)
+
+
+@pytest.fixture(scope="module")
+def one_process_bases(tmp_path_factory):
+    """(world folder, make_tiny's stats) of toy-sized bases made by one process."""
     torch.manual_seed(0)
-    data = str(tmp_path / "shapes")
+    root = tmp_path_factory.mktemp("bases")
+    data = str(root / "shapes")
     world.generate_dataset(data, 24, 8, seed=0, image_size=32, quiet=True)
-    stats = make_tiny.make_tiny(data, str(tmp_path / "base"), image_size=32, vision_hidden=32, vision_layers=2,
-                                text_hidden=32, text_layers=2, vocab_size=400, clip_steps=3, clip_batch=8,
-                                lm_steps=3, sft_steps=2, lm_batch=4, lm_block=1024)
+    return data, make_tiny.make_tiny(data, str(root / "one"), command="make the first", **TINY_SIZES)
+
+
+def test_make_tiny_writes_loadable_hf_folders(one_process_bases):
+    stats = one_process_bases[1]
     assert 0.0 <= stats["clip_retrieval_top1"] <= 1.0 and stats["lm_heldout_loss"] > 0
     clip_dir, llama_dir = stats["clip_dir"], stats["llama_dir"]
     assert isinstance(read_config(clip_dir), CLIPConfig) and isinstance(read_config(llama_dir), TextConfig)
@@ -87,10 +106,6 @@ def test_make_tiny_writes_loadable_hf_folders(tmp_path):
     assert stats["lm_heldout_loss"] < torch.log(torch.tensor(float(tok.vocab_size))).item()
 
 
-TINY_SIZES = dict(image_size=32, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, vocab_size=400,
-                  clip_steps=3, clip_batch=8, lm_steps=3, sft_steps=2, lm_batch=4, lm_block=1024)
-
-
 def _make_tiny_worker(rank: int, port: int, data: str, out: str):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -100,12 +115,34 @@ def _make_tiny_worker(rank: int, port: int, data: str, out: str):
     torch.distributed.destroy_process_group()
 
 
-def test_two_gloo_processes_make_the_same_bases_as_one(tmp_path):
+def test_keep_clip_remakes_only_the_llm_and_the_card_keeps_how_the_clip_was_made(one_process_bases, tmp_path):
+    data, first = one_process_bases
+    sizes = dict(TINY_SIZES, clip_steps=7, lm_steps=4)
+    second = make_tiny.make_tiny(data, str(tmp_path / "second"), command="remake the LLM", seed=1,
+                                 keep_clip=first["clip_dir"], **sizes)
+    a = load_file(os.path.join(first["clip_dir"], "model.safetensors"))
+    b = load_file(os.path.join(second["clip_dir"], "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)                  # the CLIP as it was
+    assert second["clip_retrieval_top1"] == first["clip_retrieval_top1"]                      # measured again
+    a = load_file(os.path.join(first["llama_dir"], "model.safetensors"))
+    b = load_file(os.path.join(second["llama_dir"], "model.safetensors"))
+    assert not all(torch.equal(a[k], b[k]) for k in a)                                        # a new LLaMA
+    cards = {name: open(tmp_path / "second" / name / "README.md").read() for name in ("tiny-clip", "tiny-llama")}
+    assert "make the first" in cards["tiny-clip"] and "3 steps of batch" in cards["tiny-clip"]
+    assert "remake the LLM" in cards["tiny-llama"] and "(4 steps)" in cards["tiny-llama"]
+    # kept again, from the kept copy: still the first record
+    third = make_tiny.make_tiny(data, str(tmp_path / "third"), keep_clip=second["clip_dir"], command="again", **sizes)
+    assert third["clip_made"]["command"] == "make the first"
+    os.remove(os.path.join(second["clip_dir"], "tokenizer.json"))
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        make_tiny.make_tiny(data, str(tmp_path / "fourth"), keep_clip=second["clip_dir"], **sizes)
+
+
+def test_two_gloo_processes_make_the_same_bases_as_one(one_process_bases, tmp_path):
     """Under torchrun the processes split each CLIP and LM batch and gather the features: the contrastive loss still
     sees the whole batch, so both models (and the file of measurements) equal the one-process run."""
-    data = str(tmp_path / "shapes")
-    world.generate_dataset(data, 24, 8, seed=0, image_size=32, quiet=True)
-    one = make_tiny.make_tiny(data, str(tmp_path / "one"), **TINY_SIZES)
+    data, one = one_process_bases
+    one_dir = os.path.dirname(one["clip_dir"])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -114,7 +151,7 @@ def test_two_gloo_processes_make_the_same_bases_as_one(tmp_path):
     assert two["processes"] == 2 and one["processes"] == 1
     assert two["lm_heldout_loss"] == pytest.approx(one["lm_heldout_loss"], rel=1e-4)
     for name in ("tiny-clip", "tiny-llama"):
-        a = load_file(str(tmp_path / "one" / name / "model.safetensors"))
+        a = load_file(os.path.join(one_dir, name, "model.safetensors"))
         b = load_file(str(tmp_path / "two" / name / "model.safetensors"))
         assert a.keys() == b.keys()
         for k in a:
@@ -122,7 +159,7 @@ def test_two_gloo_processes_make_the_same_bases_as_one(tmp_path):
             # lr 2e-3 move a weight by up to 6e-3, so 1e-3 still fails a wrong split of the batch
             torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-3, msg=f"{name}: {k}")
     # and they trained: 3 steps moved the weights away from the seeded initialisation
-    init = make_tiny.init_weights(make_tiny.LlamaForCausalLM(read_config(str(tmp_path / "one" / "tiny-llama"))))
+    init = make_tiny.init_weights(make_tiny.LlamaForCausalLM(read_config(one["llama_dir"])))
     assert not torch.equal(init.model.embed_tokens.weight, a["model.embed_tokens.weight"])
 
 

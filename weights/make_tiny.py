@@ -5,6 +5,7 @@ default pipeline starts from those, and `python train.py --make-bases` runs this
     python weights/make_tiny.py                                   # data/shapes -> checkpoints/base/{tiny-clip,tiny-llama}
     python weights/make_tiny.py --out weights/tiny --extra-text data/easyvqa/easyvqa_train.json   # remake the shipped ones
     python weights/make_tiny.py --clip-steps 500 --lm-steps 100 --sft-steps 100   # quicker, weaker
+    python weights/make_tiny.py --out weights/tiny --keep-clip weights/tiny/tiny-clip ...   # remake only the LLM
     torchrun --standalone --nproc_per_node 2 weights/make_tiny.py --threads 1   # 2 processes share each batch (gloo)
 
 It makes three things, in the order LLaVA's bases were made (on a much smaller scale):
@@ -51,7 +52,8 @@ from llava_mini.model.llama import LlamaForCausalLM, count_trained_tokens  # noq
 from llava_mini.training.distributed import barrier, gather_with_grad, sum_gradients  # noqa: E402
 from llava_mini.training.pipeline import launcher  # noqa: E402
 from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, BaseSizes  # noqa: E402
-from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions, load_images,  # noqa: E402
+from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions, kept_clip,  # noqa: E402
+                               load_images,
                                object_regions, probe_tower,
                                region_accuracy, region_logits, retrieval_accuracy)
 from weights.model_cards import machine, write_model_cards  # noqa: E402
@@ -144,6 +146,23 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
         optimizer_step(model, opt, sched, loss, world)
         bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()})
     return model.eval()
+
+
+def make_clip(z: BaseSizes, tokenizer: Tokenizer, hf_tok: HFTokenizer, data_dir: str, scenes: list[dict], *,
+              seed: int, rank: int, world: int, **train_options) -> tuple[CLIPModel, HFTokenizer]:
+    """A tiny CLIP of the sizes `z`, trained on `scenes` (train_clip); returns it and its text tower's tokenizer."""
+    clip_tok = clip_tokenizer(hf_tok)
+    eot = clip_tok.token_to_id(END_OF_TEXT)
+    text_tower = CLIPTextConfig(vocab_size=clip_tok.get_vocab_size(), hidden_size=z.vision_hidden,
+                                intermediate_size=4 * z.vision_hidden, num_hidden_layers=2,
+                                num_attention_heads=max(1, z.vision_hidden // 32), max_position_embeddings=64,
+                                projection_dim=z.vision_hidden, pad_token_id=eot,
+                                bos_token_id=tokenizer.bos_id, eos_token_id=eot)
+    config = CLIPConfig(vision_config=vision_config(z), text_config=text_tower, projection_dim=z.vision_hidden)
+    images = load_images(data_dir, scenes, config.vision_config)
+    clip = train_clip(config, images, scenes, clip_tok, steps=z.clip_steps, batch_size=z.clip_batch, lr=z.clip_lr,
+                      seed=seed, rank=rank, world=world, **train_options)
+    return clip, clip_tok
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -246,10 +265,12 @@ def text_config(z: BaseSizes, tokenizer: Tokenizer) -> TextConfig:
 
 def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", extra_text: list[str] = (), *,
               region_weight: float = 1.0, hard_negatives: bool = True, seed: int = 0, command: str | None = None,
-              **sizes) -> dict:
+              keep_clip: str | None = None, **sizes) -> dict:
     """Make tokenizer, tiny CLIP and tiny LLaMA; write them to {out_dir}/tiny-clip and {out_dir}/tiny-llama, and
     the measurements (retrieval accuracy, LM loss) to {out_dir}/make_tiny.json; returns them as a dict. `sizes`
     overrides fields of the classroom's BaseSizes (llava_mini/training/recipes.py), e.g. clip_steps=500.
+    `keep_clip`: a tiny-clip folder that an earlier make_tiny wrote, used as it is (measured again, its model card
+    keeps how it was made); only the tokenizer and the LLaMA are trained.
     Under torchrun the processes share each global batch (train_clip, train_llama); the first one measures and
     writes, the others return None."""
     t0 = time.time()
@@ -257,6 +278,9 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     text = read_world_text(data_dir, list(extra_text))
     os.makedirs(out_dir, exist_ok=True)
+    clip_dir = os.path.join(out_dir, "tiny-clip")
+    if keep_clip:           # --keep-clip: remake only the LLM, with the CLIP an earlier make_tiny wrote, as it is
+        clip, clip_tok, clip_made = kept_clip(keep_clip, clip_dir, z, rank)
     tok_path = os.path.join(out_dir, "tokenizer.json")
     if rank == 0:
         train_tokenizer(text["text"], z.vocab_size).save(tok_path)
@@ -267,36 +291,28 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     say(f"tokenizer: {tokenizer.vocab_size} tokens (<image> = {tokenizer.image_token_id}), "
         f"trained on {len(text['text'])} texts")
 
-    # --- CLIP
-    vision = vision_config(z)
-    clip_tok = clip_tokenizer(hf_tok)
-    eot = clip_tok.token_to_id(END_OF_TEXT)
-    text_tower = CLIPTextConfig(vocab_size=clip_tok.get_vocab_size(), hidden_size=z.vision_hidden,
-                                intermediate_size=4 * z.vision_hidden, num_hidden_layers=2,
-                                num_attention_heads=max(1, z.vision_hidden // 32), max_position_embeddings=64,
-                                projection_dim=z.vision_hidden, pad_token_id=eot,
-                                bos_token_id=tokenizer.bos_id, eos_token_id=eot)
-    clip_config = CLIPConfig(vision_config=vision, text_config=text_tower, projection_dim=z.vision_hidden)
-    train_images = load_images(data_dir, text["train_scenes"], vision)
-    clip = train_clip(clip_config, train_images, text["train_scenes"], clip_tok, steps=z.clip_steps,
-                      batch_size=z.clip_batch, lr=z.clip_lr, seed=seed, region_weight=region_weight,
-                      hard_negatives=hard_negatives, rank=rank, world=world)
+    # --- CLIP (unless kept)
+    if not keep_clip:
+        clip, clip_tok = make_clip(z, tokenizer, hf_tok, data_dir, text["train_scenes"], seed=seed, rank=rank,
+                                   world=world, region_weight=region_weight, hard_negatives=hard_negatives)
+        clip_made = None
     stats = None
-    clip_dir = os.path.join(out_dir, "tiny-clip")
     if rank == 0:
-        test_images = load_images(data_dir, text["test_scenes"], vision)
+        test_images = load_images(data_dir, text["test_scenes"], clip.config.vision_config)
         pool = min(100, len(text["test_scenes"]))
-        retrieval = retrieval_accuracy(clip, test_images, text["test_scenes"], clip_tok,
-                                       text_tower.max_position_embeddings, pool=pool)
-        objects = region_accuracy(clip, test_images, text["test_scenes"], clip_tok, text_tower.max_position_embeddings,
-                                  pool=pool)
+        max_len = clip.config.text_config.max_position_embeddings
+        retrieval = retrieval_accuracy(clip, test_images, text["test_scenes"], clip_tok, max_len, pool=pool)
+        objects = region_accuracy(clip, test_images, text["test_scenes"], clip_tok, max_len, pool=pool)
         print(f"tiny CLIP: zero-shot image->caption retrieval on held-out scenes, top-1 among {pool}: "
               f"{retrieval:.1%} (chance {1 / pool:.1%}); object->phrase retrieval {objects:.1%}")
-        clip_tok_path = os.path.join(out_dir, "clip-tokenizer.json")
-        clip_tok.save(clip_tok_path)
-        weights.save_clip(clip, clip_dir)
-        os.replace(clip_tok_path, os.path.join(clip_dir, "tokenizer.json"))
+        if not keep_clip:
+            clip_tok_path = os.path.join(out_dir, "clip-tokenizer.json")
+            clip_tok.save(clip_tok_path)
+            weights.save_clip(clip, clip_dir)
+            os.replace(clip_tok_path, os.path.join(clip_dir, "tokenizer.json"))
         stats = {"clip_retrieval_top1": retrieval, "clip_retrieval_pool": pool, "clip_region_top1": objects}
+        if clip_made:
+            stats["clip_made"] = clip_made
 
     # --- LLaMA: pretraining on all the world's text, then instruction tuning on its chats (answers only)
     llama_config = text_config(z, tokenizer)
@@ -347,6 +363,9 @@ def main(argv=None):
                    help="weight of the object-phrase term of the CLIP loss (0: image-caption pairs only)")
     p.add_argument("--no-hard-negatives", action="store_true",
                    help="the object-phrase term without the shape- and position-swapped phrases (the ablation)")
+    p.add_argument("--keep-clip", metavar="FOLDER", default=None,
+                   help="use this tiny-clip folder (made by an earlier make_tiny, e.g. weights/tiny/tiny-clip) as it "
+                        "is and train only the tokenizer and the LLaMA")
     p.add_argument("--seed", type=cli.non_negative_int, default=0)
     p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads per process (default: the cores / processes)")
     args = p.parse_args(argv)
@@ -355,7 +374,7 @@ def main(argv=None):
         dist.init_process_group("gloo")
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
     make_tiny(args.data, args.out, args.extra_text, region_weight=args.region_weight,
-              hard_negatives=not args.no_hard_negatives, seed=args.seed,
+              hard_negatives=not args.no_hard_negatives, seed=args.seed, keep_clip=args.keep_clip,
               command=" ".join([launcher(world), "weights/make_tiny.py", *(argv if argv is not None else sys.argv[1:])]),
               **{f.name: getattr(args, f.name) for f in dataclasses.fields(BaseSizes)})
     if world > 1:

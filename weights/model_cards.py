@@ -18,13 +18,8 @@ from llava_mini.training.recipes import BASES_REPORT
 def write_model_cards(out_dir: str, stats: dict) -> None:
     """A model card (README.md, Hugging Face style) in each base's folder, from what make_tiny measured, and the
     folder's SHA256SUMS (loading/manifest.py), which the pipeline checks before it uses the bases."""
-    z, text, qa = stats["sizes"], stats["training_text"], stats["text_qa"]
-    made = (f"- Command: `{stats['command']}`, seed {stats['seed']}, on the world of `python -m llava_mini.synth.world "
-            f"--out data/shapes --train 5000 --test 500` and `python -m llava_mini.synth.easyvqa --out data/easyvqa`\n"
-            f"- Made in {stats['seconds'] / 60:.1f} min on {stats['machine']} ({stats['processes']} processes)\n"
-            f"- Training text: {text['texts']} texts of the shapes world (train scenes only), sha256 "
-            f"`{text['sha256'][:16]}...`, {len(text['words'])} distinct words (all in `{BASES_REPORT}`); no held-out "
-            f"phrasing and no test scene is in it\n")
+    qa, clip = stats["text_qa"], stats.get("clip_made", stats)      # a kept CLIP's card says how it was made
+    z, zc = stats["sizes"], clip["sizes"]
     cards = {
         "tiny-clip": f"""---
 library_name: llava_mini
@@ -37,10 +32,10 @@ and object-phrase pairs, with shape- and position-swapped phrases as hard negati
 train_clip). Hugging Face's CLIP layout: `transformers.CLIPModel.from_pretrained` and `llava_mini.loading.weights
 .load_clip` both read it. LLaVA reads the vision tower's layer -2 patch features and never trains it.
 
-- Vision: {z['image_size']} px images, {z['patch_size']} px patches ({(z['image_size'] // z['patch_size']) ** 2} image
-  tokens), hidden {z['vision_hidden']}, {z['vision_layers']} layers; {z['clip_steps']} steps of batch {z['clip_batch']},
-  lr {z['clip_lr']}
-{made}
+- Vision: {zc['image_size']} px images, {zc['patch_size']} px patches ({(zc['image_size'] // zc['patch_size']) ** 2}
+  image tokens), hidden {zc['vision_hidden']}, {zc['vision_layers']} layers; {zc['clip_steps']} steps of batch
+  {zc['clip_batch']}, lr {zc['clip_lr']}
+{provenance(clip)}
 ## Quality (held-out scenes)
 - Zero-shot image->caption retrieval, top-1 among {stats['clip_retrieval_pool']}: {stats['clip_retrieval_top1']:.1%}
 - Object->phrase retrieval: {stats['clip_region_top1']:.1%}
@@ -53,7 +48,7 @@ tags: [llama, text-generation, synthetic-data]
 # tiny-llama: the classroom's stand-in for Vicuna
 
 A LLaMA (RMSNorm, RoPE, SwiGLU, grouped-query attention, tied embeddings) with a LLaMA-style BPE tokenizer (`<s>`,
-`</s>`, byte fallback, `<image>` added), trained from scratch in two phases (weights/make_tiny.py, train_llama):
+`</s>`, byte fallback, punctuation apart from words, `<image>` added), trained from scratch in two phases (weights/make_tiny.py, train_llama):
 pretraining on all the world's text ({z['lm_steps']} steps), then instruction tuning on the world's conversations,
 detailed descriptions, complex reasoning and short answers with the scene given in words where the image will be,
 the loss on the answers only ({z['sft_steps']} steps; batches of {z['lm_batch']} samples packed into rows of
@@ -61,7 +56,7 @@ the loss on the answers only ({z['sft_steps']} steps; batches of {z['lm_batch']}
 `transformers.LlamaForCausalLM.from_pretrained` and `llava_mini.loading.weights.load_llama` both read it.
 
 - Hidden {z['text_hidden']}, {z['text_layers']} layers, vocabulary {stats['vocab_size']}
-{made}
+{provenance(stats)}
 ## Quality (held-out scenes)
 - Held-out loss on every token of the test scenes' captions and questions: {stats['lm_heldout_loss']:.3f} (held-out
   wordings included; instruction tuning trains the answers only, so the other tokens are predicted less well)
@@ -74,6 +69,18 @@ the loss on the answers only ({z['sft_steps']} steps; batches of {z['lm_batch']}
         with open(os.path.join(out_dir, name, "README.md"), "w") as f:
             f.write(card)
     write_manifest(out_dir)
+
+
+def provenance(record: dict) -> str:
+    """How a base was made (the command, the world, the machine, the text), from make_tiny's record of that run."""
+    text = record["training_text"]
+    return (f"- Command: `{record['command']}`, seed {record['seed']}, on the world of "
+            f"`python -m llava_mini.synth.world --out data/shapes --train 5000 --test 500` and "
+            f"`python -m llava_mini.synth.easyvqa --out data/easyvqa`\n"
+            f"- Made in {record['seconds'] / 60:.1f} min on {record['machine']} ({record['processes']} processes)\n"
+            f"- Training text: {text['texts']} texts of the shapes world (train scenes only), sha256 "
+            f"`{text['sha256'][:16]}...`, {len(text['words'])} distinct words (all in `{BASES_REPORT}`); no held-out "
+            f"phrasing and no test scene is in it\n")
 
 
 def machine() -> str:

@@ -7,11 +7,13 @@ Used by weights/make_tiny.py (whose train_clip loop runs both losses) and benchm
   (why: make_tiny.train_clip and tutorials/07_training.md, section 6).
 - Checks on held-out scenes: image->caption and object->phrase retrieval, and linear probes of each object's
   shape, colour and position in the patch features (probe_tower).
+- A CLIP made earlier, kept as it is while the LLM is remade (kept_clip, `make_tiny.py --keep-clip`).
 """
 from __future__ import annotations
 
 import os
 import random
+import shutil
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +21,13 @@ from tqdm import tqdm
 
 from llava_mini.data.images import load_image, preprocess_image
 from llava_mini.jsonio import read_json
+from llava_mini.loading import weights
 from llava_mini.model.clip import CLIPModel, CLIPVisionModel
 from llava_mini.synth import world
 from llava_mini.synth.teacher import POSITION_NAMES, position_name
 from llava_mini.synth.world import SHAPES
 from llava_mini.training.distributed import gather_with_grad
+from llava_mini.training.recipes import BASES_REPORT
 
 END_OF_TEXT = "<|endoftext|>"         # the tiny CLIP text tower's pooling token (see clip_tokenizer)
 
@@ -219,3 +223,33 @@ def probe_tower(tower: CLIPVisionModel, data_dir: str, n_train: int = 2000, laye
     shares = variance_shares(test_x, test_y)
     return {k: {"probe": linear_probe(train_x, train_y[k], test_x, test_y[k], n), "share": shares[k]}
             for k, n in classes.items()}
+
+
+CLIP_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+PROVENANCE = ("command", "seed", "seconds", "machine", "processes", "training_text", "sizes")
+
+
+def kept_clip(source: str, clip_dir: str, z, rank: int) -> tuple[CLIPModel, object, dict]:
+    """A tiny CLIP that an earlier make_tiny wrote, copied to `clip_dir` as it is. Returns it, its text tower's
+    tokenizer, and the record of how it was made (from the make_tiny.json beside it), for its model card. `z`: the
+    BaseSizes asked for, whose image and patch size the CLIP must have."""
+    from tokenizers import Tokenizer as HFTokenizer
+    for name in CLIP_FILES:
+        if not os.path.isfile(os.path.join(source, name)):
+            raise FileNotFoundError(f"--keep-clip {source}: no {name} there (a tiny-clip folder has "
+                                    f"{', '.join(CLIP_FILES)})")
+    report = os.path.join(os.path.dirname(os.path.abspath(source)), BASES_REPORT)
+    if not os.path.isfile(report):
+        raise FileNotFoundError(f"--keep-clip {source}: no {report}, the record of how that CLIP was made")
+    old = read_json(report)
+    made = old.get("clip_made") or {k: old[k] for k in PROVENANCE}      # a CLIP kept twice keeps its first record
+    clip = weights.load_clip(source)
+    vision = clip.config.vision_config
+    if (vision.image_size, vision.patch_size) != (z.image_size, z.patch_size):
+        raise ValueError(f"--keep-clip {source}: it reads {vision.image_size} px images in {vision.patch_size} px "
+                         f"patches, not the {z.image_size} px / {z.patch_size} px asked for")
+    if rank == 0 and os.path.realpath(source) != os.path.realpath(clip_dir):
+        os.makedirs(clip_dir, exist_ok=True)
+        for name in CLIP_FILES:
+            shutil.copyfile(os.path.join(source, name), os.path.join(clip_dir, name))
+    return clip.eval(), HFTokenizer.from_file(os.path.join(source, "tokenizer.json")), made
