@@ -51,16 +51,6 @@ def test_tokenizer_round_trips_any_text(tokenizer_json):
     assert len(ids) == 2, [tok.id_to_token(i) for i in ids]                            # learned whole words
 
 
-def test_tokenizer_keeps_punctuation_apart_from_words(tmp_path):
-    # As LLaMA's tokenizer does ("left," -> "▁left", ","): the word in a question is the same token as in the scene,
-    # although "left," and "square." are frequent enough here for BPE to learn them as pieces of their own.
-    make_tiny.train_tokenizer(["A red circle at the top left, a blue square."] * 50, vocab_size=400).save(
-        str(tmp_path / "tokenizer.json"))
-    tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
-    pieces = [tok.id_to_token(i) for i in tok.encode("at the top left, a blue square.")]
-    assert pieces[3:5] == ["▁left", ","] and pieces[-3:] == ["▁blue", "▁square", "."], pieces
-
-
 @pytest.mark.parametrize("template", ["plain", "vicuna_v1", "llava_v1"])
 def test_tokenizer_works_with_the_templates(tokenizer_json, template):
     tok = Tokenizer.from_file(tokenizer_json)
@@ -275,6 +265,15 @@ def test_probe_tower_reads_colour_even_from_an_untrained_tower(tmp_path):
     flat = tiny_clip.probe_tower(tower, data, n_train=120, encode=lambda x: x.unfold(2, 8, 8).unfold(3, 8, 8).permute(
         0, 2, 3, 1, 4, 5).reshape(len(x), 16, -1))                                  # (B, 16 patches, 3*8*8)
     assert set(flat) == set(result) and flat != result and flat["colour"]["probe"] > 0.5
+    # --per-patch: a row per patch inside each box, labelled with its object
+    masks = [tiny_clip.object_regions(s, grid=4)[0] for s in scenes]
+    px, py = tiny_clip.object_features(tower, tiny_clip.load_images(data, scenes, tower.config), scenes, layer=-2,
+                                       per_patch=True)
+    assert px.shape == (int(sum(m.sum() for m in masks)), 32) and len(py["shape"]) == len(px)
+    per_object = torch.cat([m.sum(1) for m in masks]).long()              # patches inside each object's box
+    assert torch.equal(py["colour"], y["colour"].repeat_interleave(per_object))
+    first = int(per_object[0])
+    assert torch.allclose(px[:first].mean(0), x[0], atol=1e-5)           # their mean is the per-object feature
 
 
 def test_variance_shares_measure_each_attribute_at_the_scale_the_llm_sees():

@@ -48,7 +48,7 @@ tags: [llama, text-generation, synthetic-data]
 # tiny-llama: the classroom's stand-in for Vicuna
 
 A LLaMA (RMSNorm, RoPE, SwiGLU, grouped-query attention, tied embeddings) with a LLaMA-style BPE tokenizer (`<s>`,
-`</s>`, byte fallback, punctuation apart from words, `<image>` added), trained from scratch in two phases (weights/make_tiny.py, train_llama):
+`</s>`, byte fallback, `<image>` added), trained from scratch in two phases (weights/make_tiny.py, train_llama):
 pretraining on all the world's text ({z['lm_steps']} steps), then instruction tuning on the world's conversations,
 detailed descriptions, complex reasoning and short answers with the scene given in words where the image will be,
 the loss on the answers only ({z['sft_steps']} steps; batches of {z['lm_batch']} samples packed into rows of

@@ -160,9 +160,11 @@ def load_images(data_dir: str, scenes: list[dict], vision_config) -> torch.Tenso
 
 @torch.no_grad()
 def object_features(tower: CLIPVisionModel, images: torch.Tensor, scenes: list[dict], layer: int,
-                    batch_size: int = 256, encode=None) -> tuple[torch.Tensor, dict]:
+                    batch_size: int = 256, encode=None, per_patch: bool = False) -> tuple[torch.Tensor, dict]:
     """Per-object mean patch feature at `layer`: (n_objects, hidden), and labels {attribute: (n_objects,)}.
-    `encode` (images -> (B, P, hidden)) replaces the tower's features, e.g. a LLaVA model's projector outputs."""
+    `encode` (images -> (B, P, hidden)) replaces the tower's features, e.g. a LLaVA model's projector outputs.
+    `per_patch`: every patch inside an object's box is a row of its own, labelled with that object: what one image
+    token knows, the key an attention head must match to find "the star" among the 64."""
     config = tower.config
     grid = config.image_size // config.patch_size
     features, labels = [], {"shape": [], "colour": [], "position": []}
@@ -171,11 +173,16 @@ def object_features(tower: CLIPVisionModel, images: torch.Tensor, scenes: list[d
         patches = encode(chunk) if encode else tower.select_features(chunk, layer=layer)     # (B, P, hidden)
         for b, scene in enumerate(scenes[start:start + batch_size]):
             masks, _ = object_regions(scene, grid)                                           # (n_objects, P)
-            features.append(masks @ patches[b] / masks.sum(1, keepdim=True))                 # (n_objects, hidden)
-            for o in scene["objects"]:
-                labels["shape"].append(world.SHAPES.index(o["shape"]))
-                labels["colour"].append(list(world.COLORS).index(o["color"]))
-                labels["position"].append(POSITION_NAMES.index(position_name(*o["center"], margin=0)))
+            if per_patch:
+                features += [patches[b][m.bool()] for m in masks]                            # (n_inside, hidden) each
+                repeats = masks.sum(1).long().tolist()
+            else:
+                features.append(masks @ patches[b] / masks.sum(1, keepdim=True))             # (n_objects, hidden)
+                repeats = [1] * len(masks)
+            for o, n in zip(scene["objects"], repeats):
+                labels["shape"] += [world.SHAPES.index(o["shape"])] * n
+                labels["colour"] += [list(world.COLORS).index(o["color"])] * n
+                labels["position"] += [POSITION_NAMES.index(position_name(*o["center"], margin=0))] * n
     return torch.cat(features), {k: torch.tensor(v) for k, v in labels.items()}
 
 
@@ -209,16 +216,18 @@ def variance_shares(x: torch.Tensor, labels: dict) -> dict:
     return shares
 
 
-def probe_tower(tower: CLIPVisionModel, data_dir: str, n_train: int = 2000, layer: int = -2, encode=None) -> dict:
+def probe_tower(tower: CLIPVisionModel, data_dir: str, n_train: int = 2000, layer: int = -2, encode=None,
+                per_patch: bool = False) -> dict:
     """Per attribute, {"probe": held-out linear-probe accuracy, "share": variance_shares on the held-out objects},
-    for the objects of `data_dir`'s scenes (of `encode`'s features if given, see object_features)."""
+    for the objects of `data_dir`'s scenes (of `encode`'s features if given; each patch alone if `per_patch`; see
+    object_features)."""
     train_scenes = read_json(os.path.join(data_dir, "scenes_train.json"))[:n_train]
     test_scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
     tower = tower.eval()
     train_x, train_y = object_features(tower, load_images(data_dir, train_scenes, tower.config), train_scenes, layer,
-                                       encode=encode)
+                                       encode=encode, per_patch=per_patch)
     test_x, test_y = object_features(tower, load_images(data_dir, test_scenes, tower.config), test_scenes, layer,
-                                     encode=encode)
+                                     encode=encode, per_patch=per_patch)
     classes = {"shape": len(world.SHAPES), "colour": len(world.COLORS), "position": len(POSITION_NAMES)}
     shares = variance_shares(test_x, test_y)
     return {k: {"probe": linear_probe(train_x, train_y[k], test_x, test_y[k], n), "share": shares[k]}

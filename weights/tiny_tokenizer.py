@@ -23,16 +23,14 @@ def train_tokenizer(texts: list[str], vocab_size: int = 1024):
 
     Like LLaMA's tokenizer.json: the normalizer prepends "▁" and turns spaces into "▁"; there is no pre-tokenizer;
     unknown characters fall back to <0xNN> byte tokens; the post-processor adds <s>. Merges are learned inside
-    words only, and never join a word to the punctuation after it (we split on "▁" and isolate punctuation while
-    training), as SentencePiece does: "left," is "▁left" + "," as in LLaMA, so the word the question asks about
-    is the same token as the word in the scene. (On a 190-word corpus BPE would otherwise merge "star," and
-    "right." into tokens of their own, unrelated to "star" and "right".) `vocab_size` is an upper bound: a small
-    corpus runs out of merges first."""
+    words only (we split on "▁" while training), as SentencePiece does. Unlike LLaMA's, a word and the punctuation
+    after it may merge ("left," can be one piece on the world's small corpus); keeping them apart made the tiny
+    LLaMA no better (docs/EXPERIMENTS.md, 2026-12-01 night). `vocab_size` is an upper bound: a small corpus runs
+    out of merges first."""
     normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])
     learner = HFTokenizer(models.BPE(unk_token="<unk>"))
     learner.normalizer = normalizer
-    learner.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(SPACE, behavior="merged_with_next"),
-                                                     pre_tokenizers.Punctuation("isolated")])   # training only
+    learner.pre_tokenizer = pre_tokenizers.Split(SPACE, behavior="merged_with_next")    # training only
     alphabet = list(string.ascii_letters + string.digits + string.punctuation) + [SPACE]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - 256 - 1, special_tokens=SPECIALS,
                                   initial_alphabet=alphabet, show_progress=False)
