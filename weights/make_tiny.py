@@ -53,8 +53,7 @@ from llava_mini.training.distributed import barrier, gather_with_grad, sum_gradi
 from llava_mini.training.pipeline import launcher  # noqa: E402
 from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, BaseSizes  # noqa: E402
 from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions, kept_clip,  # noqa: E402
-                               load_images,
-                               object_regions, probe_tower,
+                               load_images, object_regions, probe_tower,
                                region_accuracy, region_logits, retrieval_accuracy)
 from weights.model_cards import machine, write_model_cards  # noqa: E402
 from weights.tiny_tokenizer import train_tokenizer  # noqa: E402
@@ -278,7 +277,7 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     text = read_world_text(data_dir, list(extra_text))
     os.makedirs(out_dir, exist_ok=True)
-    clip_dir = os.path.join(out_dir, "tiny-clip")
+    clip_dir, clip_made = os.path.join(out_dir, "tiny-clip"), None
     if keep_clip:           # --keep-clip: remake only the LLM, with the CLIP an earlier make_tiny wrote, as it is
         clip, clip_tok, clip_made = kept_clip(keep_clip, clip_dir, z, rank)
     tok_path = os.path.join(out_dir, "tokenizer.json")
@@ -295,7 +294,6 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     if not keep_clip:
         clip, clip_tok = make_clip(z, tokenizer, hf_tok, data_dir, text["train_scenes"], seed=seed, rank=rank,
                                    world=world, region_weight=region_weight, hard_negatives=hard_negatives)
-        clip_made = None
     stats = None
     if rank == 0:
         test_images = load_images(data_dir, text["test_scenes"], clip.config.vision_config)
