@@ -5,7 +5,7 @@
     python train.py --workdir DIR    # put data/ and checkpoints/ under DIR
     python train.py --seed 1         # the stages with another seed (how much a result is luck: docs/EXPERIMENTS.md)
     python train.py --processes 1    # stage 2 in this process (default on a multi-core CPU: 2 under torchrun)
-    python train.py --make-bases     # train your own tiny bases first (weights/make_tiny.py, about an hour on 2 cores)
+    python train.py --make-bases     # train your own tiny bases first (weights/make_tiny.py, over an hour on 2 cores)
 
 Each step prints the command that does it alone, so a student can rerun any one of them: `python -m
 llava_mini.synth.world`, `python -m llava_mini.synth.easyvqa`, `python weights/make_tiny.py`, `python train.py --stage

@@ -91,8 +91,8 @@ class BaseSizes:
     clip_steps: int = 8000
     clip_batch: int = 64
     clip_lr: float = 2e-3
-    lm_steps: int = 3000        # pretraining on all the world's text
-    sft_steps: int = 3000       # then instruction tuning on the world's chats, the scene in words (answers only)
+    lm_steps: int = 4500        # pretraining on all the world's text
+    sft_steps: int = 4500       # then instruction tuning on the world's chats, the scene in words (answers only)
     lm_batch: int = 32          # samples per step, packed whole into rows of lm_block tokens
     lm_block: int = 384         # tokens per LM training row
     lm_lr: float = 3e-3
