@@ -138,6 +138,28 @@ def test_scene_in_words_says_where_every_object_is():
             assert f"{o['color']} {o['shape']} {'in the center' if place == 'center' else 'at the ' + place}" in words
 
 
+def test_objects_captions_and_descriptions_read_like_a_page(dataset):
+    """Every scene lists its objects top third first, each third left to right, and its captions and the teacher's
+    detailed description name them in that order (so "Describe the image." is one scan of the image)."""
+    root, _ = dataset
+    scenes = {s["id"]: s for s in read(root, "scenes_train.json")}
+    for scene in scenes.values():
+        keys = [world.reading_order(o) for o in scene["objects"]]
+        assert keys == sorted(keys)
+        rows = [row for row, _ in keys]
+        assert all(0 <= r <= 2 for r in rows)
+    several = [s for s in scenes.values() if len({r for r, _ in map(world.reading_order, s["objects"])}) > 1]
+    assert several                                                  # scenes that span more than one third occur
+    for entry in read(root, "stage2.json"):
+        if not entry["id"].endswith("_detail"):
+            continue
+        scene = scenes[entry["id"].rsplit("_", 1)[0]]
+        answer = entry["conversations"][1]["value"]
+        spots = [answer.index(f"There is {world.article(o['color'] + ' ' + o['shape'])} ") for o in scene["objects"]
+                 if sum(p["color"] == o["color"] and p["shape"] == o["shape"] for p in scene["objects"]) == 1]
+        assert spots == sorted(spots), entry["id"]
+
+
 @pytest.mark.parametrize("rotate", [False, True])
 def test_boxes_inside_image_and_match_pixels(rotate):
     cfg = world.WorldConfig(image_size=64, rotate=rotate)
