@@ -109,7 +109,7 @@ def _overlaps(a, b, gap):
 def reading_order(obj: dict) -> tuple[int, float]:
     """Where an object comes when the scene is read like a page: the top third's objects first, each third left to
     right. Captions, descriptions and boxes list objects in this order, so "Describe the image." asks a small model
-    to scan the image once, in the order its patches reach the LLM, instead of recalling which objects it has named."""
+    to scan the image once, top to bottom as its patches reach the LLM, instead of recalling what it has named."""
     x0, y0, x1, y1 = obj["bbox"]
     return min(int((y0 + y1) / 2 * 3), 2), (x0 + x1) / 2      # the box centre, the point positions are named by
 
