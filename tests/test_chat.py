@@ -33,7 +33,7 @@ def make_tokenizer_json(path: str) -> str:
     return path
 
 
-def make_tiny_checkpoint(folder: str, template: str = "vicuna_v1", seed: int = 0) -> str:
+def make_tiny_checkpoint(folder: str, template: str = "vicuna_v1", seed: int = 0, context: int = 160) -> str:
     """A random tiny LLaVA saved the way train.py saves one: safetensors + config + tokenizer + llava_mini.json."""
     from llava_mini.data.tokenizer import Tokenizer
     from llava_mini.loading.weights import save_llava
@@ -46,7 +46,7 @@ def make_tiny_checkpoint(folder: str, template: str = "vicuna_v1", seed: int = 0
     vision = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                           image_size=32, patch_size=8, projection_dim=32)
     text = TextConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=160,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
                       bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, tie_word_embeddings=True)
     config = LlavaConfig(vision_config=vision, text_config=text, projector_type="mlp2x_gelu",
                          image_token_index=tokenizer.image_token_id, image_aspect_ratio="pad")

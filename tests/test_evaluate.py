@@ -195,7 +195,7 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path, monkeypatch
     command line writes a full report (VQA + baselines, bench with the rule judge, ScienceQA fixture)."""
     from PIL import Image
     from test_chat import make_tiny_checkpoint
-    model_dir = make_tiny_checkpoint(str(tmp_path / "ckpt"))
+    model_dir = make_tiny_checkpoint(str(tmp_path / "ckpt"), context=320)   # room for a description and a question
     model, tokenizer, template = model_folder.load_checkpoint(model_dir)
     data = tmp_path / "shapes"
     (data / "images").mkdir(parents=True)
@@ -243,6 +243,20 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path, monkeypatch
     assert saved["describe"]["n"] == 1 and described["recall"] == description_score(described["answer"], scene)["recall"]
     assert saved["scienceqa"]["n"] == 6 and saved["scienceqa"]["n_image"] == 3
     assert report["template"] == template
+    # The follow-ups: the questions about the described image (0.png: questions 0 and 3), each asked after the
+    # description, batched as one by one; the same questions asked first are scored from the VQA run's answers.
+    followups = saved["followups"]
+    assert [p["id"] for p in followups["predictions"]] == ["0", "3"]
+    chats = [["Describe the image.", described["answer"], questions[i]["question"] + ev.SHORT_ANSWER_PROMPT]
+             for i in (0, 3)]
+    alone = [ev.generate_answers(model, tokenizer, [c], [Image.open(data / "images" / "0.png")], template=template)[0]
+             for c in chats]
+    assert [p["prediction"] for p in followups["predictions"]] == alone
+    assert followups["asked_first"]["overall"] == pytest.approx(
+        scoring.vqa_accuracy([questions[0], questions[3]], [saved_preds[0], saved_preds[3]])["overall"])
+    with pytest.raises(ValueError, match="no question is about a described image"):
+        ev.evaluate_followups(model, tokenizer, questions[1:3], {"images/0.png": "A red circle."}, str(data),
+                              template=template)
 
     # The LLM judge's endpoint is down: the VQA scores already measured are written, and the exit says why.
     import socket

@@ -119,6 +119,23 @@ def test_rule_teacher_statements_are_true_of_the_scene(heldout):
     assert len(kinds) >= 11, kinds        # every question kind above was met and checked
 
 
+def test_a_third_of_the_conversations_open_with_the_description():
+    """A chat that starts with "Describe the image." and goes on: the conversation sample opens with the image's
+    detail sample (the same instruction and answer), and its questions follow without another <image>."""
+    vocab = world.vocabulary(world.WorldConfig())
+    items = [{"id": s["id"], "image": s["image"], "context": world.symbolic_context(s)} for s in scenes(150)]
+    data = {e["id"]: e["conversations"] for e in make_instruct_data(items, RuleTeacher(vocab), seed=0, progress=False)}
+    opened = 0
+    for it in items:
+        conv, detail = data[f"{it['id']}_conv"], data[f"{it['id']}_detail"]
+        assert conv[0]["value"].startswith("<image>\n") and not any("<image>" in t["value"] for t in conv[1:])
+        assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2) and 6 <= len(conv) <= 10
+        if conv[:2] == detail:
+            opened += 1
+            assert "<image>" not in conv[2]["value"] and conv[3]["value"] != detail[1]["value"]
+    assert 30 <= opened <= 70, opened          # a third of 150, give or take the draw
+
+
 def test_coco_route_on_fixture():
     items, vocab = load_coco(os.path.join(FIXTURES, "captions.json"), os.path.join(FIXTURES, "instances.json"))
     assert vocab == ["chair", "dog", "person"]

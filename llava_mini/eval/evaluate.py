@@ -8,6 +8,7 @@
     python -m llava_mini.eval.evaluate --model DIR --scienceqa tests/fixtures/scienceqa/test.json
     python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --confusion position   # how it errs
     python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --describe   # "Describe the image."
+                                                                      # ... and the short answers asked after it
 
 Three measurements, each split into a scoring layer (plain functions over strings, easy to test by hand) and a
 model layer (batched greedy generation):
@@ -77,10 +78,11 @@ def right_pad(ids: list[list[int]], pad_id: int):
     return input_ids, segment_ids
 
 
-def generate_answers(model, tokenizer, prompts: list[str], images: list, *, template, batch_size: int = 16,
+def generate_answers(model, tokenizer, prompts: list, images: list, *, template, batch_size: int = 16,
                      max_new_tokens: int = 16, device: str = "cpu", desc: str = "answering") -> list[str]:
-    """Greedy answers to single-turn prompts. images[i] is a PIL image (the prompt gets `<image>\\n` in front) or
-    None. Prompts of similar length are batched together (right-padded, segment id 0 on the padding)."""
+    """Greedy answers to prompts: a user turn, or a conversation so far as its turn texts [user, assistant, ...,
+    user]. images[i] is a PIL image (the first turn gets `<image>\\n` in front) or None. Prompts of similar length
+    are batched together (right-padded, segment id 0 on the padding)."""
     import torch
     from tqdm import tqdm
 
@@ -88,13 +90,14 @@ def generate_answers(model, tokenizer, prompts: list[str], images: list, *, temp
     from llava_mini.data.images import preprocess_image
     template = get_template(template) if isinstance(template, str) else template
     vision = model.config.vision_config
-    ids = [tokenize_prompt(tokenizer, [("<image>\n" if img is not None else "") + p], template)
-           for p, img in zip(prompts, images)]
+    turns = [[p] if isinstance(p, str) else list(p) for p in prompts]
+    ids = [tokenize_prompt(tokenizer, [("<image>\n" if img is not None else "") + t[0], *t[1:]], template)
+           for t, img in zip(turns, images)]
     context = model.config.text_config.max_position_embeddings
     for i, (x, img) in enumerate(zip(ids, images)):
         used = len(x) + (model.config.num_image_tokens - 1 if img is not None else 0)   # <image> -> the patches
         if used + max_new_tokens > context:         # past the context, positions have no rotary angle trained
-            raise ValueError(f"prompt {i} ({prompts[i][:60]!r}) needs {used} positions + {max_new_tokens} new "
+            raise ValueError(f"prompt {i} ({turns[i][-1][:60]!r}) needs {used} positions + {max_new_tokens} new "
                              f"tokens, more than the model's context of {context}")
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     answers = [None] * len(ids)
@@ -162,6 +165,29 @@ def evaluate_descriptions(model, tokenizer, scenes: list[dict], image_root: str,
     return {**description_summary(scores), "prompt": prompt,
             "descriptions": [{"id": s["id"], "answer": a, "captions": s["captions"], **sc}
                              for s, a, sc in zip(scenes, answers, scores)]}
+
+
+def evaluate_followups(model, tokenizer, questions: list[dict], descriptions: dict, image_root: str, *, template,
+                       batch_size: int = 16, device: str = "cpu", max_new_tokens: int = 16,
+                       prompt: str = DESCRIBE_PROMPT, asked_first: dict | None = None) -> dict:
+    """Short-answer questions asked as the second turn of a chat, after the model's own answer to `prompt`
+    (descriptions: image path -> that answer, from evaluate_descriptions): does it still answer about the image
+    once a long answer of its own stands between the image and the question? Scored like evaluate_vqa; with
+    `asked_first` (question id -> the model's answer when the question opened the chat, from evaluate_vqa), the
+    same questions scored that way too, as "asked_first"."""
+    questions = [q for q in questions if q["image"] in descriptions]
+    if not questions:
+        raise ValueError("no question is about a described image")
+    images = _load_images([q["image"] for q in questions], image_root)
+    chats = [[prompt, descriptions[q["image"]], q["question"] + SHORT_ANSWER_PROMPT] for q in questions]
+    predictions = generate_answers(model, tokenizer, chats, images, template=template, batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens, device=device, desc="follow-ups")
+    result = vqa_accuracy(questions, predictions)
+    result["predictions"] = [{"id": q["id"], "answer": q["answer"], "prediction": p}
+                             for q, p in zip(questions, predictions)]
+    if asked_first is not None:
+        result["asked_first"] = vqa_accuracy(questions, [asked_first[q["id"]] for q in questions])
+    return result
 
 
 def evaluate_scienceqa(model, tokenizer, samples: list[dict], image_root: str, *, template, batch_size: int = 16,
@@ -287,6 +313,14 @@ def main(argv=None):
               f"{d['precision']:.1%}; every object named {d['all_named']:.1%}, exactly {d['exact']:.1%}")
         for example in d["descriptions"][:3]:
             print(f"  {example['id']}: {example['answer']!r}\n    truth: {example['captions'][0]}")
+        if "shapes" in report:          # the short answers again, each asked after its image's description
+            first = report["shapes"]["model"]["predictions"]
+            report["followups"] = f = evaluate_followups(
+                model, tokenizer, read_json(os.path.join(args.data, "test.json"))[:len(first)],
+                {s["image"]: x["answer"] for s, x in zip(scenes, d["descriptions"])}, args.data,
+                asked_first={x["id"]: x["prediction"] for x in first}, **common)
+            print(f"  short answers asked after that description: {f['overall']:.1%} (n={f['n']}; the same "
+                  f"questions asked first: {f['asked_first']['overall']:.1%})")
 
     if args.scienceqa:
         samples = read_scienceqa(args.scienceqa)[:args.limit]

@@ -32,6 +32,7 @@ BRIEF_INSTRUCTIONS = [
 ]
 NUMBER_WORDS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 AMBIGUITY_MARGIN = 0.04  # a box centre this close to a 1/3 or 2/3 line has no clear position name
+DESCRIPTION_FIRST = 1 / 3  # the share of stage-2 conversations that open with the image's detailed description
 
 
 # ---------------------------------------------------------------------------- the symbolic form
@@ -316,21 +317,35 @@ def stage1_pairs(items: list[dict], seed: int) -> list[dict]:
     return out
 
 
+def opened_with_description(detail: list[dict], conversation: list[dict]) -> list[dict]:
+    """The conversation, opened by the detailed description in place of its last question: a student's chat often
+    starts with "Describe the image." and goes on from the answer, and a model that never saw such a chat loses
+    track of the image after a long answer of its own."""
+    rest = [{**conversation[0], "value": conversation[0]["value"].replace("<image>\n", "")}, *conversation[1:]]
+    return detail + (rest[:-2] if len(rest) > 2 else rest)
+
+
 def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[str] | None = None,
                        balancer: AnswerBalancer | None = None, progress: bool = True, vqa_rounds: int = 1) -> list[dict]:
-    """LLaVA JSON for items {id, image, context}: conv, detail, complex per image (rejected replies are skipped),
-    plus, with a balancer, one multi-turn short-answer VQA sample per image (ids end in _conv/_detail/_complex/_vqa).
+    """LLaVA JSON for items {id, image, context}: conv, detail, complex per image (rejected replies are skipped; a
+    third of the conversations open with the detailed description, opened_with_description), plus, with a balancer, one multi-turn short-answer VQA sample per image (ids end in _conv/_detail/_complex/_vqa).
 
     The VQA sample asks `vqa_rounds` rounds of short_answer_questions (at most one question per type per round,
     none twice), as LLaVA-1.5 puts all of an image's VQA questions in one conversation: each extra answer costs a
     dozen tokens, while the image costs its patches once."""
     out = []
     for it in tqdm(items, desc="teacher", disable=not progress):
+        written = {}
         for kind, write in (("conv", teacher.conversation), ("detail", teacher.detail),
                             ("complex", teacher.complex)):
             turns = write(it["context"], random.Random(f"{seed}:{it['id']}:{kind}"))
             if turns:
-                out.append({"id": f"{it['id']}_{kind}", "image": it["image"], "conversations": turns})
+                written[kind] = turns
+        if {"conv", "detail"} <= written.keys() and \
+                random.Random(f"{seed}:{it['id']}:opening").random() < DESCRIPTION_FIRST:
+            written["conv"] = opened_with_description(written["detail"], written["conv"])
+        out += [{"id": f"{it['id']}_{kind}", "image": it["image"], "conversations": turns}
+                for kind, turns in written.items()]
         if balancer is not None:
             qs = []
             for _ in range(vqa_rounds):

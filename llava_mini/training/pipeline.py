@@ -23,7 +23,7 @@ import time
 import torch
 
 from llava_mini.data.dataset import shuffled_turns
-from llava_mini.eval.evaluate import evaluate_bench, evaluate_descriptions, evaluate_vqa
+from llava_mini.eval.evaluate import evaluate_bench, evaluate_descriptions, evaluate_followups, evaluate_vqa
 from llava_mini.eval.judges import RuleJudge
 from llava_mini.jsonio import read_json, write_json
 from llava_mini.loading import model_folder
@@ -33,6 +33,7 @@ from llava_mini.training.args import parse_args
 from llava_mini.training.loop import train
 from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, QUICK, BaseSizes, Classroom
 
+FOLLOWUP_IMAGES = 100      # held-out images whose questions are asked again after the model's own description
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_PY = os.path.join(REPO, "train.py")
 MAKE_TINY_PY = os.path.join(REPO, "weights", "make_tiny.py")
@@ -212,8 +213,14 @@ def run_pipeline(args) -> dict:
         items = read_json(os.path.join(data_dir, "bench.json"))
         references = {it["id"]: it["reference"] for it in items}
         bench = evaluate_bench(model, tokenizer, items, data_dir, judge=RuleJudge(), template=template, batch_size=64)
-        described = evaluate_descriptions(model, tokenizer, read_json(os.path.join(data_dir, "scenes_test.json")),
-                                          data_dir, template=template, batch_size=64)
+        scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
+        described = evaluate_descriptions(model, tokenizer, scenes, data_dir, template=template, batch_size=64)
+        # ... and a conversation: the same short-answer questions, asked after the model's own description
+        cold = results["shapes world"][False]["predictions"]
+        followups = evaluate_followups(
+            model, tokenizer, read_json(os.path.join(data_dir, "test.json"))[:len(cold)],
+            {s["image"]: d["answer"] for s, d in zip(scenes[:FOLLOWUP_IMAGES], described["descriptions"])},
+            data_dir, template=template, batch_size=64, asked_first={p["id"]: p["prediction"] for p in cold})
 
     minutes = (time.time() - t0) / 60
     stage2_meta = read_json(os.path.join(final, "llava_mini.json"))
@@ -235,6 +242,9 @@ def run_pipeline(args) -> dict:
               "bench": bench["scores"], "bench_per_phrasing": bench.get("per_phrasing"),
               "describe": {k: v for k, v in described.items() if k != "descriptions"},
               "describe_examples": [{k: d[k] for k in ("id", "answer", "captions")} for d in described["descriptions"][:3]],
+              "followups": {"n": followups["n"], "after_description": followups["overall"],
+                            "asked_first": followups["asked_first"]["overall"], "per_type": followups["per_type"],
+                            "per_type_asked_first": followups["asked_first"]["per_type"]},
               "examples": examples}
     print_report(report, results)
     write_json(report, os.path.join(final, "report.json"))
@@ -276,6 +286,9 @@ def print_report(report: dict, results: dict) -> None:
     d = report["describe"]
     print(f"  \"{d['prompt']}\" on {d['n']} held-out images: object recall {d['recall']:.1%}, precision "
           f"{d['precision']:.1%}; every object named in {d['all_named']:.1%}, exactly {d['exact']:.1%}")
+    f = report["followups"]
+    print(f"  short answers asked after that description: {f['after_description']:.1%} (n={f['n']}; the same "
+          f"questions asked first: {f['asked_first']:.1%})")
     for e in report["examples"]:
         print(f"  example ({e['image']}): {e['question']!r}\n    model: {e['answer']!r}\n    truth: {e['truth']!r}")
     print(f"  model saved in {report['final']}")
