@@ -307,6 +307,11 @@ def test_default_pipeline_quick(tmp_path, capsys):
     assert set(saved["results"]["shapes world"]["per_phrasing"]) <= {"seen", "heldout"}
     table = dict(load_script("docs/report_table.py").rows([saved, saved]))     # the README's table, from it
     assert "(mean of 2:" in table["LLaVA-Bench-style relative score, rule judge (50 held-out images x 3)"]
+    # the short answers again, as the turn after the model's own description: every scored question of the 8
+    # described images, beside the same questions asked first
+    f = saved["followups"]
+    assert f["n"] == 8 and set(f["per_type"]) == set(f["per_type_asked_first"])
+    assert f["asked_first"] == pytest.approx(saved["results"]["shapes world"]["image"])
 
     # Each stage's printed command, run alone, reproduces the pipeline's stage to the bit: the pipeline passes
     # nothing that the preset (--preset quick, read from recipes.QUICK) does not say.

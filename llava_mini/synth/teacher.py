@@ -328,7 +328,8 @@ def opened_with_description(detail: list[dict], conversation: list[dict]) -> lis
 def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[str] | None = None,
                        balancer: AnswerBalancer | None = None, progress: bool = True, vqa_rounds: int = 1) -> list[dict]:
     """LLaVA JSON for items {id, image, context}: conv, detail, complex per image (rejected replies are skipped; a
-    third of the conversations open with the detailed description, opened_with_description), plus, with a balancer, one multi-turn short-answer VQA sample per image (ids end in _conv/_detail/_complex/_vqa).
+    third of the conversations open with the detailed description, opened_with_description), plus, with a balancer,
+    one multi-turn short-answer VQA sample per image (ids end in _conv/_detail/_complex/_vqa).
 
     The VQA sample asks `vqa_rounds` rounds of short_answer_questions (at most one question per type per round,
     none twice), as LLaVA-1.5 puts all of an image's VQA questions in one conversation: each extra answer costs a
