@@ -52,7 +52,7 @@ def rows(reports: list[dict]) -> list[tuple[str, str]]:
                 f"**; object recall {d['recall']:.1%}, precision {d['precision']:.1%}"))
     f = first.get("followups")
     if f:               # reports made before the follow-ups were measured have none
-        out.append((f"... then short answers as the next turn ({f['n']} questions on the first images)",
+        out.append((f"... then, as the next turn, short answers ({f['n']} questions)",
                     "**" + both(lambda r: r["followups"]["after_description"]) + f"** (the same questions asked "
                     f"first: {f['asked_first']:.1%})"))
     return out
