@@ -254,6 +254,12 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path, monkeypatch
     assert [p["prediction"] for p in followups["predictions"]] == alone
     assert followups["asked_first"]["overall"] == pytest.approx(
         scoring.vqa_accuracy([questions[0], questions[3]], [saved_preds[0], saved_preds[3]])["overall"])
+    # ... and the bench's open questions about that image, conv and complex (not "describe" again), likewise
+    later = saved["bench_after_description"]
+    assert [r["category"] for r in later["records"]] == ["conv", "complex"]
+    assert [r["answer"] for r in later["records"]] == [ev.generate_answers(
+        model, tokenizer, [["Describe the image.", described["answer"], "Describe the image."]],
+        [Image.open(data / "images" / "0.png")], template=template, max_new_tokens=8)[0]] * 2
     with pytest.raises(ValueError, match="no question is about a described image"):
         ev.evaluate_followups(model, tokenizer, questions[1:3], {"images/0.png": "A red circle."}, str(data),
                               template=template)

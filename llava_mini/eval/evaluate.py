@@ -8,7 +8,7 @@
     python -m llava_mini.eval.evaluate --model DIR --scienceqa tests/fixtures/scienceqa/test.json
     python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --confusion position   # how it errs
     python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --describe   # "Describe the image."
-                                                                      # ... and the short answers asked after it
+    # --describe also asks the short answers (and, with --bench, the open questions) again after each description
 
 Three measurements, each split into a scoring layer (plain functions over strings, easy to test by hand) and a
 model layer (batched greedy generation):
@@ -143,12 +143,15 @@ def evaluate_vqa(model, tokenizer, questions: list[dict], image_root: str, *, te
 
 
 def evaluate_bench(model, tokenizer, items: list[dict], image_root: str, *, judge, template, batch_size: int = 16,
-                   device: str = "cpu", max_new_tokens: int = 128) -> dict:
+                   device: str = "cpu", max_new_tokens: int = 128, after: dict | None = None) -> dict:
     """The LLaVA-Bench-style relative score: the model answers each open question of bench.json, the judge scores
-    its answer and the reference (judges.score_bench). The answers are kept beside the scores."""
+    its answer and the reference (judges.score_bench). The answers are kept beside the scores. With `after` (image
+    path -> the model's answer to DESCRIBE_PROMPT), each question is asked as the turn after that description."""
     from llava_mini.eval.judges import score_bench
     images = _load_images([it["image"] for it in items], image_root)
-    answers = generate_answers(model, tokenizer, [it["question"] for it in items], images, template=template,
+    prompts = [it["question"] if after is None else [DESCRIBE_PROMPT, after[it["image"]], it["question"]]
+               for it in items]
+    answers = generate_answers(model, tokenizer, prompts, images, template=template,
                                batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, desc="bench")
     return score_bench(items, answers, judge)
 
@@ -313,14 +316,29 @@ def main(argv=None):
               f"{d['precision']:.1%}; every object named {d['all_named']:.1%}, exactly {d['exact']:.1%}")
         for example in d["descriptions"][:3]:
             print(f"  {example['id']}: {example['answer']!r}\n    truth: {example['captions'][0]}")
+        described = {s["image"]: x["answer"] for s, x in zip(scenes, d["descriptions"])}
         if "shapes" in report:          # the short answers again, each asked after its image's description
             first = report["shapes"]["model"]["predictions"]
             report["followups"] = f = evaluate_followups(
-                model, tokenizer, read_json(os.path.join(args.data, "test.json"))[:len(first)],
-                {s["image"]: x["answer"] for s, x in zip(scenes, d["descriptions"])}, args.data,
-                asked_first={x["id"]: x["prediction"] for x in first}, **common)
+                model, tokenizer, read_json(os.path.join(args.data, "test.json"))[:len(first)], described,
+                args.data, asked_first={x["id"]: x["prediction"] for x in first}, **common)
             print(f"  short answers asked after that description: {f['overall']:.1%} (n={f['n']}; the same "
                   f"questions asked first: {f['asked_first']['overall']:.1%})")
+        items = [it for it in read_json(os.path.join(args.data, "bench.json"))[:args.limit]
+                 if it["category"] != "detail" and it["image"] in described] if args.bench else []
+        if items:               # the open questions too, but for "describe" a second time
+            try:
+                report["bench_after_description"] = later = evaluate_bench(
+                    model, tokenizer, items, args.data, judge=judge, after=described,
+                    max_new_tokens=args.bench_max_new_tokens, **common)
+            except ChatError as e:
+                report["bench_after_description"] = {"error": str(e)}
+                print(f"  the judge failed on the bench questions asked after the description: {e}")
+            else:
+                print("  bench questions asked after that description: " + ", ".join(
+                    f"{c} {later['scores'][c]['relative']:.1f}% (asked first "
+                    f"{report['bench']['scores'][c]['relative']:.1f}%)" for c in ("conv", "complex")
+                    if c in later["scores"]))
 
     if args.scienceqa:
         samples = read_scienceqa(args.scienceqa)[:args.limit]
