@@ -166,14 +166,14 @@ def evaluate_descriptions(model, tokenizer, scenes: list[dict], image_root: str,
                                batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, desc="describe")
     scores = [description_score(a, s) for a, s in zip(answers, scenes)]
     return {**description_summary(scores), "prompt": prompt,
-            "descriptions": [{"id": s["id"], "answer": a, "captions": s["captions"], **sc}
+            "descriptions": [{"id": s["id"], "image": s["image"], "answer": a, "captions": s["captions"], **sc}
                              for s, a, sc in zip(scenes, answers, scores)]}
 
 
 def evaluate_followups(model, tokenizer, questions: list[dict], descriptions: dict, image_root: str, *, template,
                        batch_size: int = 16, device: str = "cpu", max_new_tokens: int = 16,
-                       prompt: str = DESCRIBE_PROMPT, asked_first: dict | None = None) -> dict:
-    """Short-answer questions asked as the second turn of a chat, after the model's own answer to `prompt`
+                       asked_first: dict | None = None) -> dict:
+    """Short-answer questions asked as the second turn of a chat, after the model's own answer to DESCRIBE_PROMPT
     (descriptions: image path -> that answer, from evaluate_descriptions): does it still answer about the image
     once a long answer of its own stands between the image and the question? Scored like evaluate_vqa; with
     `asked_first` (question id -> the model's answer when the question opened the chat, from evaluate_vqa), the
@@ -182,7 +182,7 @@ def evaluate_followups(model, tokenizer, questions: list[dict], descriptions: di
     if not questions:
         raise ValueError("no question is about a described image")
     images = _load_images([q["image"] for q in questions], image_root)
-    chats = [[prompt, descriptions[q["image"]], q["question"] + SHORT_ANSWER_PROMPT] for q in questions]
+    chats = [[DESCRIBE_PROMPT, descriptions[q["image"]], q["question"] + SHORT_ANSWER_PROMPT] for q in questions]
     predictions = generate_answers(model, tokenizer, chats, images, template=template, batch_size=batch_size,
                                    max_new_tokens=max_new_tokens, device=device, desc="follow-ups")
     result = vqa_accuracy(questions, predictions)
@@ -316,7 +316,7 @@ def main(argv=None):
               f"{d['precision']:.1%}; every object named {d['all_named']:.1%}, exactly {d['exact']:.1%}")
         for example in d["descriptions"][:3]:
             print(f"  {example['id']}: {example['answer']!r}\n    truth: {example['captions'][0]}")
-        described = {s["image"]: x["answer"] for s, x in zip(scenes, d["descriptions"])}
+        described = {x["image"]: x["answer"] for x in d["descriptions"]}
         if "shapes" in report:          # the short answers again, each asked after its image's description
             first = report["shapes"]["model"]["predictions"]
             report["followups"] = f = evaluate_followups(

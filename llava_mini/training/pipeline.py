@@ -213,13 +213,13 @@ def run_pipeline(args) -> dict:
         items = read_json(os.path.join(data_dir, "bench.json"))
         references = {it["id"]: it["reference"] for it in items}
         bench = evaluate_bench(model, tokenizer, items, data_dir, judge=RuleJudge(), template=template, batch_size=64)
-        scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
-        described = evaluate_descriptions(model, tokenizer, scenes, data_dir, template=template, batch_size=64)
+        described = evaluate_descriptions(model, tokenizer, read_json(os.path.join(data_dir, "scenes_test.json")),
+                                          data_dir, template=template, batch_size=64)
         # ... and a conversation: the same short-answer questions, asked after the model's own description
         cold = results["shapes world"][False]["predictions"]
         followups = evaluate_followups(
             model, tokenizer, read_json(os.path.join(data_dir, "test.json"))[:len(cold)],
-            {s["image"]: d["answer"] for s, d in zip(scenes[:FOLLOWUP_IMAGES], described["descriptions"])},
+            {d["image"]: d["answer"] for d in described["descriptions"][:FOLLOWUP_IMAGES]},
             data_dir, template=template, batch_size=64, asked_first={p["id"]: p["prediction"] for p in cold})
 
     minutes = (time.time() - t0) / 60
