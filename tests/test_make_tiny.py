@@ -10,7 +10,7 @@ from conftest import load_script
 from safetensors.torch import load_file
 
 from llava_mini.training.recipes import BASES_REPORT
-from llava_mini.data.conversation import tokenize_conversation
+from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, tokenize_conversation
 from llava_mini.data.tokenizer import Tokenizer
 from llava_mini.eval import text_qa
 from llava_mini.jsonio import read_json
@@ -62,7 +62,8 @@ def test_tokenizer_works_with_the_templates(tokenizer_json, template):
 
 
 TINY_SIZES = dict(image_size=32, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, vocab_size=400,
-                  clip_steps=3, clip_batch=8, lm_steps=3, sft_steps=2, lm_batch=4, lm_block=1024)
+                  clip_steps=3, clip_batch=8, lm_steps=3, sft_steps=2, lookup_steps=2, lookup_scenes=4, lm_batch=4,
+                  lm_block=1024)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,52 @@ def test_make_tiny_writes_loadable_hf_folders(one_process_bases):
     assert stats["lm_heldout_loss"] < torch.log(torch.tensor(float(tok.vocab_size))).item()
 
 
+def test_init_llama_goes_on_from_a_made_llama_and_its_card_lists_every_run(one_process_bases, tmp_path):
+    """--init-llama: the drill alone on the LLaMA an earlier run made, with that run's tokenizer; the card and
+    make_tiny.json say how each run trained it, and a folder without that record is refused with its name."""
+    data, first = one_process_bases
+    drill = dict(TINY_SIZES, lm_steps=0, sft_steps=0, lookup_steps=3)
+    second = make_tiny.make_tiny(data, str(tmp_path / "second"), command="drill it", keep_clip=first["clip_dir"],
+                                 init_llama=first["llama_dir"], **drill)
+    assert open(os.path.join(second["llama_dir"], "tokenizer.json")).read() == \
+        open(os.path.join(first["llama_dir"], "tokenizer.json")).read()
+    a = load_file(os.path.join(first["llama_dir"], "model.safetensors"))
+    b = load_file(os.path.join(second["llama_dir"], "model.safetensors"))
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)             # trained on
+    assert [run["command"] for run in second["llama_made"]] == ["make the first"]
+    card = open(os.path.join(second["llama_dir"], "README.md")).read()
+    assert "Run 1: pretraining 3 steps, instruction tuning 2 steps, lookup drill 2 steps" in card
+    assert "Run 2: lookup drill 3 steps" in card and "make the first" in card and "drill it" in card
+    third = make_tiny.make_tiny(data, str(tmp_path / "third"), keep_clip=first["clip_dir"],
+                                init_llama=second["llama_dir"], command="again", **drill)
+    assert [run["command"] for run in third["llama_made"]] == ["make the first", "drill it"]
+    os.remove(os.path.join(tmp_path / "second", BASES_REPORT))
+    with pytest.raises(FileNotFoundError, match="--init-llama .*second/tiny-llama: no .*make_tiny.json"):
+        make_tiny.make_tiny(data, str(tmp_path / "fourth"), keep_clip=first["clip_dir"],
+                            init_llama=second["llama_dir"], **drill)
+
+
+def test_lookup_drill_asks_new_scenes_in_words_and_every_answer_is_true():
+    """world_text.lookup_chats: each chat opens with its scene in words, asks only seen phrasings with the
+    answer-format prompt, and answers what the scene's objects say; the scenes are new ones, not the world's."""
+    from test_world import PARSE, oracle
+    scenes = world_text.lookup_scenes(40, seed=0)
+    assert len({s["id"] for s in scenes}) == 40 and all(s["id"].startswith("lookup_") for s in scenes)
+    assert scenes[0]["objects"] != world_text.lookup_scenes(1, seed=1)[0]["objects"]          # the seed draws them
+    by_text = {world.scene_in_words(s): s for s in scenes}
+    chats, types = world_text.lookup_chats(scenes), set()
+    for chat in chats:
+        words, first = chat[0].split("\n", 1)
+        scene = by_text[words]
+        for question, answer in zip([first, *chat[2::2]], chat[1::2]):
+            assert question.endswith(SHORT_ANSWER_PROMPT) and PARSE(question.removesuffix(SHORT_ANSWER_PROMPT))[1] \
+                == "seen"
+            assert oracle(question, scene["objects"]) == answer, (words, question, answer)
+            types.add(PARSE(question.removesuffix(SHORT_ANSWER_PROMPT))[0])
+    assert types == {"count", "count_color", "count_shape", "color", "shape", "exists", "position"}
+    assert len(chats) >= 2 * len(scenes)            # about seven questions a scene, three to a chat
+
+
 def _make_tiny_worker(rank: int, port: int, data: str, out: str):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -119,7 +166,7 @@ def test_keep_clip_remakes_only_the_llm_and_the_card_keeps_how_the_clip_was_made
     assert not all(torch.equal(a[k], b[k]) for k in a)                                        # a new LLaMA
     cards = {name: open(tmp_path / "second" / name / "README.md").read() for name in ("tiny-clip", "tiny-llama")}
     assert "make the first" in cards["tiny-clip"] and "3 steps of batch" in cards["tiny-clip"]
-    assert "remake the LLM" in cards["tiny-llama"] and "(4 steps)" in cards["tiny-llama"]
+    assert "remake the LLM" in cards["tiny-llama"] and "pretraining 4 steps" in cards["tiny-llama"]
     # kept again, from the kept copy: still the first record
     third = make_tiny.make_tiny(data, str(tmp_path / "third"), keep_clip=second["clip_dir"], command="again", **sizes)
     assert third["clip_made"]["command"] == "make the first"

@@ -6,6 +6,8 @@ default pipeline starts from those, and `python train.py --make-bases` runs this
     python weights/make_tiny.py --out weights/tiny --extra-text data/easyvqa/easyvqa_train.json   # remake the shipped ones
     python weights/make_tiny.py --clip-steps 500 --lm-steps 100 --sft-steps 100   # quicker, weaker
     python weights/make_tiny.py --out weights/tiny --keep-clip weights/tiny/tiny-clip ...   # remake only the LLM
+    python weights/make_tiny.py --keep-clip weights/tiny/tiny-clip --init-llama weights/tiny/tiny-llama \
+        --lm-steps 0 --sft-steps 0 --lookup-steps 1500 --out /tmp/more   # go on training a made LLM: the drill only
     torchrun --standalone --nproc_per_node 2 weights/make_tiny.py --threads 1   # 2 processes share each batch (gloo)
 
 It makes three things, in the order LLaVA's bases were made (on a much smaller scale):
@@ -15,7 +17,9 @@ It makes three things, in the order LLaVA's bases were made (on a much smaller s
    object-phrase pairs (each object's patches against "small red star at the top left"; see train_clip for why);
 3. a tiny LLaMA, trained on the world's text without images: pretraining on every token of the captions and the
    stage-2 conversations (the scene in words where the image will be), then instruction tuning on those
-   conversations with the loss on the answers only (like Vicuna, it chats before it ever sees an image).
+   conversations with the loss on the answers only (like Vicuna, it chats before it ever sees an image), then a
+   lookup drill: the same chats and as many short-answer chats about new scenes that exist only in words
+   (world_text.lookup_chats), so that it learns to look an object up in a scene it has never read.
 Each is written in the Hugging Face layout (config.json, model.safetensors, tokenizer.json) through the same
 weights.save_* functions, so the real loaders read them exactly as they read openai/clip-vit-large-patch14 or Vicuna.
 It prints and writes (make_tiny.json, a model card per folder, SHA256SUMS) the tiny CLIP's retrieval accuracy and
@@ -28,6 +32,7 @@ import dataclasses
 import math
 import os
 import random
+import shutil
 import sys
 import time
 
@@ -55,9 +60,9 @@ from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, BaseSizes  # no
 from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions, kept_clip,  # noqa: E402
                                load_images, object_regions, probe_tower,
                                region_accuracy, region_logits, retrieval_accuracy)
-from weights.model_cards import machine, write_model_cards  # noqa: E402
+from weights.model_cards import PROVENANCE, earlier_report, machine, write_model_cards  # noqa: E402
 from weights.tiny_tokenizer import train_tokenizer  # noqa: E402
-from weights.world_text import CHAT_TEMPLATE, read_world_text, text_fingerprint  # noqa: E402
+from weights.world_text import CHAT_TEMPLATE, lookup_chats, lookup_scenes, read_world_text, text_fingerprint  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,12 +269,14 @@ def text_config(z: BaseSizes, tokenizer: Tokenizer) -> TextConfig:
 
 def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", extra_text: list[str] = (), *,
               region_weight: float = 1.0, hard_negatives: bool = True, seed: int = 0, command: str | None = None,
-              keep_clip: str | None = None, **sizes) -> dict:
+              keep_clip: str | None = None, init_llama: str | None = None, **sizes) -> dict:
     """Make tokenizer, tiny CLIP and tiny LLaMA; write them to {out_dir}/tiny-clip and {out_dir}/tiny-llama, and
     the measurements (retrieval accuracy, LM loss) to {out_dir}/make_tiny.json; returns them as a dict. `sizes`
     overrides fields of the classroom's BaseSizes (llava_mini/training/recipes.py), e.g. clip_steps=500.
     `keep_clip`: a tiny-clip folder that an earlier make_tiny wrote, used as it is (measured again, its model card
     keeps how it was made); only the tokenizer and the LLaMA are trained.
+    `init_llama`: a tiny-llama folder that an earlier make_tiny wrote; training goes on from it and its tokenizer
+    (its sizes are the folder's), and its model card lists every run that made it (`llama_made`).
     Under torchrun the processes share each global batch (train_clip, train_llama); the first one measures and
     writes, the others return None."""
     t0 = time.time()
@@ -281,8 +288,17 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     if keep_clip:           # --keep-clip: remake only the LLM, with the CLIP an earlier make_tiny wrote, as it is
         clip, clip_tok, clip_made = kept_clip(keep_clip, clip_dir, z, rank)
     tok_path = os.path.join(out_dir, "tokenizer.json")
+    llama, llama_made = None, None
+    if init_llama:          # --init-llama: go on from a LLaMA an earlier make_tiny wrote, with its tokenizer
+        old = earlier_report(init_llama, "--init-llama")
+        llama_made = old.get("llama_made", []) + [{k: old[k] for k in PROVENANCE}]
+        llama = weights.load_llama(init_llama).train()
+        z = dataclasses.replace(z, text_hidden=llama.config.hidden_size, text_layers=llama.config.num_hidden_layers)
     if rank == 0:
-        train_tokenizer(text["text"], z.vocab_size).save(tok_path)
+        if init_llama:
+            shutil.copyfile(os.path.join(init_llama, "tokenizer.json"), tok_path)
+        else:
+            train_tokenizer(text["text"], z.vocab_size).save(tok_path)
     barrier(world)                                    # the others read the tokenizer the first process wrote
     hf_tok = HFTokenizer.from_file(tok_path)
     tokenizer = Tokenizer.from_file(tok_path)
@@ -311,13 +327,22 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
         stats = {"clip_retrieval_top1": retrieval, "clip_retrieval_pool": pool, "clip_region_top1": objects}
         if clip_made:
             stats["clip_made"] = clip_made
+        if llama_made:
+            stats["llama_made"] = llama_made
 
-    # --- LLaMA: pretraining on all the world's text, then instruction tuning on its chats (answers only)
-    llama_config = text_config(z, tokenizer)
-    phases = [("pretraining", lm_samples(tokenizer, text["captions"], text["chats"], False, z.lm_block), z.lm_steps),
-              ("instruction tuning", lm_samples(tokenizer, [], text["instructions"], True, z.lm_block), z.sft_steps)]
-    llama = train_llama(llama_config, [ph for ph in phases if ph[2] > 0], batch_size=z.lm_batch, block=z.lm_block,
-                        lr=z.lm_lr, seed=seed, rank=rank, world=world)
+    # --- LLaMA: pretraining on all the world's text, instruction tuning on its chats (answers only), the lookup drill
+    llama_config = llama.config if llama else text_config(z, tokenizer)
+    steps = {"pretraining": z.lm_steps, "instruction tuning": z.sft_steps, "lookup drill": z.lookup_steps}
+
+    def samples(phase: str) -> list:
+        if phase == "pretraining":
+            return lm_samples(tokenizer, text["captions"], text["chats"], False, z.lm_block)
+        drill = lookup_chats(lookup_scenes(z.lookup_scenes, seed), seed) if phase == "lookup drill" else []
+        return lm_samples(tokenizer, [], text["instructions"] + drill, True, z.lm_block)
+
+    phases = [(phase, samples(phase), n) for phase, n in steps.items() if n > 0]
+    llama = train_llama(llama_config, phases, batch_size=z.lm_batch, block=z.lm_block, lr=z.lm_lr, seed=seed, rank=rank, world=world,
+                        model=llama)
     llama_dir = os.path.join(out_dir, "tiny-llama")
     if rank == 0:
         held_out = lm_loss(llama, pack_text(tokenizer, text["test"], z.lm_block))
@@ -364,6 +389,9 @@ def main(argv=None):
     p.add_argument("--keep-clip", metavar="FOLDER", default=None,
                    help="use this tiny-clip folder (made by an earlier make_tiny, e.g. weights/tiny/tiny-clip) as it "
                         "is and train only the tokenizer and the LLaMA")
+    p.add_argument("--init-llama", metavar="FOLDER", default=None,
+                   help="go on training this tiny-llama folder (made by an earlier make_tiny) with its tokenizer, "
+                        "instead of a new one from scratch; e.g. --lm-steps 0 --sft-steps 0 runs only the drill")
     p.add_argument("--seed", type=cli.non_negative_int, default=0)
     p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads per process (default: the cores / processes)")
     args = p.parse_args(argv)
@@ -373,6 +401,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
     make_tiny(args.data, args.out, args.extra_text, region_weight=args.region_weight,
               hard_negatives=not args.no_hard_negatives, seed=args.seed, keep_clip=args.keep_clip,
+              init_llama=args.init_llama,
               command=" ".join([launcher(world), "weights/make_tiny.py", *(argv if argv is not None else sys.argv[1:])]),
               **{f.name: getattr(args, f.name) for f in dataclasses.fields(BaseSizes)})
     if world > 1:

@@ -11,14 +11,27 @@ import time
 
 import torch
 
+from llava_mini.jsonio import read_json
 from llava_mini.loading.manifest import write_manifest
 from llava_mini.training.recipes import BASES_REPORT
+
+PROVENANCE = ("command", "seed", "seconds", "machine", "processes", "training_text", "sizes")   # a run's record
+
+
+def earlier_report(folder: str, flag: str) -> dict:
+    """The make_tiny.json beside a base folder that an earlier make_tiny wrote (`flag`: the option that named the
+    folder, for the error): the record of how that base was made."""
+    report = os.path.join(os.path.dirname(os.path.abspath(folder)), BASES_REPORT)
+    if not os.path.isfile(report):
+        raise FileNotFoundError(f"{flag} {folder}: no {report}, the record of how that base was made")
+    return read_json(report)
 
 
 def write_model_cards(out_dir: str, stats: dict) -> None:
     """A model card (README.md, Hugging Face style) in each base's folder, from what make_tiny measured, and the
     folder's SHA256SUMS (loading/manifest.py), which the pipeline checks before it uses the bases."""
     qa, clip = stats["text_qa"], stats.get("clip_made", stats)      # a kept CLIP's card says how it was made
+    runs = stats.get("llama_made", []) + [stats]                    # a LLaMA trained on (--init-llama): every run
     z, zc = stats["sizes"], clip["sizes"]
     cards = {
         "tiny-clip": f"""---
@@ -48,15 +61,15 @@ tags: [llama, text-generation, synthetic-data]
 # tiny-llama: the classroom's stand-in for Vicuna
 
 A LLaMA (RMSNorm, RoPE, SwiGLU, grouped-query attention, tied embeddings) with a LLaMA-style BPE tokenizer (`<s>`,
-`</s>`, byte fallback, `<image>` added), trained from scratch in two phases (weights/make_tiny.py, train_llama):
-pretraining on all the world's text ({z['lm_steps']} steps), then instruction tuning on the world's conversations,
-detailed descriptions, complex reasoning and short answers with the scene given in words where the image will be,
-the loss on the answers only ({z['sft_steps']} steps; batches of {z['lm_batch']} samples packed into rows of
-{z['lm_block']} tokens, lr {z['lm_lr']}). Chat template: vicuna_v1. Hugging Face's LLaMA layout:
+`</s>`, byte fallback, `<image>` added), trained from scratch in three phases (weights/make_tiny.py, train_llama):
+pretraining on all the world's text, instruction tuning on the world's conversations, detailed descriptions,
+complex reasoning and short answers with the scene given in words where the image will be, the loss on the
+answers only, then a lookup drill: those chats and as many short-answer chats about new scenes that exist only in
+words (weights/world_text.py, lookup_chats). Chat template: vicuna_v1. Hugging Face's LLaMA layout:
 `transformers.LlamaForCausalLM.from_pretrained` and `llava_mini.loading.weights.load_llama` both read it.
 
 - Hidden {z['text_hidden']}, {z['text_layers']} layers, vocabulary {stats['vocab_size']}
-{provenance(stats)}
+""" + "".join(llama_run(run, i + 1) for i, run in enumerate(runs)) + f"""
 ## Quality (held-out scenes)
 - Held-out loss on every token of the test scenes' captions and questions: {stats['lm_heldout_loss']:.3f} (held-out
   wordings included; instruction tuning trains the answers only, so the other tokens are predicted less well)
@@ -69,6 +82,17 @@ the loss on the answers only ({z['sft_steps']} steps; batches of {z['lm_batch']}
         with open(os.path.join(out_dir, name, "README.md"), "w") as f:
             f.write(card)
     write_manifest(out_dir)
+
+
+def llama_run(record: dict, number: int) -> str:
+    """One make_tiny run's share of the LLaMA: its phases' steps, then how it was run (provenance)."""
+    z = record["sizes"]
+    phases = [f"{name} {z.get(key, 0)} steps" for name, key in (("pretraining", "lm_steps"),
+                                                               ("instruction tuning", "sft_steps"),
+                                                               ("lookup drill", "lookup_steps")) if z.get(key, 0)]
+    drill = f" ({z['lookup_scenes']} new scenes)" if z.get("lookup_steps") else ""
+    return (f"- Run {number}: {', '.join(phases)}{drill}; batches of {z['lm_batch']} samples packed into rows of "
+            f"{z['lm_block']} tokens, lr {z['lm_lr']}\n" + provenance(record).replace("- ", "  - "))
 
 
 def provenance(record: dict) -> str:

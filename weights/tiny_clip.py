@@ -27,7 +27,7 @@ from llava_mini.synth import world
 from llava_mini.synth.teacher import POSITION_NAMES, position_name
 from llava_mini.synth.world import SHAPES
 from llava_mini.training.distributed import gather_with_grad
-from llava_mini.training.recipes import BASES_REPORT
+from weights.model_cards import PROVENANCE, earlier_report
 
 END_OF_TEXT = "<|endoftext|>"         # the tiny CLIP text tower's pooling token (see clip_tokenizer)
 
@@ -235,7 +235,6 @@ def probe_tower(tower: CLIPVisionModel, data_dir: str, n_train: int = 2000, laye
 
 
 CLIP_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-PROVENANCE = ("command", "seed", "seconds", "machine", "processes", "training_text", "sizes")
 
 
 def kept_clip(source: str, clip_dir: str, z, rank: int) -> tuple[CLIPModel, object, dict]:
@@ -247,10 +246,7 @@ def kept_clip(source: str, clip_dir: str, z, rank: int) -> tuple[CLIPModel, obje
         if not os.path.isfile(os.path.join(source, name)):
             raise FileNotFoundError(f"--keep-clip {source}: no {name} there (a tiny-clip folder has "
                                     f"{', '.join(CLIP_FILES)})")
-    report = os.path.join(os.path.dirname(os.path.abspath(source)), BASES_REPORT)
-    if not os.path.isfile(report):
-        raise FileNotFoundError(f"--keep-clip {source}: no {report}, the record of how that CLIP was made")
-    old = read_json(report)
+    old = earlier_report(source, "--keep-clip")
     made = old.get("clip_made") or {k: old[k] for k in PROVENANCE}      # a CLIP kept twice keeps its first record
     clip = weights.load_clip(source)
     vision = clip.config.vision_config

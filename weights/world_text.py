@@ -11,11 +11,14 @@ import hashlib
 import os
 import re
 
-from llava_mini.data.conversation import get_template
+import random
+
+from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, get_template
 from llava_mini.data.dataset import shuffled_turns
 from llava_mini.data.tokenizer import IMAGE_TOKEN
 from llava_mini.jsonio import read_json
-from llava_mini.synth.world import scene_in_words
+from llava_mini.synth.teacher import AnswerBalancer, short_answer_questions, symbolic_context
+from llava_mini.synth.world import WorldConfig, sample_scene, scene_in_words, vocabulary
 
 CHAT_TEMPLATE = "vicuna_v1"           # the LM learns the stage-2 chat format from text alone
 
@@ -67,6 +70,35 @@ def read_world_text(data_dir: str, extra_files: list[str]) -> dict:
             "text": [c for s in train_scenes for c in s["captions"]] + [chat_text(c) for c in instructions + extra],
             "test": [c for s in test_scenes for c in s["captions"]] + [chat_text(c) for c in held_out],
             "train_scenes": train_scenes, "test_scenes": test_scenes}
+
+
+def lookup_scenes(n: int, seed: int = 0, cfg: WorldConfig | None = None) -> list[dict]:
+    """`n` new scenes that exist only in words: drawn as the world draws its scenes (world.sample_scene), from a
+    random stream of their own, so none is one of the world's train or test scenes, and never rendered."""
+    cfg, rng = cfg or WorldConfig(), random.Random(f"{seed}:lookup-scenes")
+    return [sample_scene(rng, cfg, f"lookup_{i:06d}", image="") for i in range(n)]
+
+
+def lookup_chats(scenes: list[dict], seed: int = 0, rounds: int = 1, pairs: int = 3,
+                 cfg: WorldConfig | None = None) -> list[list[str]]:
+    """The lookup drill of make_tiny's last phase: short-answer chats about `scenes` (lookup_scenes), the scene in
+    words before the first question. The teacher asks each scene `rounds` rounds of short-answer questions (seen
+    phrasings only, answers balanced per type, each with LLaVA-1.5's answer-format prompt), in chats of `pairs`.
+
+    Why: the world's own chats ask an image a dozen short questions beside long descriptions and reasoning; an LM
+    tuned on them alone learns to count, but seldom to look an object up ("what shape is the red one?"), and a
+    scene it has never read asks exactly that (docs/EXPERIMENTS.md)."""
+    rng, names = random.Random(f"{seed}:lookup-order"), vocabulary(cfg or WorldConfig())
+    balancer, chats = AnswerBalancer(random.Random(f"{seed}:lookup-questions")), []
+    for scene in scenes:
+        boxes, asked = symbolic_context(scene)["boxes"], []
+        for _ in range(rounds):
+            asked += short_answer_questions(boxes, names, balancer, exclude=frozenset(q["key"] for q in asked))
+        rng.shuffle(asked)
+        for start in range(0, len(asked), pairs):
+            turns = [t for q in asked[start:start + pairs] for t in (q["question"] + SHORT_ANSWER_PROMPT, q["answer"])]
+            chats.append([f"{scene_in_words(scene)}\n{turns[0]}", *turns[1:]])
+    return chats
 
 
 def text_fingerprint(texts: list[str]) -> dict:
