@@ -341,8 +341,8 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
         return lm_samples(tokenizer, [], text["instructions"] + drill, True, z.lm_block)
 
     phases = [(phase, samples(phase), n) for phase, n in steps.items() if n > 0]
-    llama = train_llama(llama_config, phases, batch_size=z.lm_batch, block=z.lm_block, lr=z.lm_lr, seed=seed, rank=rank, world=world,
-                        model=llama)
+    llama = train_llama(llama_config, phases, batch_size=z.lm_batch, block=z.lm_block, lr=z.lm_lr, seed=seed,
+                        rank=rank, world=world, model=llama)
     llama_dir = os.path.join(out_dir, "tiny-llama")
     if rank == 0:
         held_out = lm_loss(llama, pack_text(tokenizer, text["test"], z.lm_block))

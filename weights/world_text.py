@@ -1,17 +1,18 @@
 """The world's text as the tiny bases learn it: captions, and the stage-2 chats with the scene in words where the
-image will be (weights/make_tiny.py trains the tokenizer and the LLM on it), and its fingerprint for the model cards.
+image will be (weights/make_tiny.py trains the tokenizer and the LLM on it), the lookup drill's chats about new
+scenes in words, and the text's fingerprint for the model cards.
 
     text = read_world_text("data/shapes", ["data/easyvqa/easyvqa_train.json"])
     text["text"]           # every training text (tokenizer, pretraining); text["instructions"]: the tuning chats
+    lookup_chats(lookup_scenes(20000))   # the drill: short-answer chats about 20,000 scenes that exist only in words
     text_fingerprint(text["text"])   # {texts, sha256, words}: which version of the world the bases saw
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import re
-
 import random
+import re
 
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, get_template
 from llava_mini.data.dataset import shuffled_turns
