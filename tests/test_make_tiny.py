@@ -116,6 +116,8 @@ def test_init_llama_goes_on_from_a_made_llama_and_its_card_lists_every_run(one_p
     third = make_tiny.make_tiny(data, str(tmp_path / "third"), keep_clip=first["clip_dir"],
                                 init_llama=second["llama_dir"], command="again", **drill)
     assert [run["command"] for run in third["llama_made"]] == ["make the first", "drill it"]
+    with pytest.raises(FileNotFoundError, match="--init-llama .*nowhere: no such folder"):
+        make_tiny.make_tiny(data, str(tmp_path / "fourth"), init_llama=str(tmp_path / "nowhere"), **drill)
     os.remove(os.path.join(tmp_path / "second", BASES_REPORT))
     with pytest.raises(FileNotFoundError, match="--init-llama .*second/tiny-llama: no .*make_tiny.json"):
         make_tiny.make_tiny(data, str(tmp_path / "fourth"), keep_clip=first["clip_dir"],

@@ -283,17 +283,17 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     z = dataclasses.replace(CLASSROOM.bases, **sizes)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     text = read_world_text(data_dir, list(extra_text))
-    os.makedirs(out_dir, exist_ok=True)
-    clip_dir, clip_made = os.path.join(out_dir, "tiny-clip"), None
-    if keep_clip:           # --keep-clip: remake only the LLM, with the CLIP an earlier make_tiny wrote, as it is
-        clip, clip_tok, clip_made = kept_clip(keep_clip, clip_dir, z, rank)
-    tok_path = os.path.join(out_dir, "tokenizer.json")
     llama, llama_made = None, None
     if init_llama:          # --init-llama: go on from a LLaMA an earlier make_tiny wrote, with its tokenizer
         old = earlier_report(init_llama, "--init-llama")
         llama_made = old.get("llama_made", []) + [{k: old[k] for k in PROVENANCE}]
         llama = weights.load_llama(init_llama).train()
         z = dataclasses.replace(z, text_hidden=llama.config.hidden_size, text_layers=llama.config.num_hidden_layers)
+    os.makedirs(out_dir, exist_ok=True)
+    clip_dir, clip_made = os.path.join(out_dir, "tiny-clip"), None
+    if keep_clip:           # --keep-clip: remake only the LLM, with the CLIP an earlier make_tiny wrote, as it is
+        clip, clip_tok, clip_made = kept_clip(keep_clip, clip_dir, z, rank)
+    tok_path = os.path.join(out_dir, "tokenizer.json")
     if rank == 0:
         if init_llama:
             shutil.copyfile(os.path.join(init_llama, "tokenizer.json"), tok_path)

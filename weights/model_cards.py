@@ -21,6 +21,8 @@ PROVENANCE = ("command", "seed", "seconds", "machine", "processes", "training_te
 def earlier_report(folder: str, flag: str) -> dict:
     """The make_tiny.json beside a base folder that an earlier make_tiny wrote (`flag`: the option that named the
     folder, for the error): the record of how that base was made."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{flag} {folder}: no such folder")
     report = os.path.join(os.path.dirname(os.path.abspath(folder)), BASES_REPORT)
     if not os.path.isfile(report):
         raise FileNotFoundError(f"{flag} {folder}: no {report}, the record of how that base was made")
