@@ -28,7 +28,7 @@ sys.path.insert(0, ROOT)
 from llava_mini import cli  # noqa: E402
 from llava_mini.loading import weights  # noqa: E402
 from llava_mini.model.clip import CLIPVisionModel  # noqa: E402
-from weights.make_tiny import init_weights  # noqa: E402
+from weights.base_training import init_weights  # noqa: E402
 from weights.tiny_clip import probe_tower  # noqa: E402
 
 

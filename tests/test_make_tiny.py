@@ -15,11 +15,14 @@ from llava_mini.data.tokenizer import Tokenizer
 from llava_mini.eval import text_qa
 from llava_mini.jsonio import read_json
 from llava_mini.loading import weights
+from llava_mini.model.clip import CLIPModel
 from llava_mini.model.config import CLIPConfig, TextConfig, read_config
+from llava_mini.model.llama import LlamaForCausalLM
 from llava_mini.synth import world
 
 make_tiny = load_script("weights/make_tiny.py")          # puts the repository root on sys.path
 import weights.tiny_clip as tiny_clip  # noqa: E402
+from weights.base_training import init_weights  # noqa: E402
 import weights.world_text as world_text  # noqa: E402
 
 TEXTS = ["A red circle at the top left and a blue square in the center.",
@@ -198,7 +201,7 @@ def test_two_gloo_processes_make_the_same_bases_as_one(one_process_bases, tmp_pa
             # lr 2e-3 move a weight by up to 6e-3, so 1e-3 still fails a wrong split of the batch
             torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-3, msg=f"{name}: {k}")
     # and they trained: 3 steps moved the weights away from the seeded initialisation
-    init = make_tiny.init_weights(make_tiny.LlamaForCausalLM(read_config(one["llama_dir"])))
+    init = init_weights(LlamaForCausalLM(read_config(one["llama_dir"])))
     assert not torch.equal(init.model.embed_tokens.weight, a["model.embed_tokens.weight"])
 
 
@@ -225,7 +228,7 @@ def test_region_logits_target_each_objects_own_phrase(tokenizer_json):
                                                    intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
                                                    max_position_embeddings=32, projection_dim=32, pad_token_id=eot,
                                                    bos_token_id=1, eos_token_id=eot), projection_dim=32)
-    model = make_tiny.init_weights(make_tiny.CLIPModel(config))
+    model = init_weights(CLIPModel(config))
     one = ({"shape": "star", "color": "red", "size": "large", "bbox": [0, 0, .5, .5], "center": [.25, .25]})
     two = ({"shape": "circle", "color": "blue", "size": "small", "bbox": [.5, .5, 1, 1], "center": [.75, .75]})
     regions = [tiny_clip.object_regions({"objects": [one, two]}, 4), tiny_clip.object_regions({"objects": [one]}, 4)]
@@ -283,7 +286,7 @@ def test_text_qa_asks_about_the_captions_and_scores_the_answers(tmp_path):
     right = text_qa.text_qa(Oracle(), tok, scenes, questions[:5], batch_size=2)
     assert right["overall"] == 1.0 and set(right["per_phrasing"]) <= {"seen", "heldout"}
     torch.manual_seed(0)
-    llm = make_tiny.init_weights(make_tiny.LlamaForCausalLM(TextConfig(
+    llm = init_weights(LlamaForCausalLM(TextConfig(
         vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
         num_key_value_heads=1, eos_token_id=tok.eos_id)))
     result = text_qa.text_qa(llm.eval(), tok, scenes, questions[:10])
@@ -298,7 +301,7 @@ def test_probe_tower_reads_colour_even_from_an_untrained_tower(tmp_path):
     from llava_mini.model.clip import CLIPVisionModel
     from llava_mini.model.config import VisionConfig
     torch.manual_seed(0)
-    tower = make_tiny.init_weights(CLIPVisionModel(VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    tower = init_weights(CLIPVisionModel(VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                                 num_attention_heads=1, image_size=32, patch_size=8)))
     scenes = read_json(os.path.join(data, "scenes_test.json"))
     x, y = tiny_clip.object_features(tower, tiny_clip.load_images(data, scenes, tower.config), scenes, layer=-2)

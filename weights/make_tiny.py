@@ -19,7 +19,8 @@ It makes three things, in the order LLaVA's bases were made (on a much smaller s
    stage-2 conversations (the scene in words where the image will be), then instruction tuning on those
    conversations with the loss on the answers only (like Vicuna, it chats before it ever sees an image), then a
    lookup drill: the same chats and as many short-answer chats about new scenes that exist only in words
-   (world_text.lookup_chats), so that it learns to look an object up in a scene it has never read.
+   (world_text.lookup_chats), so that it learns to look an object up in a scene it has never read
+   (weights/tiny_llama.py: its samples, the loop over the phases, its config).
 Each is written in the Hugging Face layout (config.json, model.safetensors, tokenizer.json) through the same
 weights.save_* functions, so the real loaders read them exactly as they read openai/clip-vit-large-patch14 or Vicuna.
 It prints and writes (make_tiny.json, a model card per folder, SHA256SUMS) the tiny CLIP's retrieval accuracy and
@@ -45,59 +46,27 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from anywhere
 
 from llava_mini import cli  # noqa: E402
-from llava_mini.data.conversation import tokenize_conversation  # noqa: E402
-from llava_mini.data.dataset import collate, pack  # noqa: E402
 from llava_mini.data.tokenizer import Tokenizer  # noqa: E402
 from llava_mini.eval.text_qa import text_qa  # noqa: E402
 from llava_mini.jsonio import read_json, write_json  # noqa: E402
 from llava_mini.loading import weights  # noqa: E402
 from llava_mini.model.clip import CLIPModel, clip_loss  # noqa: E402
-from llava_mini.model.config import CLIPConfig, CLIPTextConfig, TextConfig, VisionConfig  # noqa: E402
-from llava_mini.model.llama import LlamaForCausalLM, count_trained_tokens  # noqa: E402
-from llava_mini.training.distributed import barrier, gather_with_grad, sum_gradients  # noqa: E402
+from llava_mini.model.config import CLIPConfig, CLIPTextConfig, VisionConfig  # noqa: E402
+from llava_mini.training.distributed import barrier, gather_with_grad  # noqa: E402
 from llava_mini.training.pipeline import launcher  # noqa: E402
 from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, BaseSizes  # noqa: E402
 from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions, kept_clip,  # noqa: E402
                                load_images, object_regions, probe_tower,
                                region_accuracy, region_logits, retrieval_accuracy)
 from weights.model_cards import PROVENANCE, earlier_report, machine, write_model_cards  # noqa: E402
+from weights.base_training import init_weights, optimizer_step, warmup_cosine  # noqa: E402
+from weights.tiny_llama import lm_loss, lm_samples, pack_text, text_config, train_llama  # noqa: E402
 from weights.tiny_tokenizer import train_tokenizer  # noqa: E402
-from weights.world_text import CHAT_TEMPLATE, lookup_chats, lookup_scenes, read_world_text, text_fingerprint  # noqa: E402
+from weights.world_text import lookup_chats, lookup_scenes, read_world_text, text_fingerprint  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # 2. Tiny CLIP
-
-def init_weights(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
-    """GPT-2 / HF-style initialisation: weights N(0, 0.02), biases 0, norms 1. PyTorch's defaults (N(0, 1) for
-    embeddings) would start a tied LM with huge logits and a loss far above log(vocab)."""
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv2d)):
-            torch.nn.init.normal_(m.weight, std=std)
-            if getattr(m, "bias", None) is not None:
-                torch.nn.init.zeros_(m.bias)
-    for name, p in model.named_parameters():
-        if name.endswith("class_embedding"):
-            torch.nn.init.normal_(p, std=std)
-    return model
-
-
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def optimizer_step(model, opt, sched, loss, world: int = 1) -> None:
-    """Backward, sum the gradients over processes (each loss is its process's share), clip the gradient norm to 1,
-    step the optimizer and the schedule (both stage-0 loops)."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    sum_gradients(model, world)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    sched.step()
-
 
 def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tokenizer, *, steps: int,
                batch_size: int, lr: float, seed: int, feature_layer: int = -2, region_weight: float = 1.0,
@@ -170,99 +139,13 @@ def make_clip(z: BaseSizes, tokenizer: Tokenizer, hf_tok: HFTokenizer, data_dir:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 3. Tiny LLaMA
-
-def pack_text(tokenizer: Tokenizer, texts: list[str], block: int) -> torch.Tensor:
-    """Each text as <s> text </s>, all concatenated and cut into blocks of `block` tokens: (n_blocks, block)."""
-    stream = []
-    for t in texts:
-        stream += tokenizer.encode(t, add_bos=True) + [tokenizer.eos_id]
-    n = len(stream) // block
-    return torch.tensor(stream[:n * block], dtype=torch.long).view(n, block)
-
-
-def lm_samples(tokenizer: Tokenizer, texts: list[str], chats: list[list[str]], answers_only: bool,
-               block: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(input_ids, labels) per sample: plain texts as <s> text </s>, chats in CHAT_TEMPLATE. Pretraining trains
-    every token; instruction tuning (`answers_only`) only the answers, with the same labels stage 2 uses
-    (conversation.tokenize_conversation). A sample longer than `block` is left out (cut, it could lose its answer)."""
-    samples = []
-    for t in texts:
-        ids = tokenizer.encode(t, add_bos=True) + [tokenizer.eos_id]
-        samples.append((ids, ids))
-    for i, chat in enumerate(tqdm(chats, desc="tokenizing chats", leave=False)):
-        ids, labels = tokenize_conversation(tokenizer, chat, CHAT_TEMPLATE, sample_id=f"chat {i}")
-        samples.append((ids, labels if answers_only else ids))
-    kept = [(torch.tensor(ids), torch.tensor(labels)) for ids, labels in samples if len(ids) <= block]
-    if not kept:
-        raise ValueError(f"every LM sample is longer than --lm-block {block}")
-    if len(kept) < len(samples):
-        print(f"  {len(samples) - len(kept)} of {len(samples)} LM samples are longer than --lm-block {block}: left out")
-    return kept
-
-
-def packed_batch(samples: list[tuple[torch.Tensor, torch.Tensor]], block: int, pad_id: int) -> dict:
-    """Whole samples packed into rows of at most `block` tokens (dataset.pack: segment ids keep them apart)."""
-    return pack([{"input_ids": ids, "labels": labels, "length": len(ids), "pixel_values": torch.empty(0), "id": ""}
-                 for ids, labels in samples], block, pad_id)
-
-
-def train_llama(config, phases: list[tuple[str, list, int]], *, batch_size: int, block: int, lr: float, seed: int,
-                rank: int = 0, world: int = 1, model=None):
-    """Next-token prediction, phase by phase: each (name, samples, steps) draws `batch_size` samples per step, packs
-    them whole into rows of `block` tokens and runs its own warmup + cosine schedule.
-
-    Under torchrun every process draws and packs the same global batch, runs every `world`-th row, and weights its
-    mean loss by its share of the batch's trained tokens: the summed gradients are the one-process gradient."""
-    if batch_size < world:
-        raise ValueError(f"the LM batch ({batch_size} samples) must hold at least one per process ({world})")
-    torch.manual_seed(seed)
-    model = model or init_weights(LlamaForCausalLM(config))
-    gen = torch.Generator().manual_seed(seed)
-    for name, samples, steps in phases:
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 20)))
-        bar = tqdm(range(steps), desc=f"tiny LLaMA {name}", disable=rank != 0)
-        for _ in bar:
-            picked = torch.randint(len(samples), (batch_size,), generator=gen).tolist()
-            batch = packed_batch([samples[i] for i in picked], block, config.pad_token_id or 0)
-            if len(batch["input_ids"]) < world:      # too few rows to share: one sample per row (the same loss)
-                batch = collate([{"input_ids": ids, "labels": labels, "pixel_values": torch.empty(0), "id": ""}
-                                 for ids, labels in (samples[i] for i in picked)], config.pad_token_id or 0)
-            total = count_trained_tokens(batch["labels"], batch["attention_mask"])
-            mine = {k: batch[k][rank::world] for k in ("input_ids", "labels", "attention_mask")}
-            share = count_trained_tokens(mine["labels"], mine["attention_mask"]) / total
-            loss = model(**mine, return_logits=False).loss
-            optimizer_step(model, opt, sched, loss * share, world)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval()
-
-
-@torch.no_grad()
-def lm_loss(model, blocks: torch.Tensor, batch_size: int = 32) -> float:
-    losses = [model(blocks[i:i + batch_size], labels=blocks[i:i + batch_size]).loss.item() * len(blocks[i:i + batch_size])
-              for i in range(0, len(blocks), batch_size)]
-    return sum(losses) / max(1, len(blocks))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The bases' architectures, from the classroom's BaseSizes
+# The tiny CLIP's vision tower, from the classroom's BaseSizes (the LLaMA's: tiny_llama.text_config)
 
 def vision_config(z: BaseSizes) -> VisionConfig:
     """A ViT shaped like CLIP's, at classroom size: 64 px images in 8 px patches -> 64 image tokens, heads of 32."""
     return VisionConfig(hidden_size=z.vision_hidden, intermediate_size=4 * z.vision_hidden,
                         num_hidden_layers=z.vision_layers, num_attention_heads=max(1, z.vision_hidden // 32),
                         image_size=z.image_size, patch_size=z.patch_size, projection_dim=z.vision_hidden)
-
-
-def text_config(z: BaseSizes, tokenizer: Tokenizer) -> TextConfig:
-    """A LLaMA at classroom size: heads of 32, grouped-query attention (a key/value head per two query heads), the
-    SwiGLU width LLaMA uses (8/3 of hidden, rounded up to 64), tied embeddings, the tokenizer's special ids."""
-    return TextConfig(vocab_size=tokenizer.vocab_size, hidden_size=z.text_hidden,
-                      intermediate_size=int(z.text_hidden * 8 / 3 + 63) // 64 * 64, num_hidden_layers=z.text_layers,
-                      num_attention_heads=max(1, z.text_hidden // 32), num_key_value_heads=max(1, z.text_hidden // 64),
-                      head_dim=32, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
-                      bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ tags: [llama, text-generation, synthetic-data]
 # tiny-llama: the classroom's stand-in for Vicuna
 
 A LLaMA (RMSNorm, RoPE, SwiGLU, grouped-query attention, tied embeddings) with a LLaMA-style BPE tokenizer (`<s>`,
-`</s>`, byte fallback, `<image>` added), trained from scratch in three phases (weights/make_tiny.py, train_llama):
+`</s>`, byte fallback, `<image>` added), trained from scratch in three phases (weights/tiny_llama.py, train_llama):
 pretraining on all the world's text, instruction tuning on the world's conversations, detailed descriptions,
 complex reasoning and short answers with the scene given in words where the image will be, the loss on the
 answers only, then a lookup drill: those chats and as many short-answer chats about new scenes that exist only in
@@ -94,7 +94,8 @@ def llama_run(record: dict, number: int) -> str:
                                                                ("lookup drill", "lookup_steps")) if z.get(key, 0)]
     drill = f" ({z['lookup_scenes']} new scenes)" if z.get("lookup_steps") else ""
     return (f"- Run {number}: {', '.join(phases)}{drill}; batches of {z['lm_batch']} samples packed into rows of "
-            f"{z['lm_block']} tokens, lr {z['lm_lr']}\n" + provenance(record).replace("- ", "  - "))
+            f"{z['lm_block']} tokens, lr {z['lm_lr']}\n" +
+            "".join("  " + line for line in provenance(record).splitlines(keepends=True)))
 
 
 def provenance(record: dict) -> str:

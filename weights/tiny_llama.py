@@ -1,0 +1,103 @@
+"""The tiny LLaMA's text-only training (stage 0, weights/make_tiny.py): its samples, packed whole into rows, the
+loop that runs its phases (pretraining, instruction tuning, the lookup drill), its held-out loss, and its config.
+
+    phases = [("pretraining", lm_samples(tok, captions, chats, False, 384), 4500),
+              ("instruction tuning", lm_samples(tok, [], chats, True, 384), 4500)]
+    llama = train_llama(text_config(sizes, tok), phases, batch_size=32, block=384, lr=3e-3, seed=0)
+"""
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from llava_mini.data.conversation import tokenize_conversation
+from llava_mini.data.dataset import collate, pack
+from llava_mini.data.tokenizer import Tokenizer
+from llava_mini.model.config import TextConfig
+from llava_mini.model.llama import LlamaForCausalLM, count_trained_tokens
+from llava_mini.training.recipes import BaseSizes
+from weights.base_training import init_weights, optimizer_step, warmup_cosine
+from weights.world_text import CHAT_TEMPLATE
+
+
+def pack_text(tokenizer: Tokenizer, texts: list[str], block: int) -> torch.Tensor:
+    """Each text as <s> text </s>, all concatenated and cut into blocks of `block` tokens: (n_blocks, block)."""
+    stream = []
+    for t in texts:
+        stream += tokenizer.encode(t, add_bos=True) + [tokenizer.eos_id]
+    n = len(stream) // block
+    return torch.tensor(stream[:n * block], dtype=torch.long).view(n, block)
+
+
+def lm_samples(tokenizer: Tokenizer, texts: list[str], chats: list[list[str]], answers_only: bool,
+               block: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input_ids, labels) per sample: plain texts as <s> text </s>, chats in CHAT_TEMPLATE. Pretraining trains
+    every token; instruction tuning (`answers_only`) only the answers, with the same labels stage 2 uses
+    (conversation.tokenize_conversation). A sample longer than `block` is left out (cut, it could lose its answer)."""
+    samples = []
+    for t in texts:
+        ids = tokenizer.encode(t, add_bos=True) + [tokenizer.eos_id]
+        samples.append((ids, ids))
+    for i, chat in enumerate(tqdm(chats, desc="tokenizing chats", leave=False)):
+        ids, labels = tokenize_conversation(tokenizer, chat, CHAT_TEMPLATE, sample_id=f"chat {i}")
+        samples.append((ids, labels if answers_only else ids))
+    kept = [(torch.tensor(ids), torch.tensor(labels)) for ids, labels in samples if len(ids) <= block]
+    if not kept:
+        raise ValueError(f"every LM sample is longer than --lm-block {block}")
+    if len(kept) < len(samples):
+        print(f"  {len(samples) - len(kept)} of {len(samples)} LM samples are longer than --lm-block {block}: left out")
+    return kept
+
+
+def packed_batch(samples: list[tuple[torch.Tensor, torch.Tensor]], block: int, pad_id: int) -> dict:
+    """Whole samples packed into rows of at most `block` tokens (dataset.pack: segment ids keep them apart)."""
+    return pack([{"input_ids": ids, "labels": labels, "length": len(ids), "pixel_values": torch.empty(0), "id": ""}
+                 for ids, labels in samples], block, pad_id)
+
+
+def train_llama(config, phases: list[tuple[str, list, int]], *, batch_size: int, block: int, lr: float, seed: int,
+                rank: int = 0, world: int = 1, model=None):
+    """Next-token prediction, phase by phase: each (name, samples, steps) draws `batch_size` samples per step, packs
+    them whole into rows of `block` tokens and runs its own warmup + cosine schedule.
+
+    Under torchrun every process draws and packs the same global batch, runs every `world`-th row, and weights its
+    mean loss by its share of the batch's trained tokens: the summed gradients are the one-process gradient."""
+    if batch_size < world:
+        raise ValueError(f"the LM batch ({batch_size} samples) must hold at least one per process ({world})")
+    torch.manual_seed(seed)
+    model = model or init_weights(LlamaForCausalLM(config))
+    gen = torch.Generator().manual_seed(seed)
+    for name, samples, steps in phases:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 20)))
+        bar = tqdm(range(steps), desc=f"tiny LLaMA {name}", disable=rank != 0)
+        for _ in bar:
+            picked = torch.randint(len(samples), (batch_size,), generator=gen).tolist()
+            batch = packed_batch([samples[i] for i in picked], block, config.pad_token_id or 0)
+            if len(batch["input_ids"]) < world:      # too few rows to share: one sample per row (the same loss)
+                batch = collate([{"input_ids": ids, "labels": labels, "pixel_values": torch.empty(0), "id": ""}
+                                 for ids, labels in (samples[i] for i in picked)], config.pad_token_id or 0)
+            total = count_trained_tokens(batch["labels"], batch["attention_mask"])
+            mine = {k: batch[k][rank::world] for k in ("input_ids", "labels", "attention_mask")}
+            share = count_trained_tokens(mine["labels"], mine["attention_mask"]) / total
+            loss = model(**mine, return_logits=False).loss
+            optimizer_step(model, opt, sched, loss * share, world)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
+@torch.no_grad()
+def lm_loss(model, blocks: torch.Tensor, batch_size: int = 32) -> float:
+    losses = [model(blocks[i:i + batch_size], labels=blocks[i:i + batch_size]).loss.item() * len(blocks[i:i + batch_size])
+              for i in range(0, len(blocks), batch_size)]
+    return sum(losses) / max(1, len(blocks))
+
+
+def text_config(z: BaseSizes, tokenizer: Tokenizer) -> TextConfig:
+    """A LLaMA at classroom size: heads of 32, grouped-query attention (a key/value head per two query heads), the
+    SwiGLU width LLaMA uses (8/3 of hidden, rounded up to 64), tied embeddings, the tokenizer's special ids."""
+    return TextConfig(vocab_size=tokenizer.vocab_size, hidden_size=z.text_hidden,
+                      intermediate_size=int(z.text_hidden * 8 / 3 + 63) // 64 * 64, num_hidden_layers=z.text_layers,
+                      num_attention_heads=max(1, z.text_hidden // 32), num_key_value_heads=max(1, z.text_hidden // 64),
+                      head_dim=32, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
+                      bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
