@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from conftest import load_script
 from safetensors.torch import load_file
 
-from llava_mini.training.recipes import BASES_REPORT
+from llava_mini.training.recipes import BASES_REPORT, BaseSizes
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, tokenize_conversation
 from llava_mini.data.tokenizer import Tokenizer
 from llava_mini.eval import text_qa
@@ -22,6 +22,7 @@ from llava_mini.synth import world
 
 make_tiny = load_script("weights/make_tiny.py")          # puts the repository root on sys.path
 import weights.tiny_clip as tiny_clip  # noqa: E402
+import weights.tiny_llama as tiny_llama  # noqa: E402
 from weights.base_training import init_weights  # noqa: E402
 import weights.world_text as world_text  # noqa: E402
 
@@ -64,7 +65,7 @@ def test_tokenizer_works_with_the_templates(tokenizer_json, template):
     assert "2 objects" in trained and "How many" not in trained
 
 
-TINY_SIZES = dict(image_size=32, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, vocab_size=400,
+TINY_SIZES = dict(image_size=32, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, text_kv_heads=1, vocab_size=400,
                   clip_steps=3, clip_batch=8, lm_steps=3, sft_steps=2, lookup_steps=2, lookup_scenes=4, lm_batch=4,
                   lm_block=1024)
 
@@ -98,6 +99,17 @@ def test_make_tiny_writes_loadable_hf_folders(one_process_bases):
                        clip.vision_model.embeddings.patch_embedding.weight)
     # a trained LM: its held-out loss is below the uniform guess
     assert stats["lm_heldout_loss"] < torch.log(torch.tensor(float(tok.vocab_size))).item()
+    assert llama.config.num_key_value_heads == TINY_SIZES["text_kv_heads"]
+    assert "1 query heads and 1 key/value heads" in open(os.path.join(llama_dir, "README.md")).read()
+
+
+def test_text_config_shares_key_value_heads_only_in_whole_groups(tokenizer_json):
+    tok = Tokenizer.from_file(tokenizer_json)
+    config = tiny_llama.text_config(BaseSizes(text_hidden=128, text_kv_heads=2), tok)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (4, 2, 32)
+    assert config.vocab_size == tok.vocab_size and config.eos_token_id == tok.eos_id
+    with pytest.raises(ValueError, match="--text-kv-heads 3 must divide the 4 query heads of --text-hidden 128"):
+        tiny_llama.text_config(BaseSizes(text_hidden=128, text_kv_heads=3), tok)
 
 
 def test_init_llama_goes_on_from_a_made_llama_and_its_card_lists_every_run(one_process_bases, tmp_path):

@@ -171,7 +171,8 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
         old = earlier_report(init_llama, "--init-llama")
         llama_made = old.get("llama_made", []) + [{k: old[k] for k in PROVENANCE}]
         llama = weights.load_llama(init_llama).train()
-        z = dataclasses.replace(z, text_hidden=llama.config.hidden_size, text_layers=llama.config.num_hidden_layers)
+        z = dataclasses.replace(z, text_hidden=llama.config.hidden_size, text_layers=llama.config.num_hidden_layers,
+                                text_kv_heads=llama.config.num_key_value_heads)
     os.makedirs(out_dir, exist_ok=True)
     clip_dir, clip_made = os.path.join(out_dir, "tiny-clip"), None
     if keep_clip:           # --keep-clip: remake only the LLM, with the CLIP an earlier make_tiny wrote, as it is

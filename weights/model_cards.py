@@ -62,7 +62,7 @@ tags: [llama, text-generation, synthetic-data]
 ---
 # tiny-llama: the classroom's stand-in for Vicuna
 
-A LLaMA (RMSNorm, RoPE, SwiGLU, grouped-query attention, tied embeddings) with a LLaMA-style BPE tokenizer (`<s>`,
+A LLaMA (RMSNorm, RoPE, SwiGLU, tied embeddings) with a LLaMA-style BPE tokenizer (`<s>`,
 `</s>`, byte fallback, `<image>` added), trained from scratch in three phases (weights/tiny_llama.py, train_llama):
 pretraining on all the world's text, instruction tuning on the world's conversations, detailed descriptions,
 complex reasoning and short answers with the scene given in words where the image will be, the loss on the
@@ -70,7 +70,7 @@ answers only, then a lookup drill: those chats and as many short-answer chats ab
 words (weights/world_text.py, lookup_chats). Chat template: vicuna_v1. Hugging Face's LLaMA layout:
 `transformers.LlamaForCausalLM.from_pretrained` and `llava_mini.loading.weights.load_llama` both read it.
 
-- Hidden {z['text_hidden']}, {z['text_layers']} layers, vocabulary {stats['vocab_size']}
+- Hidden {z['text_hidden']}, {z['text_layers']} layers, {max(1, z['text_hidden'] // 32)} query heads and {z['text_kv_heads']} key/value heads, vocabulary {stats['vocab_size']}
 """ + "".join(llama_run(run, i + 1) for i, run in enumerate(runs)) + f"""
 ## Quality (held-out scenes)
 - Held-out loss on every token of the test scenes' captions and questions: {stats['lm_heldout_loss']:.3f} (held-out

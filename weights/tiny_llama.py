@@ -94,10 +94,15 @@ def lm_loss(model, blocks: torch.Tensor, batch_size: int = 32) -> float:
 
 
 def text_config(z: BaseSizes, tokenizer: Tokenizer) -> TextConfig:
-    """A LLaMA at classroom size: heads of 32, grouped-query attention (a key/value head per two query heads), the
-    SwiGLU width LLaMA uses (8/3 of hidden, rounded up to 64), tied embeddings, the tokenizer's special ids."""
+    """A LLaMA at classroom size: heads of 32, `text_kv_heads` key/value heads shared by the query heads (as many as
+    the query heads: multi-head attention; fewer: grouped-query), the SwiGLU width LLaMA uses (8/3 of hidden, rounded
+    up to 64), tied embeddings, the tokenizer's special ids."""
+    heads = max(1, z.text_hidden // 32)
+    if heads % z.text_kv_heads:
+        raise ValueError(f"--text-kv-heads {z.text_kv_heads} must divide the {heads} query heads of --text-hidden "
+                         f"{z.text_hidden} (heads of 32)")
     return TextConfig(vocab_size=tokenizer.vocab_size, hidden_size=z.text_hidden,
                       intermediate_size=int(z.text_hidden * 8 / 3 + 63) // 64 * 64, num_hidden_layers=z.text_layers,
-                      num_attention_heads=max(1, z.text_hidden // 32), num_key_value_heads=max(1, z.text_hidden // 64),
+                      num_attention_heads=heads, num_key_value_heads=z.text_kv_heads,
                       head_dim=32, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
                       bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
