@@ -322,3 +322,51 @@ def test_probe_answer_reads_the_answer_position_of_each_question(tmp_path):
         {"image": "x.png", "question": "How many stars are there?", "answer": "1"}]
     assert [probe.kind_of(a) for a in ("top left", "star", "teal", "1", "yes")] == ["position", "shape", "color",
                                                                                       None, None]
+
+
+def test_probe_lookup_scenes_questions_and_rates():
+    """benchmarks/probe_lookup.py: every scene has distinct colours and shapes, each question is a seen phrasing of
+    the world asking about one of its objects, and the three rates come out right on hand-made answers."""
+    import random
+
+    from llava_mini.synth.phrasings import question_parser
+    from llava_mini.synth.world import WorldConfig, vocabulary
+    probe = load_script("benchmarks/probe_lookup.py")
+    parse = question_parser(vocabulary(WorldConfig()))
+    items = probe.lookup_items(200, random.Random(0), objects=(2, 4))
+    for it in items:
+        names = it["scene"].split(": ", 1)[1].rstrip(".").replace(" and ", ", ").split(", ")
+        colors, shapes = [n.split()[1] for n in names], [n.split()[2] for n in names]
+        assert 2 <= len(names) <= 4 and len(set(colors)) == len(colors) and len(set(shapes)) == len(shapes)
+        kind, split, fields = parse(it["question"])
+        assert split == "seen" and it["answer"] in it["options"]
+        assert (kind, it["options"]) in (("color", colors), ("shape", shapes))
+        asked = fields.get("noun") or fields.get("color")
+        assert (shapes if kind == "color" else colors).index(asked) == it["options"].index(it["answer"])
+    assert {p["question"].split()[0] for p in items} >= {"What", "Which"}
+    two = [{"answer": "red", "options": ["red", "blue"]}, {"answer": "star", "options": ["star", "circle", "square"]}]
+    rates = probe.score(two, [" Red.", "circle"])
+    assert rates == {"right": 0.5, "in_scene": 1.0, "chance_in_scene": (1 / 2 + 1 / 3) / 2, "n": 2}
+    assert probe.score(two, ["green", "star"])["in_scene"] == 0.5
+
+
+def test_probe_lookup_trains_the_same_in_transformers():
+    """--from-scratch --reference: two steps of the look-up in transformers' LlamaForCausalLM, from the same initial
+    weights and batches, end at the weights our LLaMA reaches (the backward pass and tied embeddings agree). And the
+    shipped tiny LLaMA, probed, answers with an attribute of the scene it was given."""
+    import random
+
+    import torch
+
+    from llava_mini.data.tokenizer import Tokenizer
+    from llava_mini.loading import weights
+    probe = load_script("benchmarks/probe_lookup.py")
+    tok = Tokenizer.from_file(os.path.join(probe.SHIPPED, "tokenizer.json"))
+    ours = probe.train_from_scratch(tok, 2, batch_size=4, init_std=0.1)
+    ref = probe.train_from_scratch(tok, 2, batch_size=4, init_std=0.1, reference=True)
+    start = probe.train_from_scratch(tok, 0, batch_size=4, init_std=0.1).state_dict()
+    for name, w in ours.state_dict().items():
+        assert torch.allclose(w, ref.state_dict()[name], atol=1e-5), name
+    assert any(not torch.equal(w, start[n]) for n, w in ours.state_dict().items())
+    shipped = probe.probe(weights.load_llama(probe.SHIPPED), tok, probe.lookup_items(40, random.Random(1)))
+    assert shipped["n"] == 40 and shipped["in_scene"] >= 0.9
