@@ -1,7 +1,7 @@
 """Does an LLM bind an attribute to the object it is asked about? The look-up alone, on the simplest scenes in words.
 
     python benchmarks/probe_lookup.py --llm weights/tiny/tiny-llama                # the shipped tiny LLaMA
-    python benchmarks/probe_lookup.py --from-scratch 1500                         # a new tiny LLaMA, trained on this alone
+    python benchmarks/probe_lookup.py --from-scratch 1500                         # a new one, trained on this alone
     python benchmarks/probe_lookup.py --from-scratch 1500 --reference            # the same in transformers' LLaMA
     python benchmarks/probe_lookup.py --from-scratch 1500 --objects 2 --tokenizer /tmp/tok.json --init-std 0.1
 
@@ -13,7 +13,9 @@ prompt, the colour of one shape or the shape of one colour, and reports three ra
 - in the scene: an attribute of *some* object of the scene (an LLM that read the scene but did not bind);
 - chance in the scene: the mean of 1 / the number of objects, what picking one of the scene's objects scores.
 "right" near "chance in the scene" with "in the scene" near 100% means the LLM knows what is there but not which
-colour goes with which shape: what docs/EXPERIMENTS.md (2026-12-06) measures for the tiny LLaMA.
+colour goes with which shape: what docs/EXPERIMENTS.md (2026-12-06) measures for the tiny LLaMA. The same three rates
+for a plainer test of the circuit the look-up needs (induction_items): the scene listed twice, the shape after its
+colour on the second listing, which only copying from the first listing gets right.
 
 --from-scratch STEPS trains a new LLaMA of the classroom's shape (recipes.CLASSROOM.bases, the shipped tokenizer)
 on nothing but these questions (answers only, batch 32, AdamW with weight decay 0.1, warmup + cosine: the stage-0
@@ -35,14 +37,15 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 from llava_mini import cli  # noqa: E402
-from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, get_template, stop_token_ids, tokenize_conversation  # noqa: E402
+from llava_mini.data.conversation import (SHORT_ANSWER_PROMPT, get_template, stop_token_ids,  # noqa: E402
+                                         tokenize_conversation)
 from llava_mini.data.tokenizer import Tokenizer  # noqa: E402
 from llava_mini.eval.evaluate import right_pad  # noqa: E402
 from llava_mini.eval.text_qa import TEMPLATE, text_prompt  # noqa: E402
 from llava_mini.model.llama import LlamaForCausalLM  # noqa: E402
 from llava_mini.synth.phrasings import article, ask  # noqa: E402
 from llava_mini.synth.teacher import join  # noqa: E402
-from llava_mini.synth.world import COLORS, SHAPES  # noqa: E402
+from llava_mini.synth.world import BACKGROUND, COLORS, SHAPES  # noqa: E402
 from llava_mini.training.recipes import CLASSROOM  # noqa: E402
 from weights.base_training import init_weights, warmup_cosine  # noqa: E402
 from weights.tiny_llama import text_config  # noqa: E402
@@ -90,16 +93,38 @@ def probe(llm, tokenizer: Tokenizer, items: list[dict], batch_size: int = 64) ->
     return score(items, answers)
 
 
+def induction_items(n: int, rng: random.Random, objects: tuple[int, int] = (2, 4)) -> list[dict]:
+    """`n` copying tests {prefix, answer, options}: a scene listed once ("A picture of 3 shapes: a red star, ..."),
+    then again in another order, cut after one colour ("3 shapes on a plain pale blue background: a blue"). The next
+    word is that colour's shape, known only by copying what followed the colour the first time: what an induction
+    head does (Olsson et al., 2022)."""
+    items = []
+    for _ in range(n):
+        k = rng.randint(*objects)
+        colors, shapes = rng.sample(sorted(COLORS), k), rng.sample(SHAPES, k)
+        i = rng.randrange(k)
+        prefix = (f"A picture of {k} shapes: {join([article(f'{c} {s}') for c, s in zip(colors, shapes)])}. "
+                  f"{k} shapes on a plain {BACKGROUND[0]} background: {article(colors[i])}")
+        items.append({"prefix": prefix, "answer": shapes[i], "options": shapes})
+    return items
+
+
+@torch.no_grad()
+def probe_induction(llm, tokenizer: Tokenizer, items: list[dict]) -> dict:
+    """Greedy continuation of each induction item's prefix (plain text, no chat template): its first word, scored."""
+    llm.eval()
+    answers = []
+    for it in items:
+        out = llm.generate(torch.tensor([tokenizer.encode(it["prefix"], add_bos=True)]), max_new_tokens=3)
+        words = tokenizer.decode(out.tokens[0]).replace(",", " ").split()
+        answers.append(words[0] if words else "")
+    return score(items, answers)
+
+
 def reference_llama(ours: LlamaForCausalLM):
     """transformers' LlamaForCausalLM with our model's config and weights (the key names are HF's)."""
     import transformers
-    c = ours.config
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, head_dim=c.head_dim, rope_theta=c.rope_theta,
-        max_position_embeddings=c.max_position_embeddings, rms_norm_eps=c.rms_norm_eps,
-        tie_word_embeddings=c.tie_word_embeddings, attn_implementation="sdpa"))
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**ours.config.to_hf(), attn_implementation="sdpa"))
     hf.load_state_dict(ours.state_dict(), strict=False)      # strict=False: HF keeps no separate lm_head when tied
     hf.tie_weights()
     return hf
@@ -167,9 +192,14 @@ def main(argv=None):
         from llava_mini.loading import weights
         llm, name = weights.load_llama(args.llm), os.path.relpath(args.llm)
         tokenizer = Tokenizer.from_file(os.path.join(args.llm, "tokenizer.json"))
-    result = probe(llm, tokenizer, lookup_items(args.questions, random.Random(f"{args.seed}:probe"), objects))
-    print(f"{name}: right {result['right']:.1%}, in the scene {result['in_scene']:.1%}, chance in the scene "
-          f"{result['chance_in_scene']:.1%} (n={result['n']}, {objects[0]}-{objects[1]} objects, {time.time() - t0:.0f} s)")
+    rng = random.Random(f"{args.seed}:probe")
+    result = {"lookup": probe(llm, tokenizer, lookup_items(args.questions, rng, objects)),
+              "induction": probe_induction(llm, tokenizer, induction_items(args.questions, rng, objects))}
+    print(f"{name} ({objects[0]}-{objects[1]} objects, {time.time() - t0:.0f} s):")
+    for what, r in (("look-up (the colour of a shape, the shape of a colour)", result["lookup"]),
+                    ("copying (the shape after its colour, listed again)", result["induction"])):
+        print(f"  {what}: right {r['right']:.1%}, in the scene {r['in_scene']:.1%}, chance in the scene "
+              f"{r['chance_in_scene']:.1%} (n={r['n']})")
     return result
 
 

@@ -353,7 +353,7 @@ def test_probe_lookup_scenes_questions_and_rates():
 def test_probe_lookup_trains_the_same_in_transformers():
     """--from-scratch --reference: two steps of the look-up in transformers' LlamaForCausalLM, from the same initial
     weights and batches, end at the weights our LLaMA reaches (the backward pass and tied embeddings agree). And the
-    shipped tiny LLaMA, probed, answers with an attribute of the scene it was given."""
+    shipped tiny LLaMA, probed, answers with an attribute of the scene it was given, asked or continuing a listing."""
     import random
 
     import torch
@@ -368,5 +368,11 @@ def test_probe_lookup_trains_the_same_in_transformers():
     for name, w in ours.state_dict().items():
         assert torch.allclose(w, ref.state_dict()[name], atol=1e-5), name
     assert any(not torch.equal(w, start[n]) for n, w in ours.state_dict().items())
-    shipped = probe.probe(weights.load_llama(probe.SHIPPED), tok, probe.lookup_items(40, random.Random(1)))
+    llm = weights.load_llama(probe.SHIPPED)
+    shipped = probe.probe(llm, tok, probe.lookup_items(40, random.Random(1)))
     assert shipped["n"] == 40 and shipped["in_scene"] >= 0.9
+    copying = probe.induction_items(40, random.Random(2))
+    for it in copying:           # the colour that ends the prefix is the answer's colour in the first listing
+        first, second = it["prefix"].split(". ", 1)
+        assert f"{second.split()[-1]} {it['answer']}" in first and it["answer"] in it["options"]
+    assert probe.probe_induction(llm, tok, copying)["in_scene"] >= 0.9

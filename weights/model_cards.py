@@ -14,6 +14,7 @@ import torch
 from llava_mini.jsonio import read_json
 from llava_mini.loading.manifest import write_manifest
 from llava_mini.training.recipes import BASES_REPORT
+from weights.tiny_llama import query_heads
 
 PROVENANCE = ("command", "seed", "seconds", "machine", "processes", "training_text", "sizes")   # a run's record
 
@@ -70,7 +71,7 @@ answers only, then a lookup drill: those chats and as many short-answer chats ab
 words (weights/world_text.py, lookup_chats). Chat template: vicuna_v1. Hugging Face's LLaMA layout:
 `transformers.LlamaForCausalLM.from_pretrained` and `llava_mini.loading.weights.load_llama` both read it.
 
-- Hidden {z['text_hidden']}, {z['text_layers']} layers, {max(1, z['text_hidden'] // 32)} query heads and {z['text_kv_heads']} key/value heads, vocabulary {stats['vocab_size']}
+- Hidden {z['text_hidden']}, {z['text_layers']} layers, {query_heads(z['text_hidden'])} query heads and {z['text_kv_heads']} key/value heads, vocabulary {stats['vocab_size']}
 """ + "".join(llama_run(run, i + 1) for i, run in enumerate(runs)) + f"""
 ## Quality (held-out scenes)
 - Held-out loss on every token of the test scenes' captions and questions: {stats['lm_heldout_loss']:.3f} (held-out

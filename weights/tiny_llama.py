@@ -93,11 +93,16 @@ def lm_loss(model, blocks: torch.Tensor, batch_size: int = 32) -> float:
     return sum(losses) / max(1, len(blocks))
 
 
+def query_heads(hidden: int) -> int:
+    """The classroom LLaMA's attention heads: heads of 32 dimensions, at least one."""
+    return max(1, hidden // 32)
+
+
 def text_config(z: BaseSizes, tokenizer: Tokenizer) -> TextConfig:
     """A LLaMA at classroom size: heads of 32, `text_kv_heads` key/value heads shared by the query heads (as many as
     the query heads: multi-head attention; fewer: grouped-query), the SwiGLU width LLaMA uses (8/3 of hidden, rounded
     up to 64), tied embeddings, the tokenizer's special ids."""
-    heads = max(1, z.text_hidden // 32)
+    heads = query_heads(z.text_hidden)
     if heads % z.text_kv_heads:
         raise ValueError(f"--text-kv-heads {z.text_kv_heads} must divide the {heads} query heads of --text-hidden "
                          f"{z.text_hidden} (heads of 32)")
