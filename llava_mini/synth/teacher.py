@@ -117,6 +117,17 @@ class AnswerBalancer:
         return picked
 
 
+def negative_names(objs: list[dict], vocabulary: list[str], rng: random.Random) -> list[str]:
+    """Names of the vocabulary that are not in the scene, to ask about. Half the time only the "hard" ones, which
+    share a colour or a noun with an object present (a red square and a blue circle: "a red circle?"), so that
+    knowing which colours and which shapes are present is not enough: the model must bind them."""
+    names = {o["name"] for o in objs}
+    colors, nouns = {o["color"] for o in objs if o["color"]}, {o["noun"] for o in objs}
+    absent = [n for n in vocabulary if n not in names]
+    hard = [n for n in absent if split_name(n)[0] in colors or split_name(n)[1] in nouns]
+    return hard if hard and rng.random() < 0.5 else absent
+
+
 def short_answer_questions(boxes: list[str], vocabulary: list[str], balancer: AnswerBalancer,
                            exclude: frozenset = frozenset(), heldout: bool = False) -> list[dict]:
     """At most one question per type for this image, each unambiguous and answerable from the boxes alone.
@@ -141,13 +152,8 @@ def short_answer_questions(boxes: list[str], vocabulary: list[str], balancer: An
         "position": [({"name": o["name"]}, position_name(o["cx"], o["cy"])) for o in objs
                      if names[o["name"]] == 1 and position_name(o["cx"], o["cy"])],
     }
-    # Yes/no: negatives half the time share a colour or noun with an object present ("hard" negatives), so that
-    # knowing which colours and which shapes are present is not enough: the model must bind them.
-    absent = [n for n in vocabulary if n not in names]
-    hard = [n for n in absent if split_name(n)[0] in colors or split_name(n)[1] in nouns]
-    negatives = hard if hard and rng.random() < 0.5 else absent
     candidates["exists"] = [({"a_name": article(n)}, "yes") for n in sorted(names)] + \
-                           [({"a_name": article(n)}, "no") for n in negatives]
+                           [({"a_name": article(n)}, "no") for n in negative_names(objs, vocabulary, rng)]
     picked = []
     for qtype, options in candidates.items():
         by_key = {canonical(qtype, **fields): (fields, answer) for fields, answer in options}
@@ -209,6 +215,17 @@ class RuleTeacher:
         if absent:
             n = rng.choice(absent)
             qa.append((ask_("exists", a_name=article(n)), f"No, there is no {n} in the image."))
+        # A question that takes for granted an object the image does not have ("Where is the red circle?" with no
+        # red circle) is answered "there is none": a model that only ever met such questions about objects present
+        # learns to name a place or a colour whatever the image shows.
+        negatives = negative_names(objs, self.vocabulary, rng)
+        if negatives:
+            n = rng.choice(negatives)
+            color, noun = split_name(n)
+            if nouns[noun] == 0 and color and rng.random() < 0.5:
+                qa.append((ask_("color", noun=noun), f"There is no {noun} in the image."))
+            else:
+                qa.append((ask_("position", name=n), f"There is no {n} in the image."))
         o = rng.choice(objs)
         qa.append((ask_("exists", a_name=article(o["name"])), f"Yes, there is {article(o['name'])} in the image."))
         noun = rng.choice(sorted(set(n for _, n in map(split_name, self.vocabulary)) | set(nouns)))
