@@ -36,6 +36,9 @@ def rows(reports: list[dict]) -> list[tuple[str, str]]:
             f"{world['blind']:.1%} blind"),
            ("... worded as in training / in held-out phrasings",
             " / ".join(f"{world['per_phrasing'][k]:.1%}" for k in ("seen", "heldout"))),
+           *([("... replies that answer another type of question (seen / held-out phrasings)",
+                " / ".join(f"{world['off_type_per_phrasing'][k]:.1%}" for k in ("seen", "heldout")))]
+             if world.get("off_type_per_phrasing") else []),   # reports before the measure have none
            ("... per type (image / blind)",
             ", ".join(f"{t} {v:.0%}/{world['blind_per_type'].get(t, 0):.0%}" for t, v in world["per_type"].items()))]
     if evqa:

@@ -48,8 +48,28 @@ def test_vqa_accuracy_per_type():
     assert acc["overall"] == pytest.approx(0.5)
     assert acc["per_type"] == {"color": 1.0, "count": 0.5, "exists": 0.0}
     assert acc["count_per_type"] == {"color": 1, "count": 2, "exists": 1}
+    # off type: no question of the type has that answer ("4" and "no" are answers of no question here)
+    assert acc["off_type_per_type"] == {"color": 0.0, "count": 0.5, "exists": 1.0}
+
+
+def test_off_type_replies_are_no_answer_of_their_questions_type():
+    """A reply that answers another kind of question ("triangle" to a position question) is off type; a wrong reply
+    of the right kind ("left" for "top left") is not. Counted per type and per phrasing split."""
+    questions = [{"answer": "top left", "question_type": "position", "phrasing": "seen"},
+                 {"answer": "left", "question_type": "position", "phrasing": "heldout"},
+                 {"answer": "red", "question_type": "color", "phrasing": "heldout"},
+                 {"answer": "blue", "question_type": "color", "phrasing": "seen"}]
+    acc = scoring.vqa_accuracy(questions, ["Left.", "triangle", "top left", "red"])
+    assert acc["off_type_per_type"] == {"color": 0.5, "position": 0.5}    # "top left" is a place, not a colour
+    assert acc["off_type_per_phrasing"] == {"heldout": 1.0, "seen": 0.0}
+    assert acc["off_type"] == pytest.approx(0.5)
+    assert acc["overall"] == pytest.approx(0.0)
+
+
+def test_vqa_accuracy_rejects_mismatched_lengths():
+    questions = [{"answer": "2", "question_type": "count"}, {"answer": "3", "question_type": "count"}]
     with pytest.raises(ValueError, match="2 questions but 1 predictions"):
-        scoring.vqa_accuracy(questions[:2], predictions[:1])
+        scoring.vqa_accuracy(questions[:2], ["2"])
 
 
 def test_relative_scores_arithmetic():

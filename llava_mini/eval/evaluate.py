@@ -216,6 +216,11 @@ def _print_vqa_table(name: str, runs: dict) -> None:
     print(f"  {'overall':<16}{first['n']:>6}" + "".join(f"{runs[r]['overall']:>14.1%}" for r in runs))
     for k in first.get("per_phrasing", {}):
         print(f"  {k + ' phrasings':<22}" + "".join(f"{runs[r]['per_phrasing'][k]:>14.1%}" for r in runs))
+    # replies that answer no question of their type: the question, not the image, was misread
+    print(f"  {'off-type replies':<22}" + "".join(f"{runs[r]['off_type']:>14.1%}" for r in runs))
+    for k in first.get("off_type_per_phrasing", {}):
+        print(f"  {'... ' + k + ' phrasings':<22}" +
+              "".join(f"{runs[r]['off_type_per_phrasing'][k]:>14.1%}" for r in runs))
 
 
 def main(argv=None):

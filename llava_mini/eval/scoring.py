@@ -2,7 +2,7 @@
 (eval/evaluate.py) and the judges (eval/judges.py) use them.
 
     normalize_answer("The Two.")              # -> "2"
-    vqa_accuracy(questions, predictions)      # {"overall", "n", "per_type", "count_per_type"}
+    vqa_accuracy(questions, predictions)      # {"overall", "n", "per_type", "count_per_type", "off_type", ...}
     parse_letter("The answer is B.", "ABC")   # -> "B"
 """
 from __future__ import annotations
@@ -32,25 +32,39 @@ def normalize_answer(text: str) -> str:
 
 def vqa_accuracy(questions: list[dict], predictions: list[str]) -> dict:
     """Normalised exact match. questions: [{"answer", "question_type", ...}]; predictions: one string each.
-    Returns {"overall", "n", "per_type": {type: accuracy}, "count_per_type": {type: n}}, and where the questions
-    say how they are worded ("phrasing": "seen" or "heldout", world.generate_dataset), "per_phrasing" too."""
+    Returns {"overall", "n", "per_type": {type: accuracy}, "count_per_type": {type: n}, "off_type", "off_type_per_type"}
+    and where the questions say how they are worded ("phrasing": "seen" or "heldout", world.generate_dataset),
+    "per_phrasing" and "off_type_per_phrasing" too.
+
+    "Off type": the share of replies that are no answer of their question's type at all, i.e. not among the right
+    answers of any question of that type in the set ("triangle" to "Where is the star?"). A wrong answer of the right
+    type is a mistake about the image; an off-type one means the question itself was not understood."""
     if len(questions) != len(predictions):
         raise ValueError(f"{len(questions)} questions but {len(predictions)} predictions")
-    hits, counts = defaultdict(int), defaultdict(int)
-    phrasing_hits, phrasing_counts = defaultdict(int), defaultdict(int)
+    answers_of_type = defaultdict(set)   # type -> every right answer its questions have: the replies that fit it
+    for q in questions:
+        answers_of_type[q.get("question_type", "all")].add(normalize_answer(str(q["answer"])))
+    hits, off, counts = defaultdict(int), defaultdict(int), defaultdict(int)
+    phrasing_hits, phrasing_off, phrasing_counts = defaultdict(int), defaultdict(int), defaultdict(int)
     for q, pred in zip(questions, predictions):
-        qtype, right = q.get("question_type", "all"), normalize_answer(pred) == normalize_answer(str(q["answer"]))
+        qtype, reply = q.get("question_type", "all"), normalize_answer(pred)
+        right, off_type = reply == normalize_answer(str(q["answer"])), reply not in answers_of_type[qtype]
         counts[qtype] += 1
         hits[qtype] += right
+        off[qtype] += off_type
         if "phrasing" in q:
             phrasing_counts[q["phrasing"]] += 1
             phrasing_hits[q["phrasing"]] += right
+            phrasing_off[q["phrasing"]] += off_type
     n = sum(counts.values())
     result = {"overall": sum(hits.values()) / n if n else 0.0, "n": n,
               "per_type": {t: hits[t] / counts[t] for t in sorted(counts)},
-              "count_per_type": {t: counts[t] for t in sorted(counts)}}
+              "count_per_type": {t: counts[t] for t in sorted(counts)},
+              "off_type": sum(off.values()) / n if n else 0.0,
+              "off_type_per_type": {t: off[t] / counts[t] for t in sorted(counts)}}
     if phrasing_counts:
         result["per_phrasing"] = {k: phrasing_hits[k] / phrasing_counts[k] for k in sorted(phrasing_counts)}
+        result["off_type_per_phrasing"] = {k: phrasing_off[k] / phrasing_counts[k] for k in sorted(phrasing_counts)}
     return result
 
 

@@ -237,6 +237,9 @@ def run_pipeline(args) -> dict:
               "results": {k: {"image": v[False]["overall"], "blind": v[True]["overall"],
                               "per_type": v[False]["per_type"], "blind_per_type": v[True]["per_type"],
                               "per_phrasing": v[False].get("per_phrasing"),
+                              "off_type": v[False]["off_type"],
+                              "off_type_per_phrasing": v[False].get("off_type_per_phrasing"),
+                              "off_type_per_type": v[False]["off_type_per_type"],
                               "majority_per_type": {t: m["majority_rate"] for t, m in v["majority"].items()}}
                           for k, v in results.items()},
               "bench": bench["scores"], "bench_per_phrasing": bench.get("per_phrasing"),
@@ -275,6 +278,8 @@ def print_report(report: dict, results: dict) -> None:
         print(f"  {name}: accuracy {seen['overall']:.1%} with the image (n={seen['n']}); blind (blank image) "
               f"{blind['overall']:.1%} (first {blind['n']} questions)" +
               "".join(f"; {k} phrasings {v:.1%}" for k, v in seen.get("per_phrasing", {}).items()))
+        print(f"    replies of another type (a shape for \"where?\"): {seen['off_type']:.1%}" +
+              "".join(f"; {k} phrasings {v:.1%}" for k, v in seen.get("off_type_per_phrasing", {}).items()))
         print(f"    {'type':<12} {'image':>7} {'blind':>7} {'majority':>9}")
         for q in seen["per_type"]:
             print(f"    {q:<12} {seen['per_type'][q]:7.1%} {blind['per_type'].get(q, float('nan')):7.1%} "
