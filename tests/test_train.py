@@ -302,6 +302,12 @@ def test_default_pipeline_quick(tmp_path, capsys):
     # short answers (easy-VQA joins them unless --no-easyvqa)
     mix = [e for path in saved["stage2_mix"] for e in json.load(open(path))]
     assert {e["id"].rsplit("_", 1)[1] for e in mix} == {"conv", "detail", "complex", "vqa"}
+    # ... and some of its questions carry a made-up word (recipes.Classroom.unfamiliar_word_rate)
+    world_json = json.load(open(tmp_path / "data" / "shapes-quick" / "stage2.json"))
+    asked = [t["value"].replace("<image>\n", "") for e in world_json for t in e["conversations"] if t["from"] == "human"]
+    made_up = [t["value"] for e in mix if not e["id"].startswith("easyvqa") for t in e["conversations"]
+               if t["from"] == "human" and t["value"].replace("<image>\n", "") not in set(asked)]
+    assert 0 < len(made_up) < len(asked) / 2
     # it started from the shipped bases, and reports what they can do
     assert saved["bases"]["llama_dir"].endswith(os.path.join("tiny", "tiny-llama")) and "text_qa" in saved["bases"]
     assert set(saved["results"]["shapes world"]["per_phrasing"]) <= {"seen", "heldout"}
@@ -429,6 +435,28 @@ def test_shuffled_turns_keeps_each_answer_with_its_question_and_the_image_first(
         assert q["value"].replace("<image>\n", "").startswith(f"Question {a['value'].split()[1]}?")
     assert shuffled_turns(entry, seed=0) == out and shuffled_turns(entry, seed=1) != out
     assert entry == _short_answer_sample(6)                        # the input is not modified
+
+
+def test_unfamiliar_words_go_into_questions_only_one_each_and_keep_every_word():
+    from llava_mini.data.conversation import SHORT_ANSWER_PROMPT
+    from llava_mini.data.dataset import with_unfamiliar_words
+    entry = _short_answer_sample(40)
+    out = with_unfamiliar_words(entry, seed=0, rate=0.5)
+    changed = 0
+    for before, after in zip(entry["conversations"], out["conversations"]):
+        if before["from"] == "gpt" or before == after:
+            assert before == after                                    # answers are never touched
+            continue
+        changed += 1
+        head, tail = before["value"].rsplit(SHORT_ANSWER_PROMPT, 1), after["value"].rsplit(SHORT_ANSWER_PROMPT, 1)
+        assert tail[1] == head[1] == "" and after["value"].endswith(SHORT_ANSWER_PROMPT)   # the prompt line intact
+        old, new = head[0].replace("<image>\n", "").split(), tail[0].replace("<image>\n", "").split()
+        extra = [w for w in new if w not in old]
+        assert len(new) == len(old) + 1 and len(extra) == 1 and 5 <= len(extra[0]) <= 9 and extra[0].isalpha()
+        assert [w for w in new if w != extra[0]] == old                # the question's own words, in order
+        assert after["value"].startswith("<image>\n") == before["value"].startswith("<image>\n")
+    assert 10 <= changed <= 30                                          # about half of the 40 questions
+    assert with_unfamiliar_words(entry, seed=0, rate=0.5) == out and with_unfamiliar_words(entry, 0, 0.0) == entry
 
 
 def _rows(out) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import string
 import sys
 from collections import Counter
 
@@ -365,3 +366,28 @@ def shuffled_turns(entry: dict, seed: int) -> dict:
     rng.shuffle(pairs)
     pairs[0][0]["value"] = "<image>\n" + pairs[0][0]["value"]
     return {**entry, "conversations": [t for pair in pairs for t in pair]}
+
+
+def with_unfamiliar_words(entry: dict, seed: int, rate: float) -> dict:
+    """The sample with, in each question (with probability `rate`), one made-up word ("zqvetk") put between two of
+    its words; the answers are unchanged.
+
+    A student's question holds words the tiny LLM never read ("Whereabouts is the star?"), and the tokenizer writes
+    each as a run of rare pieces (Where|a|b|out|s). A model that met none in training is thrown by them and answers
+    another question (a shape to "whereabouts"); one that met made-up words learns to answer from the words it
+    knows. The made-up words are 5 to 9 random letters, so practically never a word of the data."""
+    rng = random.Random(f"{seed}:{entry['id']}:unfamiliar")
+    turns = []
+    for turn in entry["conversations"]:
+        turn = dict(turn)
+        if turn["from"] == "human" and rng.random() < rate:
+            lines = turn["value"].split("\n")
+            i = next((k for k, line in enumerate(lines) if line.strip() and "<image>" not in line), None)
+            if i is not None:                 # the question's line: not the placeholder, not LLaVA-1.5's prompt line
+                words = lines[i].split(" ")
+                made_up = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(5, 9)))
+                words.insert(rng.randint(0, len(words)), made_up)
+                lines[i] = " ".join(words)
+                turn["value"] = "\n".join(lines)
+        turns.append(turn)
+    return {**entry, "conversations": turns}

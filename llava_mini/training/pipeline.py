@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from llava_mini.data.dataset import shuffled_turns
+from llava_mini.data.dataset import shuffled_turns, with_unfamiliar_words
 from llava_mini.eval.evaluate import evaluate_bench, evaluate_descriptions, evaluate_followups, evaluate_vqa
 from llava_mini.eval.judges import RuleJudge
 from llava_mini.jsonio import read_json, write_json
@@ -128,17 +128,21 @@ def shipped_bases(base_dir: str) -> dict:
     return read_json(os.path.join(base_dir, BASES_REPORT))
 
 
-def stage2_mix(data_dir: str, kinds: tuple, evqa_dir: str | None) -> list[str]:
+def stage2_mix(data_dir: str, kinds: tuple, evqa_dir: str | None, unfamiliar_word_rate: float = 0.0) -> list[str]:
     """The stage-2 data files: the world's samples of `kinds` and easy-VQA train, the turns of every short-answer
-    sample shuffled (see shuffled_turns)."""
+    sample shuffled (see shuffled_turns), and a made-up word in `unfamiliar_word_rate` of the questions (see
+    with_unfamiliar_words)."""
+    def prepared(entry: dict, shuffle: bool) -> dict:
+        entry = shuffled_turns(entry, seed=0) if shuffle else entry
+        return with_unfamiliar_words(entry, seed=0, rate=unfamiliar_word_rate)
+
     world_mix = os.path.join(data_dir, f"stage2_{'_'.join(kinds)}_shuffled.json")
-    write_json([shuffled_turns(e, seed=0) if e["id"].endswith("_vqa") else e
-                for e in read_json(os.path.join(data_dir, "stage2.json")) if e["id"].rsplit("_", 1)[1] in kinds],
-               world_mix)
+    write_json([prepared(e, shuffle=e["id"].endswith("_vqa")) for e in read_json(os.path.join(data_dir, "stage2.json"))
+                if e["id"].rsplit("_", 1)[1] in kinds], world_mix)
     if evqa_dir is None:
         return [world_mix]
     evqa_mix = os.path.join(evqa_dir, "easyvqa_train_shuffled.json")
-    write_json([shuffled_turns(e, seed=0) for e in read_json(os.path.join(evqa_dir, "easyvqa_train.json"))], evqa_mix)
+    write_json([prepared(e, shuffle=True) for e in read_json(os.path.join(evqa_dir, "easyvqa_train.json"))], evqa_mix)
     return [world_mix, evqa_mix]
 
 
@@ -188,7 +192,7 @@ def run_pipeline(args) -> dict:
     stage1_meta = read_json(os.path.join(stage1_final, "llava_mini.json"))
     caption_loss = (stage1_meta["heldout_loss_start"], stage1_meta["heldout_loss_end"])
 
-    mix = stage2_mix(data_dir, size.stage2_kinds, evqa_dir if use_evqa else None)
+    mix = stage2_mix(data_dir, size.stage2_kinds, evqa_dir if use_evqa else None, size.unfamiliar_word_rate)
     stage2 = ["--stage", "2", "--data", *mix, "--image-root", data_dir] + ([evqa_dir] if use_evqa else []) + \
              ["--init", stage1_final, "--out", run_dir, "--group-by-length",
               "--threads", str(max(1, threads // processes))] + common

@@ -112,6 +112,7 @@ class Classroom:
     world_test: int
     bases: BaseSizes
     stage2_kinds: tuple = ("conv", "detail", "complex", "vqa")   # the world's stage-2 samples that join easy-VQA train
+    unfamiliar_word_rate: float = 0.25  # the share of stage-2 questions given a made-up word (dataset.with_unfamiliar_words)
     eval_questions: int | None = None   # test questions scored with the image (None: all)
     blind_questions: int = 1000         # ... and with a blank image (the blind baseline)
     suffix: str = ""                    # data/shapes{suffix}, checkpoints/base{suffix}, checkpoints/tiny{suffix}
