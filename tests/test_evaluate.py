@@ -396,3 +396,38 @@ def test_probe_lookup_trains_the_same_in_transformers():
         first, second = it["prefix"].split(". ", 1)
         assert f"{second.split()[-1]} {it['answer']}" in first and it["answer"] in it["options"]
     assert probe.probe_induction(llm, tok, copying)["in_scene"] >= 0.9
+
+
+def test_questions_about_missing_objects_and_how_they_are_scored():
+    """Each scene gets "Where is the X?" about an object it does not have and about one it has (the only one of its
+    name); an answer that says there is none is read by the rule judge's parser, and the shares come out right."""
+    import random
+
+    from llava_mini.eval.missing import denies, missing_object_questions, missing_summary
+    from llava_mini.synth import world
+    cfg = world.WorldConfig()
+    rng = random.Random(0)
+    scenes = [world.sample_scene(rng, cfg, f"s{i}", f"s{i}.png") for i in range(60)]
+    questions = missing_object_questions(scenes, world.vocabulary(cfg))
+    by_image = {s["image"]: s for s in scenes}
+    absent = [q for q in questions if not q["present"]]
+    assert len(absent) == len(scenes) and questions == missing_object_questions(scenes, world.vocabulary(cfg))
+    hard = 0
+    for q in questions:
+        names = [f"{o['color']} {o['shape']}" for o in by_image[q["image"]]["objects"]]
+        assert q["question"] == f"Where is the {q['name']}?"
+        assert (names.count(q["name"]) == 1) if q["present"] else (q["name"] not in names)
+        color, shape = q["name"].split()
+        assert q["hard"] == (not q["present"] and any(color in n.split() or shape in n.split() for n in names))
+        hard += q["hard"]
+    assert 10 < hard < len(absent)                 # hard cases and easy ones both
+    assert denies("There is no red circle in the image.", "red circle")
+    assert denies("No, there are no circles here.", "red circle")          # no circle at all: no red one either
+    assert not denies("The red circle is at the left of the image.", "red circle")
+    assert not denies("There is no blue circle in the image.", "red circle")   # another object denied
+    qs = [{"name": "red circle", "present": False, "hard": True}, {"name": "blue star", "present": False, "hard": False},
+          {"name": "green square", "present": True, "hard": False}]
+    summary = missing_summary(qs, ["There is no red circle in the image.", "The blue star is at the top.",
+                                   "There is no green square in the image."])
+    assert summary == {"absent_denied": 0.5, "absent_hard_denied": 1.0, "present_denied": 1.0, "n_absent": 2,
+                       "n_present": 1}

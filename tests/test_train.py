@@ -315,6 +315,7 @@ def test_default_pipeline_quick(tmp_path, capsys):
     assert "(mean of 2:" in table["LLaVA-Bench-style relative score, rule judge (50 held-out images x 3)"]
     # the short answers again, as the turn after the model's own description: every scored question of the 8
     # described images, beside the same questions asked first
+    assert saved["missing"]["n_absent"] == 8 and 0 <= saved["missing"]["absent_denied"] <= 1
     f = saved["followups"]
     assert f["n"] == 8 and set(f["per_type"]) == set(f["per_type_asked_first"])
     assert f["asked_first"] == pytest.approx(saved["results"]["shapes world"]["image"])

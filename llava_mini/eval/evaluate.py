@@ -8,6 +8,7 @@
     python -m llava_mini.eval.evaluate --model DIR --scienceqa tests/fixtures/scienceqa/test.json
     python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --confusion position   # how it errs
     python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --describe   # "Describe the image."
+    python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --missing    # objects not there
     # --describe also asks the short answers (and, with --bench, the open questions) again after each description
 
 Three measurements, each split into a scoring layer (plain functions over strings, easy to test by hand) and a
@@ -170,6 +171,25 @@ def evaluate_descriptions(model, tokenizer, scenes: list[dict], image_root: str,
                              for s, a, sc in zip(scenes, answers, scores)]}
 
 
+def evaluate_missing(model, tokenizer, scenes: list[dict], vocabulary: list[str], image_root: str, *, template,
+                     batch_size: int = 16, device: str = "cpu", max_new_tokens: int = 24) -> dict:
+    """"Where is the X?" about an object each scene does not have, and about one it has (eval/missing.py): how often
+    the model says there is none, where it should and where it should not."""
+    from llava_mini.eval.missing import missing_object_questions, missing_summary
+    questions = missing_object_questions(scenes, vocabulary)
+    images = _load_images([q["image"] for q in questions], image_root)
+    answers = generate_answers(model, tokenizer, [q["question"] for q in questions], images, template=template,
+                               batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, desc="missing")
+    return {**missing_summary(questions, answers),
+            "examples": [{**q, "answer": a} for q, a in zip(questions[:6], answers[:6])]}
+
+
+def missing_line(m: dict) -> str:
+    return (f"\"Where is the X?\" about an object the image does not have: \"there is none\" in "
+            f"{m['absent_denied']:.1%} (n={m['n_absent']}; sharing a colour or a shape with one it has: "
+            f"{m['absent_hard_denied']:.1%}); about one it has: {m['present_denied']:.1%} (n={m['n_present']})")
+
+
 def evaluate_followups(model, tokenizer, questions: list[dict], descriptions: dict, image_root: str, *, template,
                        batch_size: int = 16, device: str = "cpu", max_new_tokens: int = 16,
                        asked_first: dict | None = None) -> dict:
@@ -232,6 +252,8 @@ def main(argv=None):
     p.add_argument("--bench", action="store_true", help="also run the LLaVA-Bench-style judged score on bench.json")
     p.add_argument("--describe", action="store_true",
                    help="also ask 'Describe the image.' about every held-out scene and score the objects it names")
+    p.add_argument("--missing", action="store_true", help="also ask 'Where is the X?' about an object each held-out "
+                   "scene does not have (and one it has) and count the answers that say there is none")
     p.add_argument("--judge", choices=("rule", "openai"), default="rule")
     p.add_argument("--judge-url", default="http://127.0.0.1:8000/v1")
     p.add_argument("--judge-model", default="gpt-4o-mini")
@@ -254,8 +276,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not (args.data or args.easyvqa or args.scienceqa):
         p.error("nothing to evaluate: give --data (with --bench for the judged score), --easyvqa or --scienceqa")
-    if (args.bench or args.describe) and not args.data:
-        p.error("--bench and --describe need --data (bench.json and scenes_test.json live there)")
+    if (args.bench or args.describe or args.missing) and not args.data:
+        p.error("--bench, --describe and --missing need --data (bench.json and scenes_test.json live there)")
 
     try:
         model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device,
@@ -344,6 +366,15 @@ def main(argv=None):
                     f"{c} {later['scores'][c]['relative']:.1f}% (asked first "
                     f"{report['bench']['scores'][c]['relative']:.1f}%)" for c in ("conv", "complex")
                     if c in later["scores"]))
+
+    if args.missing:
+        from llava_mini.synth.world import WorldConfig, vocabulary
+        scenes = read_json(os.path.join(args.data, "scenes_test.json"))[:args.limit]
+        report["missing"] = m = evaluate_missing(model, tokenizer, scenes, vocabulary(WorldConfig()), args.data,
+                                                 **common)
+        print(f"\n{missing_line(m)}")
+        for example in m["examples"][:4]:
+            print(f"  {example['question']!r} ({'there' if example['present'] else 'not there'}): {example['answer']!r}")
 
     if args.scienceqa:
         samples = read_scienceqa(args.scienceqa)[:args.limit]

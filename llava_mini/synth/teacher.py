@@ -215,17 +215,6 @@ class RuleTeacher:
         if absent:
             n = rng.choice(absent)
             qa.append((ask_("exists", a_name=article(n)), f"No, there is no {n} in the image."))
-        # A question that takes for granted an object the image does not have ("Where is the red circle?" with no
-        # red circle) is answered "there is none": a model that only ever met such questions about objects present
-        # learns to name a place or a colour whatever the image shows.
-        negatives = negative_names(objs, self.vocabulary, rng)
-        if negatives:
-            n = rng.choice(negatives)
-            color, noun = split_name(n)
-            if nouns[noun] == 0 and color and rng.random() < 0.5:
-                qa.append((ask_("color", noun=noun), f"There is no {noun} in the image."))
-            else:
-                qa.append((ask_("position", name=n), f"There is no {n} in the image."))
         o = rng.choice(objs)
         qa.append((ask_("exists", a_name=article(o["name"])), f"Yes, there is {article(o['name'])} in the image."))
         noun = rng.choice(sorted(set(n for _, n in map(split_name, self.vocabulary)) | set(nouns)))

@@ -23,7 +23,8 @@ import time
 import torch
 
 from llava_mini.data.dataset import shuffled_turns, with_unfamiliar_words
-from llava_mini.eval.evaluate import evaluate_bench, evaluate_descriptions, evaluate_followups, evaluate_vqa
+from llava_mini.eval.evaluate import (evaluate_bench, evaluate_descriptions, evaluate_followups, evaluate_missing,
+                                      evaluate_vqa, missing_line)
 from llava_mini.eval.judges import RuleJudge
 from llava_mini.jsonio import read_json, write_json
 from llava_mini.loading import model_folder
@@ -219,6 +220,8 @@ def run_pipeline(args) -> dict:
         bench = evaluate_bench(model, tokenizer, items, data_dir, judge=RuleJudge(), template=template, batch_size=64)
         described = evaluate_descriptions(model, tokenizer, read_json(os.path.join(data_dir, "scenes_test.json")),
                                           data_dir, template=template, batch_size=64)
+        missing = evaluate_missing(model, tokenizer, read_json(os.path.join(data_dir, "scenes_test.json")),
+                                   world.vocabulary(world.WorldConfig()), data_dir, template=template, batch_size=64)
         # ... and a conversation: the same short-answer questions, asked after the model's own description
         cold = results["shapes world"][False]["predictions"]
         followups = evaluate_followups(
@@ -248,6 +251,7 @@ def run_pipeline(args) -> dict:
                           for k, v in results.items()},
               "bench": bench["scores"], "bench_per_phrasing": bench.get("per_phrasing"),
               "describe": {k: v for k, v in described.items() if k != "descriptions"},
+              "missing": {k: v for k, v in missing.items() if k != "examples"},
               "describe_examples": [{k: d[k] for k in ("id", "answer", "captions")} for d in described["descriptions"][:3]],
               "followups": {"n": followups["n"], "after_description": followups["overall"],
                             "asked_first": followups["asked_first"]["overall"], "per_type": followups["per_type"],
@@ -295,6 +299,7 @@ def print_report(report: dict, results: dict) -> None:
     d = report["describe"]
     print(f"  \"{d['prompt']}\" on {d['n']} held-out images: object recall {d['recall']:.1%}, precision "
           f"{d['precision']:.1%}; every object named in {d['all_named']:.1%}, exactly {d['exact']:.1%}")
+    print(f"  {missing_line(report['missing'])}")
     f = report["followups"]
     print(f"  short answers asked after that description: {f['after_description']:.1%} (n={f['n']}; the same "
           f"questions asked first: {f['asked_first']:.1%})")
