@@ -53,17 +53,17 @@ def rows(reports: list[dict]) -> list[tuple[str, str]]:
     out.append((f"\"{d['prompt']}\" on {d['n']} held-out images",
                 "every object named in **" + both(lambda r: r["describe"]["all_named"]) +
                 f"**; object recall {d['recall']:.1%}, precision {d['precision']:.1%}"))
+    f = first.get("followups")
+    if f:               # reports made before the follow-ups were measured have none
+        out.append((f"... then, as the next turn, short answers ({f['n']} questions)",
+                    "**" + both(lambda r: r["followups"]["after_description"]) + f"** (the same questions asked "
+                    f"first: {f['asked_first']:.1%})"))
     m = first.get("missing")
     if m:               # reports made before the questions about absent objects have none
         out.append(("\"Where is the X?\" about an object the image does not have",
                     "\"there is none\" in **" + both(lambda r: r["missing"]["absent_denied"]) + "** of "
                     f"{m['n_absent']} ({m['absent_hard_denied']:.1%} where it shares a colour or a shape with one "
                     f"there); about one it has, {m['present_denied']:.1%}"))
-    f = first.get("followups")
-    if f:               # reports made before the follow-ups were measured have none
-        out.append((f"... then, as the next turn, short answers ({f['n']} questions)",
-                    "**" + both(lambda r: r["followups"]["after_description"]) + f"** (the same questions asked "
-                    f"first: {f['asked_first']:.1%})"))
     return out
 
 
