@@ -369,7 +369,7 @@ def shuffled_turns(entry: dict, seed: int) -> dict:
 
 
 def with_unfamiliar_words(entry: dict, seed: int, rate: float) -> dict:
-    """The sample with, in each question (with probability `rate`), one made-up word ("zqvetk") put between two of
+    """The sample with, in each question (with probability `rate`), one made-up word ("zqvetk") put somewhere among
     its words; the answers are unchanged.
 
     A student's question holds words the tiny LLM never read ("Whereabouts is the star?"), and the tokenizer writes
