@@ -305,8 +305,9 @@ def test_default_pipeline_quick(tmp_path, capsys):
     # ... and some of its questions carry a made-up word (recipes.Classroom.unfamiliar_word_rate)
     world_json = json.load(open(tmp_path / "data" / "shapes-quick" / "stage2.json"))
     asked = [t["value"].replace("<image>\n", "") for e in world_json for t in e["conversations"] if t["from"] == "human"]
+    written = set(asked)
     made_up = [t["value"] for e in mix if not e["id"].startswith("easyvqa") for t in e["conversations"]
-               if t["from"] == "human" and t["value"].replace("<image>\n", "") not in set(asked)]
+               if t["from"] == "human" and t["value"].replace("<image>\n", "") not in written]
     assert 0 < len(made_up) < len(asked) / 2
     # it started from the shipped bases, and reports what they can do
     assert saved["bases"]["llama_dir"].endswith(os.path.join("tiny", "tiny-llama")) and "text_qa" in saved["bases"]

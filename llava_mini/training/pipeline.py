@@ -218,10 +218,10 @@ def run_pipeline(args) -> dict:
         items = read_json(os.path.join(data_dir, "bench.json"))
         references = {it["id"]: it["reference"] for it in items}
         bench = evaluate_bench(model, tokenizer, items, data_dir, judge=RuleJudge(), template=template, batch_size=64)
-        described = evaluate_descriptions(model, tokenizer, read_json(os.path.join(data_dir, "scenes_test.json")),
-                                          data_dir, template=template, batch_size=64)
-        missing = evaluate_missing(model, tokenizer, read_json(os.path.join(data_dir, "scenes_test.json")),
-                                   world.vocabulary(world.WorldConfig()), data_dir, template=template, batch_size=64)
+        scenes = read_json(os.path.join(data_dir, "scenes_test.json"))
+        described = evaluate_descriptions(model, tokenizer, scenes, data_dir, template=template, batch_size=64)
+        missing = evaluate_missing(model, tokenizer, scenes, world.vocabulary(world.WorldConfig()), data_dir,
+                                   template=template, batch_size=64)
         # ... and a conversation: the same short-answer questions, asked after the model's own description
         cold = results["shapes world"][False]["predictions"]
         followups = evaluate_followups(
