@@ -40,7 +40,12 @@ def rows(reports: list[dict]) -> list[tuple[str, str]]:
                 " / ".join(f"{world['off_type_per_phrasing'][k]:.1%}" for k in ("seen", "heldout")))]
              if world.get("off_type_per_phrasing") else []),   # reports before the measure have none
            ("... per type (image / blind)",
-            ", ".join(f"{t} {v:.0%}/{world['blind_per_type'].get(t, 0):.0%}" for t, v in world["per_type"].items()))]
+            ", ".join(f"{t} {v:.0%}/{world['blind_per_type'].get(t, 0):.0%}" for t, v in world["per_type"].items())),
+           *([("... colour, shape and position where the scene has 2+ of them to choose from (picking one of them)",
+               "**" + both(lambda r: r["results"]["shapes world"]["lookup"]["accuracy"]) + "** (" +
+               f"{world['lookup']['chance']:.1%}; " +
+               ", ".join(f"{t} {v['accuracy']:.0%} ({v['chance']:.0%})" for t, v in world["lookup"]["per_type"].items())
+               + ")")] if world.get("lookup") else [])]     # reports before the measure have none
     if evqa:
         out.append(("easy-VQA test", "**" + both(lambda r: r["results"]["easy-VQA"]["image"]) +
                     f"** with the image, {evqa['blind']:.1%} blind"))

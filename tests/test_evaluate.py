@@ -66,6 +66,23 @@ def test_off_type_replies_are_no_answer_of_their_questions_type():
     assert acc["overall"] == pytest.approx(0.0)
 
 
+def test_lookup_accuracy_counts_only_questions_with_a_choice_and_says_the_picking_rate():
+    """A colour question about a scene of one colour is no look-up; with 2 (or 4) colours to pick from, a model that
+    cannot find the asked object scores 1/2 (1/4). Questions without "choices" (counts, easy-VQA) are left out."""
+    questions = [{"answer": "red", "question_type": "color", "choices": 1},
+                 {"answer": "red", "question_type": "color", "choices": 2},
+                 {"answer": "blue", "question_type": "color", "choices": 4},
+                 {"answer": "star", "question_type": "shape", "choices": 2},
+                 {"answer": "3", "question_type": "count"}]
+    acc = scoring.vqa_accuracy(questions, ["red", "Red.", "red", "circle", "3"])
+    lookup = acc["lookup"]
+    assert lookup["n"] == 3 and lookup["accuracy"] == pytest.approx(1 / 3)
+    assert lookup["chance"] == pytest.approx((1 / 2 + 1 / 4 + 1 / 2) / 3)
+    assert lookup["per_type"]["color"] == {"accuracy": 0.5, "chance": pytest.approx(3 / 8), "n": 2}
+    assert lookup["per_type"]["shape"]["accuracy"] == 0.0
+    assert "lookup" not in scoring.vqa_accuracy(questions[-1:], ["3"])     # nothing says how many choices
+
+
 def test_vqa_accuracy_rejects_mismatched_lengths():
     questions = [{"answer": "2", "question_type": "count"}, {"answer": "3", "question_type": "count"}]
     with pytest.raises(ValueError, match="2 questions but 1 predictions"):

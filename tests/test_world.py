@@ -215,7 +215,8 @@ def test_files_follow_the_contract(dataset):
         else:
             assert not any(SHORT_ANSWER_PROMPT in q for q in asks)
     for q in read(root, "test.json"):
-        assert set(q) == {"id", "image", "question", "answer", "question_type", "phrasing"}
+        lookup = q["question_type"] in ("color", "shape", "position")
+        assert set(q) == {"id", "image", "question", "answer", "question_type", "phrasing"} | ({"choices"} if lookup else set())
         assert q["answer"] == q["answer"].lower() and "<image>" not in q["question"]
         assert not q["question"].endswith(SHORT_ANSWER_PROMPT) and q["image"].startswith("images/test/")
     bench = read(root, "bench.json")
@@ -270,3 +271,20 @@ def test_easyvqa_import(tmp_path):
         assert q["answer"] in kinds.get(q["question_type"], {"red", "green", "blue", "yellow", "black", "gray",
                                                              "teal", "brown"})
     assert os.path.isfile(tmp_path / test[-1]["image"])
+
+
+def test_lookup_questions_say_how_many_answers_their_scene_offers(dataset):
+    """"choices" is the number of different colours (shapes, grid cells) among the scene's objects: the right answer
+    is one of them, and a scene with 1 gives its colour question away without finding the object."""
+    root, _ = dataset
+    scenes = {s["image"]: s for s in read(root, "scenes_test.json")}
+    attribute = {"color": lambda o: o["color"], "shape": lambda o: o["shape"],
+                 "position": lambda o: world.position_name(*o["center"], margin=0)}
+    seen = Counter()
+    for q in read(root, "test.json"):
+        if q["question_type"] in attribute:
+            offered = {attribute[q["question_type"]](o) for o in scenes[q["image"]]["objects"]}
+            assert q["choices"] == len(offered) and q["answer"] in offered, q
+            seen[q["choices"] >= 2] += 1
+    assert seen[True] and seen[False]           # the fixture has both kinds
+

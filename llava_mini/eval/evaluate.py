@@ -241,6 +241,15 @@ def _print_vqa_table(name: str, runs: dict) -> None:
     for k in first.get("off_type_per_phrasing", {}):
         print(f"  {'... ' + k + ' phrasings':<22}" +
               "".join(f"{runs[r]['off_type_per_phrasing'][k]:>14.1%}" for r in runs))
+    if first.get("lookup"):
+        print(f"  {lookup_line(first['lookup'])}")
+
+
+def lookup_line(lookup: dict) -> str:
+    """scoring.lookup_accuracy in one line: the questions that need the asked object found, against picking."""
+    return (f"look-ups (2+ answers in the scene, n={lookup['n']}): {lookup['accuracy']:.1%} against "
+            f"{lookup['chance']:.1%} for picking one of the scene's (" +
+            ", ".join(f"{t} {v['accuracy']:.1%} / {v['chance']:.1%}" for t, v in lookup["per_type"].items()) + ")")
 
 
 def main(argv=None):

@@ -2,7 +2,7 @@
 (eval/evaluate.py) and the judges (eval/judges.py) use them.
 
     normalize_answer("The Two.")              # -> "2"
-    vqa_accuracy(questions, predictions)      # {"overall", "n", "per_type", "count_per_type", "off_type", ...}
+    vqa_accuracy(questions, predictions)      # {"overall", "n", "per_type", "count_per_type", "off_type", "lookup", ...}
     parse_letter("The answer is B.", "ABC")   # -> "B"
 """
 from __future__ import annotations
@@ -34,7 +34,8 @@ def vqa_accuracy(questions: list[dict], predictions: list[str]) -> dict:
     """Normalised exact match. questions: [{"answer", "question_type", ...}]; predictions: one string each.
     Returns {"overall", "n", "per_type": {type: accuracy}, "count_per_type": {type: n}, "off_type", "off_type_per_type"}
     and where the questions say how they are worded ("phrasing": "seen" or "heldout", world.generate_dataset),
-    "per_phrasing" and "off_type_per_phrasing" too.
+    "per_phrasing" and "off_type_per_phrasing" too, and where they say how many answers their scene offers
+    ("choices"), "lookup" (lookup_accuracy).
 
     "Off type": the share of replies that are no answer of their question's type at all, i.e. not among the right
     answers of any question of that type in the set ("triangle" to "Where is the star?"). A wrong answer of the right
@@ -65,7 +66,31 @@ def vqa_accuracy(questions: list[dict], predictions: list[str]) -> dict:
     if phrasing_counts:
         result["per_phrasing"] = {k: phrasing_hits[k] / phrasing_counts[k] for k in sorted(phrasing_counts)}
         result["off_type_per_phrasing"] = {k: phrasing_off[k] / phrasing_counts[k] for k in sorted(phrasing_counts)}
+    lookup = lookup_accuracy(questions, predictions)
+    if lookup:
+        result["lookup"] = lookup
     return result
+
+
+def lookup_accuracy(questions: list[dict], predictions: list[str]) -> dict | None:
+    """Accuracy on the questions that need a look-up: those whose scene offers two or more answers of their type
+    ("choices", world.generate_dataset: "What colour is the star?" beside a blue star and a red circle), against
+    "chance", what a model scores that knows which colours (shapes, places) are present but not which object has
+    which and picks one of them. Where every object has the same colour, the colour question is answered without
+    finding the star; overall accuracy mixes those in. None when no question says how many choices it has.
+    {"accuracy", "chance", "n", "per_type": {type: {"accuracy", "chance", "n"}}}"""
+    picked = [(q, pred) for q, pred in zip(questions, predictions) if q.get("choices", 0) >= 2]
+    if not picked:
+        return None
+
+    def score(pairs):
+        right = sum(normalize_answer(pred) == normalize_answer(str(q["answer"])) for q, pred in pairs)
+        return {"accuracy": right / len(pairs), "chance": sum(1 / q["choices"] for q, _ in pairs) / len(pairs),
+                "n": len(pairs)}
+
+    types = sorted({q["question_type"] for q, _ in picked})
+    return {**score(picked), "per_type": {t: score([(q, p) for q, p in picked if q["question_type"] == t])
+                                          for t in types}}
 
 
 def answer_confusion(questions: list[dict], predictions: list[str], question_type: str) -> dict[str, Counter]:

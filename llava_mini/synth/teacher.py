@@ -135,7 +135,9 @@ def short_answer_questions(boxes: list[str], vocabulary: list[str], balancer: An
     Types: count, count_color, count_shape, color, shape, exists, position. Answers are lower case, numbers as digits.
     `vocabulary` (all object names the source can produce) supplies absent colours, nouns and names for negatives.
     Each question is worded with a seen phrasing, or with `heldout` a held-out one (phrasings.py); its "key" is the
-    canonical wording, and questions whose key is in `exclude` (already asked about this image) are not asked again."""
+    canonical wording, and questions whose key is in `exclude` (already asked about this image) are not asked again.
+    A colour, shape or position question also says how many different answers of its type the scene offers
+    ("choices": 1 when every object has the same colour), so evaluation can tell a look-up from a guess."""
     objs = parse_objects(boxes)
     rng = balancer.rng
     names, nouns, colors = Counter(o["name"] for o in objs), Counter(o["noun"] for o in objs), \
@@ -154,12 +156,18 @@ def short_answer_questions(boxes: list[str], vocabulary: list[str], balancer: An
     }
     candidates["exists"] = [({"a_name": article(n)}, "yes") for n in sorted(names)] + \
                            [({"a_name": article(n)}, "no") for n in negative_names(objs, vocabulary, rng)]
+    # The look-up types: how many different answers of the type the scene's objects offer. A model that sees which
+    # colours (shapes, places) are present but cannot tell which object has which picks among these.
+    choices = {"color": len(colors), "shape": len(nouns),
+               "position": len({position_name(o["cx"], o["cy"], margin=0) for o in objs})}
     picked = []
     for qtype, options in candidates.items():
         by_key = {canonical(qtype, **fields): (fields, answer) for fields, answer in options}
         p = balancer.pick(qtype, [(key, answer) for key, (_, answer) in by_key.items() if key not in exclude])
         if p is not None:
             p["key"], p["question"] = p["question"], ask(qtype, rng, heldout, **by_key[p["question"]][0])
+            if qtype in choices:
+                p["choices"] = choices[qtype]
             picked.append(p)
     return picked
 

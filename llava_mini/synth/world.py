@@ -9,7 +9,7 @@ sizes, boxes), so every answer the teacher writes can be checked exactly. Run:
 It writes under --out (the contract in docs/ARCHITECTURE.md, "Files on disk that cross boundaries"):
     images/{train,test}/{id}.png    scenes_{train,test}.json
     stage1.json   caption pairs          stage2.json   conversation, detail, complex, short-answer VQA
-    test.json     held-out short-answer questions with exact answers and question_type
+    test.json     held-out short-answer questions with exact answers, question_type, phrasing and (look-ups) choices
     bench.json    LLaVA-Bench-style questions: one conv, one detail and one complex question on each of the first
                   BENCH_IMAGES held-out scenes (150 with the default 500), with context and references
     llm_teacher.json, llm_teacher_report.json   with --llm-teacher: the LLM's fact-checked samples, and why the
@@ -275,7 +275,8 @@ def generate_dataset(out_dir: str, n_train: int, n_test: int, seed: int = 0, ima
         for k, q in enumerate(short_answer_questions(symbolic_context(s)["boxes"], vocab, balancer,
                                                      heldout=phrasing == "heldout")):
             test.append({"id": f"{s['id']}_q{k}", "image": s["image"], "question": q["question"],
-                         "answer": q["answer"], "question_type": q["question_type"], "phrasing": phrasing})
+                         "answer": q["answer"], "question_type": q["question_type"], "phrasing": phrasing,
+                         **({"choices": q["choices"]} if "choices" in q else {})})
     write_json(test, os.path.join(out_dir, "test.json"))
     write_json(make_bench(scenes["test"][:BENCH_IMAGES], vocab, seed), os.path.join(out_dir, "bench.json"))
 

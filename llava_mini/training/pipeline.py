@@ -24,7 +24,7 @@ import torch
 
 from llava_mini.data.dataset import shuffled_turns, with_unfamiliar_words
 from llava_mini.eval.evaluate import (evaluate_bench, evaluate_descriptions, evaluate_followups, evaluate_missing,
-                                      evaluate_vqa, missing_line)
+                                      evaluate_vqa, lookup_line, missing_line)
 from llava_mini.eval.judges import RuleJudge
 from llava_mini.jsonio import read_json, write_json
 from llava_mini.loading import model_folder
@@ -247,6 +247,7 @@ def run_pipeline(args) -> dict:
                               "off_type": v[False]["off_type"],
                               "off_type_per_phrasing": v[False].get("off_type_per_phrasing"),
                               "off_type_per_type": v[False]["off_type_per_type"],
+                              "lookup": v[False].get("lookup"),
                               "majority_per_type": {t: m["majority_rate"] for t, m in v["majority"].items()}}
                           for k, v in results.items()},
               "bench": bench["scores"], "bench_per_phrasing": bench.get("per_phrasing"),
@@ -288,6 +289,8 @@ def print_report(report: dict, results: dict) -> None:
               "".join(f"; {k} phrasings {v:.1%}" for k, v in seen.get("per_phrasing", {}).items()))
         print(f"    replies of another type (a shape for \"where?\"): {seen['off_type']:.1%}" +
               "".join(f"; {k} phrasings {v:.1%}" for k, v in seen.get("off_type_per_phrasing", {}).items()))
+        if seen.get("lookup"):
+            print(f"    {lookup_line(seen['lookup'])}")
         print(f"    {'type':<12} {'image':>7} {'blind':>7} {'majority':>9}")
         for q in seen["per_type"]:
             print(f"    {q:<12} {seen['per_type'][q]:7.1%} {blind['per_type'].get(q, float('nan')):7.1%} "
