@@ -41,10 +41,10 @@ def rows(reports: list[dict]) -> list[tuple[str, str]]:
              if world.get("off_type_per_phrasing") else []),   # reports before the measure have none
            ("... per type (image / blind)",
             ", ".join(f"{t} {v:.0%}/{world['blind_per_type'].get(t, 0):.0%}" for t, v in world["per_type"].items())),
-           *([("... colour, shape and position where the scene has 2+ of them to choose from (picking one of them)",
-               "**" + both(lambda r: r["results"]["shapes world"]["lookup"]["accuracy"]) + "** (" +
-               f"{world['lookup']['chance']:.1%}; " +
-               ", ".join(f"{t} {v['accuracy']:.0%} ({v['chance']:.0%})" for t, v in world["lookup"]["per_type"].items())
+           *([("... look-ups: colour, shape and position where the scene offers 2+ answers (per type: model / picking)",
+               "**" + both(lambda r: r["results"]["shapes world"]["lookup"]["accuracy"]) + "**, picking one of the "
+               f"scene's: {world['lookup']['chance']:.1%} (" +
+               ", ".join(f"{t} {v['accuracy']:.0%}/{v['chance']:.0%}" for t, v in world["lookup"]["per_type"].items())
                + ")")] if world.get("lookup") else [])]     # reports before the measure have none
     if evqa:
         out.append(("easy-VQA test", "**" + both(lambda r: r["results"]["easy-VQA"]["image"]) +
