@@ -26,6 +26,7 @@ from llava_mini.model.llava import LlavaForConditionalGeneration  # noqa: E402
 from llava_mini.synth import world  # noqa: E402
 from llava_mini.training import loop, model_setup, pipeline  # noqa: E402
 from llava_mini.training.args import parse_args, recipe  # noqa: E402
+from llava_mini.training.optim import lr_multiplier  # noqa: E402
 from llava_mini.training.recipes import CLASSROOM, QUICK  # noqa: E402
 from llava_mini.training.checkpoints import (latest_checkpoint, list_checkpoints, load_trainer_state,  # noqa: E402
                                             save_checkpoint)
@@ -130,6 +131,29 @@ def test_projector_lr_gives_the_projector_its_own_learning_rate(tiny, stage1, tm
     with open(os.path.join(tmp_path, "metrics.csv"), newline="") as f:
         lrs = [float(row["lr"]) for row in csv.DictReader(f)]
     assert len(lrs) == 2 and lrs[0] > 0, lrs
+
+
+def test_lr_schedules_warm_up_then_wsd_holds_the_peak_that_the_cosine_lets_fall():
+    """Both warm up linearly; the cosine is at half its peak halfway, WSD still at the peak until the last fifth, then
+    both end near 0. An unknown name says which ones exist."""
+    cosine, wsd = lr_multiplier("cosine", 100, 0.03), lr_multiplier("wsd", 100, 0.03)
+    assert [round(cosine(s), 3) for s in (0, 1, 2)] == [round(wsd(s), 3) for s in (0, 1, 2)] == [0.333, 0.667, 1.0]
+    assert abs(cosine(51) - 0.5) < 0.02 and wsd(51) == 1.0 and wsd(80) == 1.0
+    assert wsd(90) == 0.5 and wsd(99) == 0.05 and cosine(99) < 0.01
+    with pytest.raises(ValueError, match="cosine, wsd"):
+        lr_multiplier("linear", 100)
+
+
+def test_lr_schedule_flag_reaches_the_loop(tiny, stage1, tmp_path):
+    """--lr-schedule wsd: the logged rate stays at --lr until the last fifth of the steps, where the cosine's falls."""
+    peaks = {}
+    for schedule in ("cosine", "wsd"):
+        out = os.path.join(tmp_path, schedule)
+        loop.train(parse_args(stage2_args(tiny, stage1, out, "--max-steps", "10", "--lr", "1e-3",
+                                          "--lr-schedule", schedule)))
+        with open(os.path.join(out, "metrics.csv"), newline="") as f:
+            peaks[schedule] = sum(abs(float(row["lr"]) - 1e-3) < 1e-12 for row in csv.DictReader(f))
+    assert peaks["wsd"] >= 7 and peaks["cosine"] <= 2, peaks
 
 
 def test_resume_continues_exactly(tiny, stage1, tmp_path):

@@ -11,6 +11,7 @@ import dataclasses
 from llava_mini import cli
 from llava_mini.model.attention import BACKENDS
 from llava_mini.training.recipes import PRESETS, StageRecipe
+from llava_mini.training.optim import SCHEDULES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--epochs", type=cli.positive_float)
     g.add_argument("--max-steps", type=cli.positive_int, help="stop after this many optimizer steps (the schedule fits them)")
     g.add_argument("--max-length", type=cli.positive_int)
+    g.add_argument("--lr-schedule", choices=sorted(SCHEDULES),
+                   help="cosine (LLaVA's) or wsd (warmup, the peak rate held, a linear decay over the last fifth)")
     g.add_argument("--template")
     g.add_argument("--projector-type")
     g.add_argument("--lora-r", type=cli.positive_int, help="stage 2: train LoRA adapters of this rank (and the "

@@ -59,7 +59,7 @@ from llava_mini.training.distributed import (
 )
 from llava_mini.training.metrics import MetricsLog
 from llava_mini.training.model_setup import build_model, set_train_mode, set_trainable
-from llava_mini.training.optim import build_optimizer, cosine_with_warmup
+from llava_mini.training.optim import build_optimizer, lr_multiplier
 from llava_mini.training.recipes import PRESETS, StageRecipe
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def setup(args) -> Run:
     if r.max_steps:
         total_steps = min(total_steps, r.max_steps)
     optimizer = build_optimizer(model, params, r, args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, args.warmup_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(r.lr_schedule, total_steps, args.warmup_ratio))
     heldout = None
     if args.eval_data and rank == 0:
         heldout = LlavaDataset(args.eval_data, args.eval_image_root or args.image_root[0], tokenizer, r.template,

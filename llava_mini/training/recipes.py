@@ -23,6 +23,7 @@ class StageRecipe:
     micro_batch_size: int = 16         # per process; accumulation steps = batch_size / (processes * micro_batch_size)
     projector_lr: float | None = None  # LLaVA's mm_projector_lr: the projector's own learning rate (None: lr)
     max_steps: int | None = None       # stop after this many optimizer steps; the schedule fits them (None: all epochs)
+    lr_schedule: str = "cosine"        # HF's cosine, as LLaVA; "wsd": warmup-stable-decay (training/optim.py)
     # Stage 2 with LoRA (model/lora.py) instead of the whole LLM: the rank (None: full fine-tuning), alpha (None:
     # 2 x rank, as LLaVA's scripts set it), dropout, and which of the LLM's linear layers get an adapter.
     lora_r: int | None = None
@@ -42,8 +43,11 @@ class Preset:
 
 TINY_STAGE1 = StageRecipe(lr=2e-3, batch_size=32, epochs=1, template="plain", max_length=512, micro_batch_size=32)
 # Stage 2 is where the classroom run's minutes go: 3 epochs (9,000 steps) take about 11 minutes on 2 cores, and
-# each extra epoch still buys accuracy (docs/EXPERIMENTS.md, 2026-12-06 (afternoon)).
-TINY_STAGE2 = StageRecipe(lr=1e-3, batch_size=8, epochs=3, template="vicuna_v1", max_length=512, micro_batch_size=8)
+# each extra epoch still buys accuracy (docs/EXPERIMENTS.md, 2026-12-06 (afternoon)). Its rate stays at the peak
+# until the last fifth (wsd): the look-ups it must learn sit on a plateau that a falling cosine leaves too late
+# (2026-12-06 (evening)).
+TINY_STAGE2 = StageRecipe(lr=1e-3, batch_size=8, epochs=3, template="vicuna_v1", max_length=512, micro_batch_size=8,
+                          lr_schedule="wsd")
 LLAVA_1_5_STAGE1 = StageRecipe(lr=1e-3, batch_size=256, epochs=1, template="plain", max_length=2048,
                                micro_batch_size=32)
 LLAVA_1_5_STAGE2 = StageRecipe(lr=2e-5, batch_size=128, epochs=1, template="vicuna_v1", max_length=2048,
