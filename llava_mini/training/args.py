@@ -10,8 +10,8 @@ import dataclasses
 
 from llava_mini import cli
 from llava_mini.model.attention import BACKENDS
-from llava_mini.training.recipes import PRESETS, StageRecipe
 from llava_mini.training.optim import SCHEDULES
+from llava_mini.training.recipes import PRESETS, StageRecipe
 
 
 def parse_args(argv=None) -> argparse.Namespace:
