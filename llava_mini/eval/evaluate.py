@@ -39,7 +39,8 @@ import os
 # SHORT_ANSWER_PROMPT: LLaVA-1.5's "\nAnswer the question using a single word or phrase."
 from llava_mini import cli
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, TEMPLATES, stop_token_ids
-from llava_mini.eval.scoring import answer_confusion, read_scienceqa, scienceqa_accuracy, vqa_accuracy
+from llava_mini.eval.scoring import (answer_confusion, lookup_line, read_scienceqa, scienceqa_accuracy,
+                                     vqa_accuracy)
 from llava_mini.jsonio import read_json, write_json
 from llava_mini.loading.model_folder import load_checkpoint
 from llava_mini.safepath import path_inside
@@ -243,13 +244,6 @@ def _print_vqa_table(name: str, runs: dict) -> None:
               "".join(f"{runs[r]['off_type_per_phrasing'][k]:>14.1%}" for r in runs))
     if first.get("lookup"):
         print(f"  {lookup_line(first['lookup'])}")
-
-
-def lookup_line(lookup: dict) -> str:
-    """scoring.lookup_accuracy in one line: the questions that need the asked object found, against picking."""
-    return (f"look-ups (2+ answers in the scene, n={lookup['n']}): {lookup['accuracy']:.1%} against "
-            f"{lookup['chance']:.1%} for picking one of the scene's (" +
-            ", ".join(f"{t} {v['accuracy']:.1%} / {v['chance']:.1%}" for t, v in lookup["per_type"].items()) + ")")
 
 
 def main(argv=None):

@@ -93,6 +93,13 @@ def lookup_accuracy(questions: list[dict], predictions: list[str]) -> dict | Non
                                           for t in types}}
 
 
+def lookup_line(lookup: dict) -> str:
+    """scoring.lookup_accuracy in one line: the questions that need the asked object found, against picking."""
+    return (f"look-ups (2+ answers in the scene, n={lookup['n']}): {lookup['accuracy']:.1%} against "
+            f"{lookup['chance']:.1%} for picking one of the scene's (" +
+            ", ".join(f"{t} {v['accuracy']:.1%} / {v['chance']:.1%}" for t, v in lookup["per_type"].items()) + ")")
+
+
 def answer_confusion(questions: list[dict], predictions: list[str], question_type: str) -> dict[str, Counter]:
     """How a model is wrong, for one question type: for each right answer, how often each reply was given (both
     normalised). {"top left": Counter({"top": 15, "top left": 5}), ...}"""

@@ -24,8 +24,9 @@ import torch
 
 from llava_mini.data.dataset import shuffled_turns, with_unfamiliar_words
 from llava_mini.eval.evaluate import (evaluate_bench, evaluate_descriptions, evaluate_followups, evaluate_missing,
-                                      evaluate_vqa, lookup_line, missing_line)
+                                      evaluate_vqa, missing_line)
 from llava_mini.eval.judges import RuleJudge
+from llava_mini.eval.scoring import lookup_line
 from llava_mini.jsonio import read_json, write_json
 from llava_mini.loading import model_folder
 from llava_mini.loading.manifest import ManifestError, verify_manifest
