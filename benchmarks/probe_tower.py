@@ -4,6 +4,7 @@
     python benchmarks/probe_tower.py --clip weights/tiny/tiny-clip --random     # same config, untrained: the floor
     python benchmarks/probe_tower.py --llava checkpoints/tiny/final                 # what the trained LLM receives
     python benchmarks/probe_tower.py --clip weights/tiny/tiny-clip --per-patch  # what one image token knows
+    python benchmarks/probe_tower.py --llava checkpoints/tiny/stage1/final --lookup   # can a head find an object?
 
 LLaVA reads the tower's patch features at `--layer` (-2) and never trains the tower, so whatever these features do not
 carry, stage 2 cannot learn. For each object of a scene we average the patch features inside its box (the patches that
@@ -16,6 +17,11 @@ cannot tell which of two neighbouring places the object's centre is in, so posit
 A probe standardises every direction first, so it finds an attribute however quiet it is. The LLM does not: its
 RMSNorm scales each token as a whole. So each attribute's share of the features' variance is printed too
 (variance_shares); after stage 2, colour is most of it (docs/EXPERIMENTS.md: what stage 2 does to the projector).
+
+`--lookup` asks the question a look-up needs answered: can ONE attention head, told the named shape (or colour, or
+object), find it among the 64 tokens and read its other attribute? It trains that head alone on the train scenes
+(tiny_clip.attention_lookup_probe) and scores held-out scenes that offer two or more answers, against picking one of
+them. If the head succeeds where the trained LLaVA answers at picking, the tokens are not what holds it back.
 """
 import os
 import sys
@@ -29,7 +35,7 @@ from llava_mini import cli  # noqa: E402
 from llava_mini.loading import weights  # noqa: E402
 from llava_mini.model.clip import CLIPVisionModel  # noqa: E402
 from weights.base_training import init_weights  # noqa: E402
-from weights.tiny_clip import probe_tower  # noqa: E402
+from weights.tiny_clip import probe_lookups, probe_tower  # noqa: E402
 
 
 def main(argv=None):
@@ -42,6 +48,9 @@ def main(argv=None):
     p.add_argument("--llava", help="probe what a trained LLaVA model's LLM receives (its projector's outputs)")
     p.add_argument("--per-patch", action="store_true", help="probe each patch inside an object's box on its own, "
                                                             "not their mean per object")
+    p.add_argument("--lookup", action="store_true", help="train one attention head per look-up (the colour of a "
+                                                         "shape, the shape of a colour, the place of an object)")
+    p.add_argument("--steps", type=cli.positive_int, default=1500, help="--lookup: the head's training steps")
     args = p.parse_args(argv)
     encode, what = None, f"{args.clip}, layer {args.layer}"
     if args.llava:
@@ -52,6 +61,13 @@ def main(argv=None):
     if args.random:
         torch.manual_seed(0)
         tower = init_weights(CLIPVisionModel(tower.config))
+    if args.lookup:
+        result = probe_lookups(tower, args.data, args.train_scenes, args.layer, encode, args.steps)
+        print(f"{'untrained' if args.random else what}: one attention head, {args.steps} steps, held-out look-ups "
+              "(scenes offering two or more answers)")
+        for k, v in result.items():
+            print(f"  {k:19s} {v['head']:6.1%}   picking {v['picking']:6.1%}   ({v['n']} questions)")
+        return result
     result = probe_tower(tower, args.data, args.train_scenes, args.layer, encode, per_patch=args.per_patch)
     print(f"{'untrained' if args.random else what}: per {'patch' if args.per_patch else 'object'}, held-out "
           "linear-probe accuracy and the share of the features' variance the attribute explains")

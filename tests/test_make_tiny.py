@@ -340,6 +340,47 @@ def test_probe_tower_reads_colour_even_from_an_untrained_tower(tmp_path):
     assert torch.allclose(px[:first].mean(0), x[0], atol=1e-5)           # their mean is the per-object feature
 
 
+def test_lookup_rows_keep_only_objects_their_key_names_alone():
+    """probe_tower --lookup: "what colour is the star?" has one answer only when the scene has one star; the row
+    records how many answers of that kind the scene offers (picking one scores 1 / offered)."""
+    def obj(shape, color, cx, cy):
+        return {"shape": shape, "color": color, "center": [cx, cy]}
+    scene = {"objects": [obj("star", "red", 0.1, 0.1), obj("star", "blue", 0.9, 0.9), obj("circle", "red", 0.5, 0.5)]}
+    colour = list(world.COLORS).index
+    assert tiny_clip.lookup_rows([scene], "shape", "colour") == [(0, world.SHAPES.index("circle"), colour("red"), 2)]
+    assert tiny_clip.lookup_rows([scene], "colour", "shape") == [(0, colour("blue"), world.SHAPES.index("star"), 2)]
+    places = tiny_clip.lookup_rows([scene], "object", "position")
+    assert [r[2] for r in places] == [tiny_clip.POSITION_NAMES.index(p) for p in ("top left", "bottom right", "center")]
+    assert {r[3] for r in places} == {3} and len({r[1] for r in places}) == 3
+
+
+def test_attention_lookup_probe_finds_bound_tokens_and_not_a_bag_of_them(tmp_path):
+    """One attention head, told the shape, reads the colour of that shape's token. When each token carries one
+    object's shape and colour together it learns the look-up; when every token carries the whole scene's mix (the
+    same attributes, unbound) it cannot do better than picking one of the scene's colours."""
+    data = str(tmp_path / "shapes")
+    world.generate_dataset(data, 300, 60, seed=0, image_size=32, quiet=True)
+    n_colours = len(world.COLORS)
+
+    def tokens(scenes, bound):
+        out = torch.zeros(len(scenes), 8, len(world.SHAPES) + n_colours)      # (N, P, hidden): P = 8 tokens
+        for i, scene in enumerate(scenes):
+            for k, o in enumerate(scene["objects"]):
+                out[i, k, world.SHAPES.index(o["shape"])] = 1
+                out[i, k, len(world.SHAPES) + list(world.COLORS).index(o["color"])] = 1
+            if not bound:
+                out[i, :] = out[i, :len(scene["objects"])].mean(0)
+        return out
+    train, test = (read_json(os.path.join(data, f"scenes_{s}.json")) for s in ("train", "test"))
+    rows = [tiny_clip.lookup_rows(s, "shape", "colour") for s in (train, test)]
+    scored = [r for r in rows[1] if r[3] >= 2]
+    picking = sum(1 / r[3] for r in scored) / len(scored)
+    bound = tiny_clip.attention_lookup_probe(tokens(train, True), rows[0], tokens(test, True), rows[1], steps=300)
+    bag = tiny_clip.attention_lookup_probe(tokens(train, False), rows[0], tokens(test, False), rows[1], steps=300)
+    assert len(scored) >= 20 and bound > 0.9 > picking + 0.3, (bound, picking)
+    assert bag < picking + 0.15, (bag, picking)
+
+
 def test_variance_shares_measure_each_attribute_at_the_scale_the_llm_sees():
     """probe_tower.variance_shares: between-class over total variance. Feature 0 is +-3 by attribute a, feature 1 is
     +-1 by attribute b, so a explains 9/10 of the variance and b 1/10, however separable b is; scaling every

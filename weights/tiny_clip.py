@@ -234,6 +234,87 @@ def probe_tower(tower: CLIPVisionModel, data_dir: str, n_train: int = 2000, laye
             for k, n in classes.items()}
 
 
+# The look-ups a question asks: the attribute it names (the key) -> the one it asks for. "object" is colour and shape.
+LOOKUPS = {"colour of a shape": ("shape", "colour"), "shape of a colour": ("colour", "shape"),
+           "place of an object": ("object", "position")}
+
+
+def lookup_rows(scenes: list[dict], key: str, answer: str) -> list[tuple[int, int, int, int]]:
+    """(scene index, key id, answer id, answers the scene offers) for every object whose key no other object of its
+    scene shares: "what colour is the star?" has one answer only when the scene has one star."""
+    def label(o, attribute):
+        if attribute == "object":
+            return label(o, "colour") * len(world.SHAPES) + label(o, "shape")
+        if attribute == "position":
+            return POSITION_NAMES.index(position_name(*o["center"], margin=0))
+        return world.SHAPES.index(o["shape"]) if attribute == "shape" else list(world.COLORS).index(o["color"])
+    rows = []
+    for i, scene in enumerate(scenes):
+        keys = [label(o, key) for o in scene["objects"]]
+        offered = len({label(o, answer) for o in scene["objects"]})
+        rows += [(i, k, label(o, answer), offered) for o, k in zip(scene["objects"], keys) if keys.count(k) == 1]
+    return rows
+
+
+def attention_lookup_probe(train_tokens, train_rows, test_tokens, test_rows, steps: int = 1500, seed: int = 0) -> float:
+    """Can one attention head look the answer up in the image tokens (N, P, hidden)? Its query is a learned vector
+    per key (the named shape, colour or object: the question's word, given for free), its keys and values linear
+    maps of the RMS-normalised tokens (what an LLM layer reads), its softmax over the P tokens, and a linear read-out
+    of the answer. Returns the held-out accuracy on the rows whose scene offers two or more answers: picking one of
+    them scores the mean of 1 / offered. A linear probe of each object's own patches (probe_tower) says the tokens
+    carry an attribute; this says a head can find the named object among all of them by its tokens' content."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    n_keys, n_answers = (max(r[j] for r in train_rows + test_rows) + 1 for j in (1, 2))
+    hidden, head = train_tokens.shape[-1], 32
+    query, key, value = torch.nn.Embedding(n_keys, head), torch.nn.Linear(hidden, head), torch.nn.Linear(hidden, 64)
+    readout = torch.nn.Linear(64, n_answers)
+    modules = (query, key, value, readout)
+    opt = torch.optim.Adam([p for m in modules for p in m.parameters()], lr=3e-3)
+
+    def logits(tokens, rows):
+        x = tokens[[r[0] for r in rows]]                                             # (B, P, hidden)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        scores = key(x) @ query(torch.tensor([r[1] for r in rows])).unsqueeze(-1)   # (B, P, 1)
+        weights = torch.softmax(scores.squeeze(-1) / head ** 0.5, dim=-1)           # (B, P)
+        return readout((weights.unsqueeze(-1) * value(x)).sum(1))                   # (B, n_answers)
+
+    for _ in range(steps):
+        batch = [train_rows[i] for i in torch.randint(len(train_rows), (128,), generator=gen).tolist()]
+        loss = F.cross_entropy(logits(train_tokens, batch), torch.tensor([r[2] for r in batch]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    scored = [r for r in test_rows if r[3] >= 2]
+    with torch.no_grad():
+        return (logits(test_tokens, scored).argmax(-1) == torch.tensor([r[2] for r in scored])).float().mean().item()
+
+
+@torch.no_grad()
+def image_tokens(tower: CLIPVisionModel, images: torch.Tensor, layer: int, encode=None, batch_size: int = 256):
+    """Every patch feature of every image, (N, P, hidden): the tower's at `layer`, or `encode`'s."""
+    return torch.cat([encode(chunk) if encode else tower.select_features(chunk, layer=layer)
+                      for chunk in images.split(batch_size)])
+
+
+def probe_lookups(tower: CLIPVisionModel, data_dir: str, n_train: int = 2000, layer: int = -2, encode=None,
+                  steps: int = 1500) -> dict:
+    """Per look-up in LOOKUPS, {"head": attention_lookup_probe's held-out accuracy, "picking": what picking one of
+    the scene's answers scores, "n": held-out questions}."""
+    tokens, rows = {}, {}
+    for split, scenes in (("train", read_json(os.path.join(data_dir, "scenes_train.json"))[:n_train]),
+                          ("test", read_json(os.path.join(data_dir, "scenes_test.json")))):
+        tokens[split] = image_tokens(tower.eval(), load_images(data_dir, scenes, tower.config), layer, encode)
+        rows[split] = {name: lookup_rows(scenes, *attributes) for name, attributes in LOOKUPS.items()}
+    result = {}
+    for name in LOOKUPS:
+        scored = [r for r in rows["test"][name] if r[3] >= 2]
+        result[name] = {"head": attention_lookup_probe(tokens["train"], rows["train"][name], tokens["test"],
+                                                       rows["test"][name], steps),
+                        "picking": sum(1 / r[3] for r in scored) / len(scored), "n": len(scored)}
+    return result
+
+
 CLIP_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
