@@ -338,6 +338,10 @@ def test_probe_tower_reads_colour_even_from_an_untrained_tower(tmp_path):
     assert torch.equal(py["colour"], y["colour"].repeat_interleave(per_object))
     first = int(per_object[0])
     assert torch.allclose(px[:first].mean(0), x[0], atol=1e-5)           # their mean is the per-object feature
+    # --lookup: one head per look-up, scored where the scene offers two or more answers
+    looked = tiny_clip.probe_lookups(tower, data, n_train=120, steps=5)
+    assert set(looked) == set(tiny_clip.LOOKUPS), looked
+    assert all(v["n"] > 0 and 0 < v["picking"] < 1 and 0 <= v["head"] <= 1 for v in looked.values()), looked
 
 
 def test_lookup_rows_keep_only_objects_their_key_names_alone():
