@@ -6,7 +6,8 @@ Used by weights/make_tiny.py (whose train_clip loop runs both losses) and benchm
 - Object-phrase pairs: each object's patches at the layer LLaVA reads, against "small red star at the top left"
   (why: make_tiny.train_clip and tutorials/07_training.md, section 6).
 - Checks on held-out scenes: image->caption and object->phrase retrieval, and linear probes of each object's
-  shape, colour and position in the patch features (probe_tower).
+  shape, colour and position in the patch features (probe_tower), and one attention head trained to find a named
+  object among all the image tokens (probe_lookups, `probe_tower.py --lookup`).
 - A CLIP made earlier, kept as it is while the LLM is remade (kept_clip, `make_tiny.py --keep-clip`).
 """
 from __future__ import annotations
