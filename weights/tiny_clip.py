@@ -160,30 +160,34 @@ def load_images(data_dir: str, scenes: list[dict], vision_config) -> torch.Tenso
 
 
 @torch.no_grad()
+def image_tokens(tower: CLIPVisionModel, images: torch.Tensor, layer: int, encode=None, batch_size: int = 256):
+    """Every patch feature of every image, (N, P, hidden): the tower's at `layer`, or `encode`'s."""
+    return torch.cat([encode(chunk) if encode else tower.select_features(chunk, layer=layer)
+                      for chunk in images.split(batch_size)])
+
+
+@torch.no_grad()
 def object_features(tower: CLIPVisionModel, images: torch.Tensor, scenes: list[dict], layer: int,
                     batch_size: int = 256, encode=None, per_patch: bool = False) -> tuple[torch.Tensor, dict]:
     """Per-object mean patch feature at `layer`: (n_objects, hidden), and labels {attribute: (n_objects,)}.
     `encode` (images -> (B, P, hidden)) replaces the tower's features, e.g. a LLaVA model's projector outputs.
     `per_patch`: every patch inside an object's box is a row of its own, labelled with that object: what one image
     token knows, the key an attention head must match to find "the star" among the 64."""
-    config = tower.config
-    grid = config.image_size // config.patch_size
+    grid = tower.config.image_size // tower.config.patch_size
+    patches = image_tokens(tower, images, layer, encode, batch_size)                         # (N, P, hidden)
     features, labels = [], {"shape": [], "colour": [], "position": []}
-    for start in range(0, len(scenes), batch_size):
-        chunk = images[start:start + batch_size]
-        patches = encode(chunk) if encode else tower.select_features(chunk, layer=layer)     # (B, P, hidden)
-        for b, scene in enumerate(scenes[start:start + batch_size]):
-            masks, _ = object_regions(scene, grid)                                           # (n_objects, P)
-            if per_patch:
-                features += [patches[b][m.bool()] for m in masks]                            # (n_inside, hidden) each
-                repeats = masks.sum(1).long().tolist()
-            else:
-                features.append(masks @ patches[b] / masks.sum(1, keepdim=True))             # (n_objects, hidden)
-                repeats = [1] * len(masks)
-            for o, n in zip(scene["objects"], repeats):
-                labels["shape"] += [world.SHAPES.index(o["shape"])] * n
-                labels["colour"] += [list(world.COLORS).index(o["color"])] * n
-                labels["position"] += [POSITION_NAMES.index(position_name(*o["center"], margin=0))] * n
+    for b, scene in enumerate(scenes):
+        masks, _ = object_regions(scene, grid)                                               # (n_objects, P)
+        if per_patch:
+            features += [patches[b][m.bool()] for m in masks]                                # (n_inside, hidden) each
+            repeats = masks.sum(1).long().tolist()
+        else:
+            features.append(masks @ patches[b] / masks.sum(1, keepdim=True))                 # (n_objects, hidden)
+            repeats = [1] * len(masks)
+        for o, n in zip(scene["objects"], repeats):
+            labels["shape"] += [world.SHAPES.index(o["shape"])] * n
+            labels["colour"] += [list(world.COLORS).index(o["color"])] * n
+            labels["position"] += [POSITION_NAMES.index(position_name(*o["center"], margin=0))] * n
     return torch.cat(features), {k: torch.tensor(v) for k, v in labels.items()}
 
 
@@ -289,13 +293,6 @@ def attention_lookup_probe(train_tokens, train_rows, test_tokens, test_rows, ste
     scored = [r for r in test_rows if r[3] >= 2]
     with torch.no_grad():
         return (logits(test_tokens, scored).argmax(-1) == torch.tensor([r[2] for r in scored])).float().mean().item()
-
-
-@torch.no_grad()
-def image_tokens(tower: CLIPVisionModel, images: torch.Tensor, layer: int, encode=None, batch_size: int = 256):
-    """Every patch feature of every image, (N, P, hidden): the tower's at `layer`, or `encode`'s."""
-    return torch.cat([encode(chunk) if encode else tower.select_features(chunk, layer=layer)
-                      for chunk in images.split(batch_size)])
 
 
 def probe_lookups(tower: CLIPVisionModel, data_dir: str, n_train: int = 2000, layer: int = -2, encode=None,

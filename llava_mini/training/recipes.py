@@ -42,7 +42,7 @@ class Preset:
 
 
 TINY_STAGE1 = StageRecipe(lr=2e-3, batch_size=32, epochs=1, template="plain", max_length=512, micro_batch_size=32)
-# Stage 2 is where the classroom run's minutes go: 3 epochs (9,000 steps) take about 11 minutes on 2 cores, and
+# Stage 2 is where the classroom run's minutes go: 3 epochs (9,000 steps) take 11-14 minutes on 2 cores, and
 # each extra epoch still buys accuracy (docs/EXPERIMENTS.md, 2026-12-06 (afternoon)). Its rate stays at the peak
 # until the last fifth (wsd): the look-ups it must learn sit on a plateau that a falling cosine leaves too late
 # (2026-12-06 (evening)), and a peak of 2e-3 leaves it sooner than 1e-3 (2026-12-06 (night)).
