@@ -186,10 +186,38 @@ def test_keep_clip_remakes_only_the_llm_and_the_card_keeps_how_the_clip_was_made
     assert "remake the LLM" in cards["tiny-llama"] and "pretraining 4 steps" in cards["tiny-llama"]
     # kept again, from the kept copy: still the first record
     third = make_tiny.make_tiny(data, str(tmp_path / "third"), keep_clip=second["clip_dir"], command="again", **sizes)
-    assert third["clip_made"]["command"] == "make the first"
+    assert [run["command"] for run in third["clip_made"]] == ["make the first"] and third["clip_kept"]
     os.remove(os.path.join(second["clip_dir"], "tokenizer.json"))
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         make_tiny.make_tiny(data, str(tmp_path / "fourth"), keep_clip=second["clip_dir"], **sizes)
+
+
+def test_init_clip_goes_on_training_the_clip_and_keep_llama_keeps_the_llm(one_process_bases, tmp_path):
+    """--init-clip with --keep-llama: only the CLIP trains (from the earlier one, with its tokenizer); the LLaMA and
+    its tokenizer are the earlier ones, byte for byte. The CLIP's card lists both runs, the LLaMA's only the first."""
+    data, first = one_process_bases
+    more = dict(TINY_SIZES, clip_steps=2)
+    second = make_tiny.make_tiny(data, str(tmp_path / "second"), command="train the CLIP on", seed=1,
+                                 init_clip=first["clip_dir"], keep_llama=first["llama_dir"], **more)
+    a = load_file(os.path.join(first["clip_dir"], "model.safetensors"))
+    b = load_file(os.path.join(second["clip_dir"], "model.safetensors"))
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)              # trained on
+    a = load_file(os.path.join(first["llama_dir"], "model.safetensors"))
+    b = load_file(os.path.join(second["llama_dir"], "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)                                            # the LLaMA as it was
+    for base in ("clip_dir", "llama_dir"):
+        assert open(os.path.join(second[base], "tokenizer.json")).read() == \
+            open(os.path.join(first[base], "tokenizer.json")).read()
+    assert second["lm_heldout_loss"] == first["lm_heldout_loss"]                              # measured again
+    assert [r["command"] for r in second["clip_made"]] == ["make the first"] and not second["clip_kept"]
+    assert [r["command"] for r in second["llama_made"]] == ["make the first"] and second["llama_kept"]
+    cards = {name: open(tmp_path / "second" / name / "README.md").read() for name in ("tiny-clip", "tiny-llama")}
+    assert "Run 1: 3 steps of batch" in cards["tiny-clip"] and "Run 2: 2 steps of batch" in cards["tiny-clip"]
+    assert "train the CLIP on" in cards["tiny-clip"] and "train the CLIP on" not in cards["tiny-llama"]
+    assert "Run 1: pretraining 3 steps" in cards["tiny-llama"] and "Run 2" not in cards["tiny-llama"]
+    with pytest.raises(ValueError, match="not both"):
+        make_tiny.make_tiny(data, str(tmp_path / "third"), keep_clip=first["clip_dir"], init_clip=first["clip_dir"],
+                            **more)
 
 
 def test_two_gloo_processes_make_the_same_bases_as_one(one_process_bases, tmp_path):

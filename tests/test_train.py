@@ -140,20 +140,23 @@ def test_lr_schedules_warm_up_then_wsd_holds_the_peak_that_the_cosine_lets_fall(
     assert [round(cosine(s), 3) for s in (0, 1, 2)] == [round(wsd(s), 3) for s in (0, 1, 2)] == [0.333, 0.667, 1.0]
     assert abs(cosine(51) - 0.5) < 0.02 and wsd(51) == 1.0 and wsd(80) == 1.0
     assert wsd(90) == 0.5 and wsd(99) == 0.05 and cosine(99) < 0.01
+    longer = lr_multiplier("wsd", 100, 0.03, decay_ratio=0.4)      # the decay takes the last 40 steps instead
+    assert longer(59) == 1.0 and longer(80) == 0.5 and longer(99) == 0.025
     with pytest.raises(ValueError, match="cosine, wsd"):
         lr_multiplier("linear", 100)
 
 
 def test_lr_schedule_flag_reaches_the_loop(tiny, stage1, tmp_path):
-    """--lr-schedule wsd: the logged rate stays at --lr until the last fifth of the steps, where the cosine's falls."""
+    """--lr-schedule wsd: the logged rate stays at --lr until the last fifth of the steps, where the cosine's falls;
+    --lr-decay-ratio 0.5 starts the fall at the half."""
     peaks = {}
-    for schedule in ("cosine", "wsd"):
-        out = os.path.join(tmp_path, schedule)
-        loop.train(parse_args(stage2_args(tiny, stage1, out, "--max-steps", "10", "--lr", "1e-3",
-                                          "--lr-schedule", schedule)))
+    for name, flags in {"cosine": ["--lr-schedule", "cosine"], "wsd": ["--lr-schedule", "wsd"],
+                        "wsd-half": ["--lr-schedule", "wsd", "--lr-decay-ratio", "0.5"]}.items():
+        out = os.path.join(tmp_path, name)
+        loop.train(parse_args(stage2_args(tiny, stage1, out, "--max-steps", "10", "--lr", "1e-3", *flags)))
         with open(os.path.join(out, "metrics.csv"), newline="") as f:
-            peaks[schedule] = sum(abs(float(row["lr"]) - 1e-3) < 1e-12 for row in csv.DictReader(f))
-    assert peaks["wsd"] >= 7 and peaks["cosine"] <= 2, peaks
+            peaks[name] = sum(abs(float(row["lr"]) - 1e-3) < 1e-12 for row in csv.DictReader(f))
+    assert peaks["wsd"] >= 7 and peaks["cosine"] <= 2 and 4 <= peaks["wsd-half"] <= 5, peaks
 
 
 def test_resume_continues_exactly(tiny, stage1, tmp_path):

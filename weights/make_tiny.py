@@ -8,6 +8,8 @@ default pipeline starts from those, and `python train.py --make-bases` runs this
     python weights/make_tiny.py --out weights/tiny --keep-clip weights/tiny/tiny-clip ...   # remake only the LLM
     python weights/make_tiny.py --keep-clip weights/tiny/tiny-clip --init-llama weights/tiny/tiny-llama \
         --lm-steps 0 --sft-steps 0 --lookup-steps 1500 --out /tmp/more   # go on training a made LLM: the drill only
+    python weights/make_tiny.py --init-clip weights/tiny/tiny-clip --keep-llama weights/tiny/tiny-llama \
+        --clip-steps 6000 --out /tmp/more                            # go on training a made CLIP; keep the LLM
     torchrun --standalone --nproc_per_node 2 weights/make_tiny.py --threads 1   # 2 processes share each batch (gloo)
 
 It makes three things, in the order LLaVA's bases were made (on a much smaller scale):
@@ -55,10 +57,11 @@ from llava_mini.model.config import CLIPConfig, CLIPTextConfig, VisionConfig  # 
 from llava_mini.training.distributed import barrier, gather_with_grad  # noqa: E402
 from llava_mini.training.pipeline import launcher  # noqa: E402
 from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, BaseSizes  # noqa: E402
-from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, encode_captions, kept_clip,  # noqa: E402
+from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, earlier_clip,  # noqa: E402
+                               encode_captions, kept_clip,
                                load_images, object_regions, probe_tower,
                                region_accuracy, region_logits, retrieval_accuracy)
-from weights.model_cards import PROVENANCE, earlier_report, machine, write_model_cards  # noqa: E402
+from weights.model_cards import earlier_report, earlier_runs, machine, write_model_cards  # noqa: E402
 from weights.base_training import init_weights, optimizer_step, warmup_cosine  # noqa: E402
 from weights.tiny_llama import lm_loss, lm_samples, pack_text, text_config, train_llama  # noqa: E402
 from weights.tiny_tokenizer import train_tokenizer  # noqa: E402
@@ -70,7 +73,8 @@ from weights.world_text import lookup_chats, lookup_scenes, read_world_text, tex
 
 def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tokenizer, *, steps: int,
                batch_size: int, lr: float, seed: int, feature_layer: int = -2, region_weight: float = 1.0,
-               hard_negatives: bool = True, rank: int = 0, world: int = 1) -> CLIPModel:
+               hard_negatives: bool = True, rank: int = 0, world: int = 1,
+               model: CLIPModel | None = None) -> CLIPModel:
     """CLIP's contrastive loss on (image, caption) pairs, plus the same loss on (object region, phrase) pairs.
 
     Why the second term: in a batch of world scenes the colours alone tell the captions apart, so the image-level
@@ -85,7 +89,7 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
     whole batch, and the summed gradients equal one process's (tests/test_make_tiny.py checks it)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = init_weights(CLIPModel(config))
+    model = (model or init_weights(CLIPModel(config))).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 20)))
     max_len = config.text_config.max_position_embeddings
@@ -152,35 +156,42 @@ def vision_config(z: BaseSizes) -> VisionConfig:
 
 def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", extra_text: list[str] = (), *,
               region_weight: float = 1.0, hard_negatives: bool = True, seed: int = 0, command: str | None = None,
-              keep_clip: str | None = None, init_llama: str | None = None, **sizes) -> dict:
+              keep_clip: str | None = None, init_clip: str | None = None, keep_llama: str | None = None,
+              init_llama: str | None = None, **sizes) -> dict:
     """Make tokenizer, tiny CLIP and tiny LLaMA; write them to {out_dir}/tiny-clip and {out_dir}/tiny-llama, and
     the measurements (retrieval accuracy, LM loss) to {out_dir}/make_tiny.json; returns them as a dict. `sizes`
     overrides fields of the classroom's BaseSizes (llava_mini/training/recipes.py), e.g. clip_steps=500.
-    `keep_clip`: a tiny-clip folder that an earlier make_tiny wrote, used as it is (measured again, its model card
-    keeps how it was made); only the tokenizer and the LLaMA are trained.
-    `init_llama`: a tiny-llama folder that an earlier make_tiny wrote; training goes on from it and its tokenizer
-    (its sizes are the folder's), and its model card lists every run that made it (`llama_made`).
+    `keep_clip` / `keep_llama`: a tiny-clip / tiny-llama folder that an earlier make_tiny wrote, used as it is
+    (measured again; its model card keeps how it was made). A kept LLaMA brings its tokenizer.
+    `init_clip` / `init_llama`: such a folder to go on training, with its tokenizer and sizes; its model card lists
+    every run that trained it (`clip_made`, `llama_made`: the runs before this one).
     Under torchrun the processes share each global batch (train_clip, train_llama); the first one measures and
     writes, the others return None."""
     t0 = time.time()
     z = dataclasses.replace(CLASSROOM.bases, **sizes)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     text = read_world_text(data_dir, list(extra_text))
-    llama, llama_made = None, None
-    if init_llama:          # --init-llama: go on from a LLaMA an earlier make_tiny wrote, with its tokenizer
-        old = earlier_report(init_llama, "--init-llama")
-        llama_made = old.get("llama_made", []) + [{k: old[k] for k in PROVENANCE}]
-        llama = weights.load_llama(init_llama).train()
+    if (keep_clip and init_clip) or (keep_llama and init_llama):
+        raise ValueError("keep a base or go on training it, not both (--keep-clip/--init-clip, --keep-llama/--init-llama)")
+    llama, llama_made, llama_source = None, [], init_llama or keep_llama
+    if llama_source:        # a LLaMA an earlier make_tiny wrote, with its tokenizer: kept, or trained on
+        flag = "--init-llama" if init_llama else "--keep-llama"
+        llama_made = earlier_runs(earlier_report(llama_source, flag), "llama")
+        llama = weights.load_llama(llama_source).train()
         z = dataclasses.replace(z, text_hidden=llama.config.hidden_size, text_layers=llama.config.num_hidden_layers,
                                 text_kv_heads=llama.config.num_key_value_heads)
     os.makedirs(out_dir, exist_ok=True)
-    clip_dir, clip_made = os.path.join(out_dir, "tiny-clip"), None
+    clip_dir, clip_made = os.path.join(out_dir, "tiny-clip"), []
     if keep_clip:           # --keep-clip: remake only the LLM, with the CLIP an earlier make_tiny wrote, as it is
         clip, clip_tok, clip_made = kept_clip(keep_clip, clip_dir, z, rank)
+    elif init_clip:         # --init-clip: go on training a CLIP an earlier make_tiny wrote
+        clip, clip_tok, clip_made = earlier_clip(init_clip, z, "--init-clip")
+        vision = clip.config.vision_config
+        z = dataclasses.replace(z, vision_hidden=vision.hidden_size, vision_layers=vision.num_hidden_layers)
     tok_path = os.path.join(out_dir, "tokenizer.json")
     if rank == 0:
-        if init_llama:
-            shutil.copyfile(os.path.join(init_llama, "tokenizer.json"), tok_path)
+        if llama_source:
+            shutil.copyfile(os.path.join(llama_source, "tokenizer.json"), tok_path)
         else:
             train_tokenizer(text["text"], z.vocab_size).save(tok_path)
     barrier(world)                                    # the others read the tokenizer the first process wrote
@@ -191,7 +202,12 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
         f"trained on {len(text['text'])} texts")
 
     # --- CLIP (unless kept)
-    if not keep_clip:
+    if init_clip:
+        clip = train_clip(clip.config, load_images(data_dir, text["train_scenes"], clip.config.vision_config),
+                          text["train_scenes"], clip_tok, steps=z.clip_steps, batch_size=z.clip_batch, lr=z.clip_lr,
+                          seed=seed, rank=rank, world=world, region_weight=region_weight,
+                          hard_negatives=hard_negatives, model=clip)
+    elif not keep_clip:
         clip, clip_tok = make_clip(z, tokenizer, hf_tok, data_dir, text["train_scenes"], seed=seed, rank=rank,
                                    world=world, region_weight=region_weight, hard_negatives=hard_negatives)
     stats = None
@@ -208,11 +224,9 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
             clip_tok.save(clip_tok_path)
             weights.save_clip(clip, clip_dir)
             os.replace(clip_tok_path, os.path.join(clip_dir, "tokenizer.json"))
-        stats = {"clip_retrieval_top1": retrieval, "clip_retrieval_pool": pool, "clip_region_top1": objects}
-        if clip_made:
-            stats["clip_made"] = clip_made
-        if llama_made:
-            stats["llama_made"] = llama_made
+        stats = {"clip_retrieval_top1": retrieval, "clip_retrieval_pool": pool, "clip_region_top1": objects,
+                 "clip_made": clip_made, "clip_kept": bool(keep_clip),
+                 "llama_made": llama_made, "llama_kept": bool(keep_llama)}
 
     # --- LLaMA: pretraining on all the world's text, instruction tuning on its chats (answers only), the lookup drill
     llama_config = llama.config if llama else text_config(z, tokenizer)
@@ -224,7 +238,7 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
         drill = lookup_chats(lookup_scenes(z.lookup_scenes, seed), seed) if phase == "lookup drill" else []
         return lm_samples(tokenizer, [], text["instructions"] + drill, True, z.lm_block)
 
-    phases = [(phase, samples(phase), n) for phase, n in steps.items() if n > 0]
+    phases = [(phase, samples(phase), n) for phase, n in steps.items() if n > 0 and not keep_llama]
     llama = train_llama(llama_config, phases, batch_size=z.lm_batch, block=z.lm_block, lr=z.lm_lr, seed=seed,
                         rank=rank, world=world, model=llama)
     llama_dir = os.path.join(out_dir, "tiny-llama")
@@ -273,6 +287,12 @@ def main(argv=None):
     p.add_argument("--keep-clip", metavar="FOLDER", default=None,
                    help="use this tiny-clip folder (made by an earlier make_tiny, e.g. weights/tiny/tiny-clip) as it "
                         "is and train only the tokenizer and the LLaMA")
+    p.add_argument("--init-clip", metavar="FOLDER", default=None,
+                   help="go on training this tiny-clip folder (made by an earlier make_tiny) for --clip-steps more "
+                        "steps, with its tokenizer and sizes")
+    p.add_argument("--keep-llama", metavar="FOLDER", default=None,
+                   help="use this tiny-llama folder (made by an earlier make_tiny) and its tokenizer as they are; "
+                        "with --init-clip, only the CLIP is trained")
     p.add_argument("--init-llama", metavar="FOLDER", default=None,
                    help="go on training this tiny-llama folder (made by an earlier make_tiny) with its tokenizer, "
                         "instead of a new one from scratch; e.g. --lm-steps 0 --sft-steps 0 runs only the drill")
@@ -285,7 +305,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
     make_tiny(args.data, args.out, args.extra_text, region_weight=args.region_weight,
               hard_negatives=not args.no_hard_negatives, seed=args.seed, keep_clip=args.keep_clip,
-              init_llama=args.init_llama,
+              init_clip=args.init_clip, keep_llama=args.keep_llama, init_llama=args.init_llama,
               command=" ".join([launcher(world), "weights/make_tiny.py", *(argv if argv is not None else sys.argv[1:])]),
               **{f.name: getattr(args, f.name) for f in dataclasses.fields(BaseSizes)})
     if world > 1:

@@ -30,12 +30,22 @@ def earlier_report(folder: str, flag: str) -> dict:
     return read_json(report)
 
 
+def earlier_runs(report: dict, base: str) -> list[dict]:
+    """The records of every run that trained `base` ("clip" or "llama") as that make_tiny.json tells it: the runs
+    before it (`{base}_made`) and, unless it kept that base as it was (`{base}_kept`), its own run."""
+    made = report.get(f"{base}_made", [])
+    if isinstance(made, dict):              # written before runs were listed: a kept base's one record
+        return [made]
+    return made + ([] if report.get(f"{base}_kept") else [{k: report[k] for k in PROVENANCE}])
+
+
 def write_model_cards(out_dir: str, stats: dict) -> None:
     """A model card (README.md, Hugging Face style) in each base's folder, from what make_tiny measured, and the
     folder's SHA256SUMS (loading/manifest.py), which the pipeline checks before it uses the bases."""
-    qa, clip = stats["text_qa"], stats.get("clip_made", stats)      # a kept CLIP's card says how it was made
-    runs = stats.get("llama_made", []) + [stats]                    # a LLaMA trained on (--init-llama): every run
-    z, zc = stats["sizes"], clip["sizes"]
+    qa = stats["text_qa"]
+    # every run that trained each base, this one included unless it kept that base (--keep-clip, --keep-llama)
+    clip_runs, llama_runs = earlier_runs(stats, "clip"), earlier_runs(stats, "llama")
+    z, zc = stats["sizes"], clip_runs[-1]["sizes"]     # the LLaMA's shape is this run's (make_tiny reads a kept one's)
     cards = {
         "tiny-clip": f"""---
 library_name: llava_mini
@@ -45,13 +55,13 @@ tags: [clip, vision, synthetic-data]
 
 A CLIP (ViT vision tower + text tower) trained from scratch, contrastively, on the shapes world's image-caption pairs
 and object-phrase pairs, with shape- and position-swapped phrases as hard negatives (weights/make_tiny.py,
-train_clip). Hugging Face's CLIP layout: `transformers.CLIPModel.from_pretrained` and `llava_mini.loading.weights
-.load_clip` both read it. LLaVA reads the vision tower's layer -2 patch features and never trains it.
+train_clip; each run below goes on from the one before it). Hugging Face's CLIP layout:
+`transformers.CLIPModel.from_pretrained` and `llava_mini.loading.weights.load_clip` both read it. LLaVA reads the
+vision tower's layer -2 patch features and never trains it.
 
 - Vision: {zc['image_size']} px images, {zc['patch_size']} px patches ({(zc['image_size'] // zc['patch_size']) ** 2}
-  image tokens), hidden {zc['vision_hidden']}, {zc['vision_layers']} layers; {zc['clip_steps']} steps of batch
-  {zc['clip_batch']}, lr {zc['clip_lr']}
-{provenance(clip)}
+  image tokens), hidden {zc['vision_hidden']}, {zc['vision_layers']} layers
+""" + "".join(clip_run(run, i + 1) for i, run in enumerate(clip_runs)) + f"""
 ## Quality (held-out scenes)
 - Zero-shot image->caption retrieval, top-1 among {stats['clip_retrieval_pool']}: {stats['clip_retrieval_top1']:.1%}
 - Object->phrase retrieval: {stats['clip_region_top1']:.1%}
@@ -72,7 +82,7 @@ words (weights/world_text.py, lookup_chats). Chat template: vicuna_v1. Hugging F
 `transformers.LlamaForCausalLM.from_pretrained` and `llava_mini.loading.weights.load_llama` both read it.
 
 - Hidden {z['text_hidden']}, {z['text_layers']} layers, {query_heads(z['text_hidden'])} query heads and {z['text_kv_heads']} key/value heads, vocabulary {stats['vocab_size']}
-""" + "".join(llama_run(run, i + 1) for i, run in enumerate(runs)) + f"""
+""" + "".join(llama_run(run, i + 1) for i, run in enumerate(llama_runs)) + f"""
 ## Quality (held-out scenes)
 - Held-out loss on every token of the test scenes' captions and questions: {stats['lm_heldout_loss']:.3f} (held-out
   wordings included; instruction tuning trains the answers only, so the other tokens are predicted less well)
@@ -85,6 +95,13 @@ words (weights/world_text.py, lookup_chats). Chat template: vicuna_v1. Hugging F
         with open(os.path.join(out_dir, name, "README.md"), "w") as f:
             f.write(card)
     write_manifest(out_dir)
+
+
+def clip_run(record: dict, number: int) -> str:
+    """One make_tiny run's share of the CLIP: its steps, batch and rate, then how it was run (provenance)."""
+    z = record["sizes"]
+    return (f"- Run {number}: {z['clip_steps']} steps of batch {z['clip_batch']}, lr {z['clip_lr']}\n" +
+            "".join("  " + line for line in provenance(record).splitlines(keepends=True)))
 
 
 def llama_run(record: dict, number: int) -> str:

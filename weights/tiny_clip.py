@@ -28,7 +28,7 @@ from llava_mini.synth import world
 from llava_mini.synth.teacher import POSITION_NAMES, position_name
 from llava_mini.synth.world import SHAPES
 from llava_mini.training.distributed import gather_with_grad
-from weights.model_cards import PROVENANCE, earlier_report
+from weights.model_cards import earlier_report, earlier_runs
 
 END_OF_TEXT = "<|endoftext|>"         # the tiny CLIP text tower's pooling token (see clip_tokenizer)
 
@@ -316,24 +316,29 @@ def probe_lookups(tower: CLIPVisionModel, data_dir: str, n_train: int = 2000, la
 CLIP_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
-def kept_clip(source: str, clip_dir: str, z, rank: int) -> tuple[CLIPModel, object, dict]:
-    """A tiny CLIP that an earlier make_tiny wrote, copied to `clip_dir` as it is. Returns it, its text tower's
-    tokenizer, and the record of how it was made (from the make_tiny.json beside it), for its model card. `z`: the
-    BaseSizes asked for, whose image and patch size the CLIP must have."""
+def earlier_clip(source: str, z, flag: str) -> tuple[CLIPModel, object, list[dict]]:
+    """A tiny CLIP that an earlier make_tiny wrote (`flag`: the option that named it, for the errors). Returns it, its
+    text tower's tokenizer, and the records of the runs that trained it (earlier_runs), for its model card. `z`:
+    the BaseSizes asked for, whose image and patch size the CLIP must have."""
     from tokenizers import Tokenizer as HFTokenizer
     for name in CLIP_FILES:
         if not os.path.isfile(os.path.join(source, name)):
-            raise FileNotFoundError(f"--keep-clip {source}: no {name} there (a tiny-clip folder has "
+            raise FileNotFoundError(f"{flag} {source}: no {name} there (a tiny-clip folder has "
                                     f"{', '.join(CLIP_FILES)})")
-    old = earlier_report(source, "--keep-clip")
-    made = old.get("clip_made") or {k: old[k] for k in PROVENANCE}      # a CLIP kept twice keeps its first record
+    runs = earlier_runs(earlier_report(source, flag), "clip")
     clip = weights.load_clip(source)
     vision = clip.config.vision_config
     if (vision.image_size, vision.patch_size) != (z.image_size, z.patch_size):
-        raise ValueError(f"--keep-clip {source}: it reads {vision.image_size} px images in {vision.patch_size} px "
+        raise ValueError(f"{flag} {source}: it reads {vision.image_size} px images in {vision.patch_size} px "
                          f"patches, not the {z.image_size} px / {z.patch_size} px asked for")
+    return clip, HFTokenizer.from_file(os.path.join(source, "tokenizer.json")), runs
+
+
+def kept_clip(source: str, clip_dir: str, z, rank: int) -> tuple[CLIPModel, object, list[dict]]:
+    """earlier_clip, used as it is: copied to `clip_dir` (by the first process) and returned in eval mode."""
+    clip, tokenizer, runs = earlier_clip(source, z, "--keep-clip")
     if rank == 0 and os.path.realpath(source) != os.path.realpath(clip_dir):
         os.makedirs(clip_dir, exist_ok=True)
         for name in CLIP_FILES:
             shutil.copyfile(os.path.join(source, name), os.path.join(clip_dir, name))
-    return clip.eval(), HFTokenizer.from_file(os.path.join(source, "tokenizer.json")), made
+    return clip.eval(), tokenizer, runs

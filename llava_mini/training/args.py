@@ -37,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--max-steps", type=cli.positive_int, help="stop after this many optimizer steps (the schedule fits them)")
     g.add_argument("--max-length", type=cli.positive_int)
     g.add_argument("--lr-schedule", choices=sorted(SCHEDULES),
-                   help="cosine (LLaVA's) or wsd (warmup, the peak rate held, a linear decay over the last fifth)")
+                   help="cosine (LLaVA's) or wsd (warmup, the peak rate held, then a linear decay to 0)")
+    g.add_argument("--lr-decay-ratio", type=cli.fraction, help="wsd: the share of the steps that the decay takes")
     g.add_argument("--template")
     g.add_argument("--projector-type")
     g.add_argument("--lora-r", type=cli.positive_int, help="stage 2: train LoRA adapters of this rank (and the "

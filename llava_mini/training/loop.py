@@ -180,7 +180,8 @@ def setup(args) -> Run:
     if r.max_steps:
         total_steps = min(total_steps, r.max_steps)
     optimizer = build_optimizer(model, params, r, args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(r.lr_schedule, total_steps, args.warmup_ratio))
+    multiplier = lr_multiplier(r.lr_schedule, total_steps, args.warmup_ratio, r.lr_decay_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
     heldout = None
     if args.eval_data and rank == 0:
         heldout = LlavaDataset(args.eval_data, args.eval_image_root or args.image_root[0], tokenizer, r.template,

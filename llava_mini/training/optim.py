@@ -43,8 +43,10 @@ def warmup_stable_decay(total_steps: int, warmup_ratio: float = 0.03, decay_rati
 SCHEDULES = {"cosine": cosine_with_warmup, "wsd": warmup_stable_decay}
 
 
-def lr_multiplier(schedule: str, total_steps: int, warmup_ratio: float = 0.03):
-    """The multiplier function of the named schedule (SCHEDULES), for torch's LambdaLR."""
+def lr_multiplier(schedule: str, total_steps: int, warmup_ratio: float = 0.03, decay_ratio: float = 0.2):
+    """The multiplier function of the named schedule (SCHEDULES), for torch's LambdaLR; `decay_ratio` is wsd's."""
+    if schedule == "wsd":
+        return warmup_stable_decay(total_steps, warmup_ratio, decay_ratio)
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     return SCHEDULES[schedule](total_steps, warmup_ratio)

@@ -24,6 +24,7 @@ class StageRecipe:
     projector_lr: float | None = None  # LLaVA's mm_projector_lr: the projector's own learning rate (None: lr)
     max_steps: int | None = None       # stop after this many optimizer steps; the schedule fits them (None: all epochs)
     lr_schedule: str = "cosine"        # HF's cosine, as LLaVA; "wsd": warmup-stable-decay (training/optim.py)
+    lr_decay_ratio: float = 0.2        # wsd only: the share of the steps, at the end, over which the rate falls to 0
     # Stage 2 with LoRA (model/lora.py) instead of the whole LLM: the rank (None: full fine-tuning), alpha (None:
     # 2 x rank, as LLaVA's scripts set it), dropout, and which of the LLM's linear layers get an adapter.
     lora_r: int | None = None
