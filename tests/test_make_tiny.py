@@ -66,7 +66,7 @@ def test_tokenizer_works_with_the_templates(tokenizer_json, template):
 
 
 TINY_SIZES = dict(image_size=32, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, text_kv_heads=1, vocab_size=400,
-                  clip_steps=3, clip_batch=8, lm_steps=3, sft_steps=2, lookup_steps=2, lookup_scenes=4, lm_batch=4,
+                  clip_steps=3, clip_batch=8, clip_scenes=0, lm_steps=3, sft_steps=2, lookup_steps=2, lookup_scenes=4, lm_batch=4,
                   lm_block=1024)
 
 
@@ -143,9 +143,9 @@ def test_lookup_drill_asks_new_scenes_in_words_and_every_answer_is_true():
     """world_text.lookup_chats: each chat opens with its scene in words, asks only seen phrasings with the
     answer-format prompt, and answers what the scene's objects say; the scenes are new ones, not the world's."""
     from test_world import PARSE, oracle
-    scenes = world_text.lookup_scenes(40, seed=0)
+    scenes = world_text.new_scenes(40, seed=0)
     assert len({s["id"] for s in scenes}) == 40 and all(s["id"].startswith("lookup_") for s in scenes)
-    assert scenes[0]["objects"] != world_text.lookup_scenes(1, seed=1)[0]["objects"]          # the seed draws them
+    assert scenes[0]["objects"] != world_text.new_scenes(1, seed=1)[0]["objects"]          # the seed draws them
     by_text = {world.scene_in_words(s): s for s in scenes}
     chats, types = world_text.lookup_chats(scenes), set()
     for chat in chats:
@@ -196,7 +196,7 @@ def test_init_clip_goes_on_training_the_clip_and_keep_llama_keeps_the_llm(one_pr
     """--init-clip with --keep-llama: only the CLIP trains (from the earlier one, with its tokenizer); the LLaMA and
     its tokenizer are the earlier ones, byte for byte. The CLIP's card lists both runs, the LLaMA's only the first."""
     data, first = one_process_bases
-    more = dict(TINY_SIZES, clip_steps=2)
+    more = dict(TINY_SIZES, clip_steps=2, clip_scenes=5)
     second = make_tiny.make_tiny(data, str(tmp_path / "second"), command="train the CLIP on", seed=1,
                                  init_clip=first["clip_dir"], keep_llama=first["llama_dir"], **more)
     a = load_file(os.path.join(first["clip_dir"], "model.safetensors"))
@@ -212,12 +212,24 @@ def test_init_clip_goes_on_training_the_clip_and_keep_llama_keeps_the_llm(one_pr
     assert [r["command"] for r in second["clip_made"]] == ["make the first"] and not second["clip_kept"]
     assert [r["command"] for r in second["llama_made"]] == ["make the first"] and second["llama_kept"]
     cards = {name: open(tmp_path / "second" / name / "README.md").read() for name in ("tiny-clip", "tiny-llama")}
-    assert "Run 1: 3 steps of batch" in cards["tiny-clip"] and "Run 2: 2 steps of batch" in cards["tiny-clip"]
+    assert "Run 1: 3 steps of batch" in cards["tiny-clip"] and "lr 0.002\n" in cards["tiny-clip"]
+    assert "Run 2: 2 steps of batch 8, lr 0.002, on the train scenes and 5 new ones" in cards["tiny-clip"]
     assert "train the CLIP on" in cards["tiny-clip"] and "train the CLIP on" not in cards["tiny-llama"]
     assert "Run 1: pretraining 3 steps" in cards["tiny-llama"] and "Run 2" not in cards["tiny-llama"]
     with pytest.raises(ValueError, match="not both"):
         make_tiny.make_tiny(data, str(tmp_path / "third"), keep_clip=first["clip_dir"], init_clip=first["clip_dir"],
                             **more)
+
+
+def test_new_scenes_render_as_the_world_writes_them(one_process_bases):
+    """The CLIP's new scenes (never written) are preprocessed to the same tensors that the world's PNG files give,
+    and each kind of new scene has its own random stream, apart from the world's scenes."""
+    data, first = one_process_bases
+    scenes = read_json(os.path.join(data, "scenes_train.json"))[:3]
+    vision = weights.load_clip(first["clip_dir"]).config.vision_config
+    assert torch.equal(tiny_clip.render_images(scenes, vision), tiny_clip.load_images(data, scenes, vision))
+    clip, lookup = world_text.new_scenes(2, kind="clip"), world_text.new_scenes(2, kind="lookup")
+    assert clip[0]["id"] == "clip_000000" and clip[0]["objects"] != lookup[0]["objects"]
 
 
 def test_two_gloo_processes_make_the_same_bases_as_one(one_process_bases, tmp_path):

@@ -59,13 +59,13 @@ from llava_mini.training.pipeline import launcher  # noqa: E402
 from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, BaseSizes  # noqa: E402
 from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, earlier_clip,  # noqa: E402
                                encode_captions, kept_clip,
-                               load_images, object_regions, probe_tower,
+                               load_images, object_regions, probe_tower, render_images,
                                region_accuracy, region_logits, retrieval_accuracy)
 from weights.model_cards import earlier_report, earlier_runs, machine, write_model_cards  # noqa: E402
 from weights.base_training import init_weights, optimizer_step, warmup_cosine  # noqa: E402
 from weights.tiny_llama import lm_loss, lm_samples, pack_text, text_config, train_llama  # noqa: E402
 from weights.tiny_tokenizer import train_tokenizer  # noqa: E402
-from weights.world_text import lookup_chats, lookup_scenes, read_world_text, text_fingerprint  # noqa: E402
+from weights.world_text import lookup_chats, new_scenes, read_world_text, text_fingerprint  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,8 +126,18 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
 
 
 def make_clip(z: BaseSizes, tokenizer: Tokenizer, hf_tok: HFTokenizer, data_dir: str, scenes: list[dict], *,
-              seed: int, rank: int, world: int, **train_options) -> tuple[CLIPModel, HFTokenizer]:
-    """A tiny CLIP of the sizes `z`, trained on `scenes` (train_clip); returns it and its text tower's tokenizer."""
+              seed: int, rank: int, world: int, model: CLIPModel | None = None, clip_tok: HFTokenizer | None = None,
+              **train_options) -> tuple[CLIPModel, HFTokenizer]:
+    """A tiny CLIP of the sizes `z`, trained on `scenes` (data_dir's) and z.clip_scenes new ones (train_clip), from
+    scratch or on from `model` with its `clip_tok`; returns it and its text tower's tokenizer.
+
+    Why new scenes: the world's 5,000 train images are what stage 1 and 2 learn from, but a CLIP is pretrained on
+    far more images than LLaVA ever tunes on. On the 5,000 alone the tower learns them by heart (its region loss
+    falls towards 0) while its shape read of held-out scenes stalls (docs/EXPERIMENTS.md, 2026-12-06 (late night))."""
+    if model is not None:
+        return train_clip(model.config, *clip_data(z, data_dir, scenes, model.config.vision_config, seed), clip_tok,
+                          steps=z.clip_steps, batch_size=z.clip_batch, lr=z.clip_lr, seed=seed, rank=rank,
+                          world=world, model=model, **train_options), clip_tok
     clip_tok = clip_tokenizer(hf_tok)
     eot = clip_tok.token_to_id(END_OF_TEXT)
     text_tower = CLIPTextConfig(vocab_size=clip_tok.get_vocab_size(), hidden_size=z.vision_hidden,
@@ -136,10 +146,17 @@ def make_clip(z: BaseSizes, tokenizer: Tokenizer, hf_tok: HFTokenizer, data_dir:
                                 projection_dim=z.vision_hidden, pad_token_id=eot,
                                 bos_token_id=tokenizer.bos_id, eos_token_id=eot)
     config = CLIPConfig(vision_config=vision_config(z), text_config=text_tower, projection_dim=z.vision_hidden)
-    images = load_images(data_dir, scenes, config.vision_config)
-    clip = train_clip(config, images, scenes, clip_tok, steps=z.clip_steps, batch_size=z.clip_batch, lr=z.clip_lr,
-                      seed=seed, rank=rank, world=world, **train_options)
+    clip = train_clip(config, *clip_data(z, data_dir, scenes, config.vision_config, seed), clip_tok,
+                      steps=z.clip_steps, batch_size=z.clip_batch, lr=z.clip_lr, seed=seed, rank=rank, world=world,
+                      **train_options)
     return clip, clip_tok
+
+
+def clip_data(z: BaseSizes, data_dir: str, scenes: list[dict], vision, seed: int) -> tuple[torch.Tensor, list]:
+    """The CLIP's (images, scenes): `scenes` loaded from data_dir, then z.clip_scenes new ones rendered in memory."""
+    extra = new_scenes(z.clip_scenes, seed, "clip")
+    images = load_images(data_dir, scenes, vision)
+    return (torch.cat([images, render_images(extra, vision)]) if extra else images), scenes + extra
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,14 +219,11 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
         f"trained on {len(text['text'])} texts")
 
     # --- CLIP (unless kept)
-    if init_clip:
-        clip = train_clip(clip.config, load_images(data_dir, text["train_scenes"], clip.config.vision_config),
-                          text["train_scenes"], clip_tok, steps=z.clip_steps, batch_size=z.clip_batch, lr=z.clip_lr,
-                          seed=seed, rank=rank, world=world, region_weight=region_weight,
-                          hard_negatives=hard_negatives, model=clip)
-    elif not keep_clip:
+    if not keep_clip:
         clip, clip_tok = make_clip(z, tokenizer, hf_tok, data_dir, text["train_scenes"], seed=seed, rank=rank,
-                                   world=world, region_weight=region_weight, hard_negatives=hard_negatives)
+                                   world=world, model=clip if init_clip else None,
+                                   clip_tok=clip_tok if init_clip else None, region_weight=region_weight,
+                                   hard_negatives=hard_negatives)
     stats = None
     if rank == 0:
         test_images = load_images(data_dir, text["test_scenes"], clip.config.vision_config)
@@ -235,7 +249,7 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     def samples(phase: str) -> list:
         if phase == "pretraining":
             return lm_samples(tokenizer, text["captions"], text["chats"], False, z.lm_block)
-        drill = lookup_chats(lookup_scenes(z.lookup_scenes, seed), seed) if phase == "lookup drill" else []
+        drill = lookup_chats(new_scenes(z.lookup_scenes, seed), seed) if phase == "lookup drill" else []
         return lm_samples(tokenizer, [], text["instructions"] + drill, True, z.lm_block)
 
     phases = [(phase, samples(phase), n) for phase, n in steps.items() if n > 0 and not keep_llama]
@@ -277,7 +291,7 @@ def main(argv=None):
     g = p.add_argument_group("sizes (defaults: the classroom's BaseSizes, llava_mini/training/recipes.py)")
     for f in dataclasses.fields(BaseSizes):
         kind = cli.positive_float if f.type in (float, "float") else \
-            cli.non_negative_int if f.name.endswith("_steps") else cli.positive_int     # 0 steps: skip that part
+            cli.non_negative_int if f.name.endswith(("_steps", "_scenes")) else cli.positive_int   # 0: skip that part
         g.add_argument("--" + f.name.replace("_", "-"), type=kind,
                        default=getattr(CLASSROOM.bases, f.name))
     p.add_argument("--region-weight", type=cli.non_negative_float, default=1.0,

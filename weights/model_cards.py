@@ -100,7 +100,8 @@ words (weights/world_text.py, lookup_chats). Chat template: vicuna_v1. Hugging F
 def clip_run(record: dict, number: int) -> str:
     """One make_tiny run's share of the CLIP: its steps, batch and rate, then how it was run (provenance)."""
     z = record["sizes"]
-    return (f"- Run {number}: {z['clip_steps']} steps of batch {z['clip_batch']}, lr {z['clip_lr']}\n" +
+    scenes = f", on the train scenes and {z['clip_scenes']} new ones" if z.get("clip_scenes") else ""
+    return (f"- Run {number}: {z['clip_steps']} steps of batch {z['clip_batch']}, lr {z['clip_lr']}{scenes}\n" +
             "".join("  " + line for line in provenance(record).splitlines(keepends=True)))
 
 

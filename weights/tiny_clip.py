@@ -159,6 +159,13 @@ def load_images(data_dir: str, scenes: list[dict], vision_config) -> torch.Tenso
                         for s in tqdm(scenes, desc="images", leave=False)])
 
 
+def render_images(scenes: list[dict], vision_config) -> torch.Tensor:
+    """Scenes that were never written (world_text.new_scenes) drawn and preprocessed like load_images': (N, 3, H, W).
+    world.render draws the same pixels that the world's PNG files hold."""
+    return torch.stack([preprocess_image(world.render(s), vision_config, "crop")
+                        for s in tqdm(scenes, desc="new scenes", leave=False)])
+
+
 @torch.no_grad()
 def image_tokens(tower: CLIPVisionModel, images: torch.Tensor, layer: int, encode=None, batch_size: int = 256):
     """Every patch feature of every image, (N, P, hidden): the tower's at `layer`, or `encode`'s."""

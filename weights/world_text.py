@@ -4,7 +4,7 @@ scenes in words, and the text's fingerprint for the model cards.
 
     text = read_world_text("data/shapes", ["data/easyvqa/easyvqa_train.json"])
     text["text"]           # every training text (tokenizer, pretraining); text["instructions"]: the tuning chats
-    lookup_chats(lookup_scenes(20000))   # the drill: short-answer chats about 20,000 scenes that exist only in words
+    lookup_chats(new_scenes(20000))   # the drill: short-answer chats about 20,000 scenes that exist only in words
     text_fingerprint(text["text"])   # {texts, sha256, words}: which version of the world the bases saw
 """
 from __future__ import annotations
@@ -73,16 +73,17 @@ def read_world_text(data_dir: str, extra_files: list[str]) -> dict:
             "train_scenes": train_scenes, "test_scenes": test_scenes}
 
 
-def lookup_scenes(n: int, seed: int = 0, cfg: WorldConfig | None = None) -> list[dict]:
-    """`n` new scenes that exist only in words: drawn as the world draws its scenes (world.sample_scene), from a
-    random stream of their own, so none is one of the world's train or test scenes, and never rendered."""
-    cfg, rng = cfg or WorldConfig(), random.Random(f"{seed}:lookup-scenes")
-    return [sample_scene(rng, cfg, f"lookup_{i:06d}", image="") for i in range(n)]
+def new_scenes(n: int, seed: int = 0, kind: str = "lookup", cfg: WorldConfig | None = None) -> list[dict]:
+    """`n` new scenes, drawn as the world draws its scenes (world.sample_scene) from a random stream of their own
+    per `kind`, so none is one of the world's train or test scenes: "lookup" for the LLaMA's drill (in words only),
+    "clip" for the CLIP's extra image-caption pairs (rendered in memory, tiny_clip.render_images). Never written."""
+    cfg, rng = cfg or WorldConfig(), random.Random(f"{seed}:{kind}-scenes")
+    return [sample_scene(rng, cfg, f"{kind}_{i:06d}", image="") for i in range(n)]
 
 
 def lookup_chats(scenes: list[dict], seed: int = 0, rounds: int = 1, pairs: int = 3,
                  cfg: WorldConfig | None = None) -> list[list[str]]:
-    """The lookup drill of make_tiny's last phase: short-answer chats about `scenes` (lookup_scenes), the scene in
+    """The lookup drill of make_tiny's last phase: short-answer chats about `scenes` (new_scenes), the scene in
     words before the first question. The teacher asks each scene `rounds` rounds of short-answer questions (seen
     phrasings only, answers balanced per type, each with LLaVA-1.5's answer-format prompt), in chats of `pairs`.
 

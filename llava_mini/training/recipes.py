@@ -99,6 +99,7 @@ class BaseSizes:
     clip_steps: int = 8000
     clip_batch: int = 64
     clip_lr: float = 2e-3
+    clip_scenes: int = 40000    # new scenes (rendered, never written) the CLIP learns from beside the train scenes
     lm_steps: int = 4500        # pretraining on all the world's text
     sft_steps: int = 4500       # then instruction tuning on the world's chats, the scene in words (answers only)
     lookup_steps: int = 1500    # then the lookup drill: those chats and as many short-answer chats about new scenes
@@ -126,6 +127,6 @@ class Classroom:
 CLASSROOM = Classroom(preset="tiny", world_train=5000, world_test=500, bases=BaseSizes())
 QUICK = Classroom(preset="quick", world_train=48, world_test=8,
                   bases=BaseSizes(vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, vocab_size=400,
-                                  clip_steps=2, clip_batch=16, lm_steps=2, sft_steps=2, lookup_steps=2, lookup_scenes=8,
-                                  lm_batch=4, lm_block=1024),
+                                  clip_steps=2, clip_batch=16, clip_scenes=8, lm_steps=2, sft_steps=2, lookup_steps=2,
+                                  lookup_scenes=8, lm_batch=4, lm_block=1024),
                   eval_questions=8, blind_questions=8, suffix="-quick")
