@@ -65,9 +65,9 @@ def test_tokenizer_works_with_the_templates(tokenizer_json, template):
     assert "2 objects" in trained and "How many" not in trained
 
 
-TINY_SIZES = dict(image_size=32, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, text_kv_heads=1, vocab_size=400,
-                  clip_steps=3, clip_batch=8, clip_scenes=0, lm_steps=3, sft_steps=2, lookup_steps=2, lookup_scenes=4, lm_batch=4,
-                  lm_block=1024)
+TINY_SIZES = dict(image_size=32, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, text_kv_heads=1,
+                  vocab_size=400, clip_steps=3, clip_batch=8, clip_scenes=0, lm_steps=3, sft_steps=2, lookup_steps=2,
+                  lookup_scenes=4, lm_batch=4, lm_block=1024)
 
 
 @pytest.fixture(scope="module")

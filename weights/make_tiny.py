@@ -58,8 +58,7 @@ from llava_mini.training.distributed import barrier, gather_with_grad  # noqa: E
 from llava_mini.training.pipeline import launcher  # noqa: E402
 from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, BaseSizes  # noqa: E402
 from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, earlier_clip,  # noqa: E402
-                               encode_captions, kept_clip,
-                               load_images, object_regions, probe_tower, render_images,
+                               encode_captions, kept_clip, load_images, object_regions, probe_tower, render_images,
                                region_accuracy, region_logits, retrieval_accuracy)
 from weights.model_cards import earlier_report, earlier_runs, machine, write_model_cards  # noqa: E402
 from weights.base_training import init_weights, optimizer_step, warmup_cosine  # noqa: E402
@@ -135,20 +134,19 @@ def make_clip(z: BaseSizes, tokenizer: Tokenizer, hf_tok: HFTokenizer, data_dir:
     far more images than LLaVA ever tunes on. On the 5,000 alone the tower learns them by heart (its region loss
     falls towards 0) while its shape read of held-out scenes stalls (docs/EXPERIMENTS.md, 2026-12-06 (late night))."""
     if model is not None:
-        return train_clip(model.config, *clip_data(z, data_dir, scenes, model.config.vision_config, seed), clip_tok,
-                          steps=z.clip_steps, batch_size=z.clip_batch, lr=z.clip_lr, seed=seed, rank=rank,
-                          world=world, model=model, **train_options), clip_tok
-    clip_tok = clip_tokenizer(hf_tok)
-    eot = clip_tok.token_to_id(END_OF_TEXT)
-    text_tower = CLIPTextConfig(vocab_size=clip_tok.get_vocab_size(), hidden_size=z.vision_hidden,
-                                intermediate_size=4 * z.vision_hidden, num_hidden_layers=2,
-                                num_attention_heads=max(1, z.vision_hidden // 32), max_position_embeddings=64,
-                                projection_dim=z.vision_hidden, pad_token_id=eot,
-                                bos_token_id=tokenizer.bos_id, eos_token_id=eot)
-    config = CLIPConfig(vision_config=vision_config(z), text_config=text_tower, projection_dim=z.vision_hidden)
+        config = model.config
+    else:
+        clip_tok = clip_tokenizer(hf_tok)
+        eot = clip_tok.token_to_id(END_OF_TEXT)
+        text_tower = CLIPTextConfig(vocab_size=clip_tok.get_vocab_size(), hidden_size=z.vision_hidden,
+                                    intermediate_size=4 * z.vision_hidden, num_hidden_layers=2,
+                                    num_attention_heads=max(1, z.vision_hidden // 32), max_position_embeddings=64,
+                                    projection_dim=z.vision_hidden, pad_token_id=eot,
+                                    bos_token_id=tokenizer.bos_id, eos_token_id=eot)
+        config = CLIPConfig(vision_config=vision_config(z), text_config=text_tower, projection_dim=z.vision_hidden)
     clip = train_clip(config, *clip_data(z, data_dir, scenes, config.vision_config, seed), clip_tok,
                       steps=z.clip_steps, batch_size=z.clip_batch, lr=z.clip_lr, seed=seed, rank=rank, world=world,
-                      **train_options)
+                      model=model, **train_options)
     return clip, clip_tok
 
 
@@ -189,7 +187,8 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     text = read_world_text(data_dir, list(extra_text))
     if (keep_clip and init_clip) or (keep_llama and init_llama):
-        raise ValueError("keep a base or go on training it, not both (--keep-clip/--init-clip, --keep-llama/--init-llama)")
+        raise ValueError("keep a base or go on training it, not both "
+                         "(--keep-clip/--init-clip, --keep-llama/--init-llama)")
     llama, llama_made, llama_source = None, [], init_llama or keep_llama
     if llama_source:        # a LLaMA an earlier make_tiny wrote, with its tokenizer: kept, or trained on
         flag = "--init-llama" if init_llama else "--keep-llama"
