@@ -8,7 +8,9 @@ Used by weights/make_tiny.py (whose train_clip loop runs both losses) and benchm
 - Checks on held-out scenes: image->caption and object->phrase retrieval, and linear probes of each object's
   shape, colour and position in the patch features (probe_tower), and one attention head trained to find a named
   object among all the image tokens (probe_lookups, `probe_tower.py --lookup`).
-- A CLIP made earlier, kept as it is while the LLM is remade (kept_clip, `make_tiny.py --keep-clip`).
+- Scenes the world never wrote, drawn in memory for the CLIP's extra pairs (render_images, `--clip-scenes`).
+- A CLIP made earlier, kept as it is while the LLM is remade (kept_clip, `make_tiny.py --keep-clip`), or trained on
+  (earlier_clip, `--init-clip`).
 """
 from __future__ import annotations
 
