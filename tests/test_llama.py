@@ -5,7 +5,7 @@ import torch
 from llava_mini.model.attention import set_attention_backend
 from llava_mini.model.config import TextConfig
 from llava_mini.model.kv_cache import KVCache, StaticKVCache
-from llava_mini.model.llama import LlamaForCausalLM
+from llava_mini.model.llama import LlamaForCausalLM, answer_weights, causal_lm_loss
 
 transformers = pytest.importorskip("transformers")
 
@@ -171,6 +171,33 @@ def test_loss_only_equals_the_loss_from_full_logits():
     assert logits is not None and none is None
     assert (full - only).abs() < 1e-6
     assert max((a - b).abs().max() for a, b in zip(full_grads, only_grads)) < 1e-6
+
+
+def test_answer_weighting_weighs_each_answer_by_its_length():
+    """An answer is a run of trained targets (rows and packed segments end one): with weighting w, each of its n
+    tokens weighs n ** -w, and the loss is the weighted mean of the per-token cross entropies."""
+    targets = torch.tensor([[-100, 5, 6, 7, 8, -100, 9, -100],
+                            [4, -100, -100, 3, 3, 3, 3, 3]])
+    assert answer_weights(targets, 0.0).tolist() == (targets != -100).float().tolist()
+    w = answer_weights(targets, 0.5)
+    assert w[0].tolist() == pytest.approx([0, .5, .5, .5, .5, 0, 1, 0])
+    assert w[1].tolist() == pytest.approx([1, 0, 0] + [5 ** -0.5] * 5)
+    assert answer_weights(targets, 1.0).sum() == pytest.approx(4)         # four answers, one each
+    cfg = tiny_config(2)
+    _, ours = make_pair(cfg, seed=5)
+    x = torch.randint(3, 97, (2, 9))
+    labels = torch.cat([torch.full((2, 1), -100), targets], dim=1)        # position t predicts labels[t + 1]
+    with torch.no_grad():
+        logits = ours(x).logits
+        loss_only = ours(x, labels=labels, return_logits=False, answer_weighting=0.5).loss.item()
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 97), targets.clamp(min=0).reshape(-1),
+                                           reduction="none").view(2, 8)
+    expected = (ce * w).sum() / w.sum()
+    assert causal_lm_loss(logits, labels, answer_weighting=0.5).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss_only == pytest.approx(expected.item(), rel=1e-5)
+    unweighted = ce[targets != -100].mean().item()
+    assert causal_lm_loss(logits, labels).item() == pytest.approx(unweighted, rel=1e-5)
+    assert abs(expected.item() - unweighted) > 1e-3      # the weighting changes the loss
 
 
 def test_batched_generation_right_padded_equals_single():

@@ -139,6 +139,27 @@ def test_init_llama_goes_on_from_a_made_llama_and_its_card_lists_every_run(one_p
                             init_llama=second["llama_dir"], **drill)
 
 
+def test_init_llama_with_more_key_value_heads_widens_the_llama_without_changing_what_it_computes(one_process_bases,
+                                                                                                  tmp_path):
+    """--init-llama with --text-kv-heads above the made LLaMA's: each key/value head is repeated for the query heads
+    that shared it, so the widened LLaMA gives the same logits; the card says so. A number that is no multiple of
+    the old one is refused with the flag's name."""
+    data, first = one_process_bases
+    sizes = dict(TINY_SIZES, text_hidden=64, lm_steps=2, sft_steps=0, lookup_steps=0)          # 2 query heads
+    narrow = make_tiny.make_tiny(data, str(tmp_path / "narrow"), keep_clip=first["clip_dir"], **sizes)
+    wide = make_tiny.make_tiny(data, str(tmp_path / "wide"), keep_clip=first["clip_dir"], command="widen",
+                               init_llama=narrow["llama_dir"], **dict(sizes, lm_steps=0, text_kv_heads=2))
+    a, b = weights.load_llama(narrow["llama_dir"]).eval(), weights.load_llama(wide["llama_dir"]).eval()
+    assert (a.config.num_key_value_heads, b.config.num_key_value_heads) == (1, 2)
+    x = torch.randint(3, a.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(b(x).logits, a(x).logits, rtol=1e-5, atol=1e-5)
+    card = open(os.path.join(wide["llama_dir"], "README.md")).read()
+    assert "Run 2: 1 key/value head(s) widened to 2" in card and "no training steps" in card
+    with pytest.raises(ValueError, match="--text-kv-heads 3: the LLaMA has 2 key/value head"):
+        tiny_llama.widen_kv_heads(b, 3)
+
+
 def test_lookup_drill_asks_new_scenes_in_words_and_every_answer_is_true():
     """world_text.lookup_chats: each chat opens with its scene in words, asks only seen phrasings with the
     answer-format prompt, and answers what the scene's objects say; the scenes are new ones, not the world's."""

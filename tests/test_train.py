@@ -265,6 +265,19 @@ def test_two_gloo_processes_match_one(tiny, stage1, tmp_path):
     assert_same_weights(state(final_one), state(tmp_path / "two" / "final"))
 
 
+def test_answer_weighting_gives_the_same_step_for_any_split_of_the_batch(tiny, stage1, tmp_path):
+    """--answer-weighting changes what a step learns, but as with plain token averaging, a global batch split into
+    2 micro-batches of 4 or 8 of 1 takes the same step."""
+    plain = stage2_args(tiny, stage1, tmp_path / "plain", "--max-steps", "2")
+    four = stage2_args(tiny, stage1, tmp_path / "four", "--max-steps", "2", "--answer-weighting", "0.5")
+    one = stage2_args(tiny, stage1, tmp_path / "one", "--max-steps", "2", "--answer-weighting", "0.5",
+                      "--micro-batch-size", "1")
+    finals = [loop.train(parse_args(argv)) for argv in (plain, four, one)]
+    assert read_losses(tmp_path / "one") == pytest.approx(read_losses(tmp_path / "four"), rel=1e-5)
+    assert read_losses(tmp_path / "four")[0] != pytest.approx(read_losses(tmp_path / "plain")[0], rel=1e-3)
+    assert_same_weights(state(finals[1]), state(finals[2]))
+
+
 def test_two_gloo_processes_with_text_only_samples(tiny, stage1, tmp_path):
     """A micro-batch without an image leaves the projector without a gradient: DDP must then be told to look for
     unused parameters (train.py does so only when the data has text-only samples) and still match one process."""

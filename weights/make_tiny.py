@@ -62,7 +62,8 @@ from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phras
                                region_accuracy, region_logits, retrieval_accuracy)
 from weights.model_cards import earlier_report, earlier_runs, machine, write_model_cards  # noqa: E402
 from weights.base_training import init_weights, optimizer_step, warmup_cosine  # noqa: E402
-from weights.tiny_llama import lm_loss, lm_samples, pack_text, text_config, train_llama  # noqa: E402
+from weights.tiny_llama import (lm_loss, lm_samples, pack_text, text_config, train_llama,  # noqa: E402
+                                widen_kv_heads)
 from weights.tiny_tokenizer import train_tokenizer  # noqa: E402
 from weights.world_text import lookup_chats, new_scenes, read_world_text, text_fingerprint  # noqa: E402
 
@@ -179,7 +180,8 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     `keep_clip` / `keep_llama`: a tiny-clip / tiny-llama folder that an earlier make_tiny wrote, used as it is
     (measured again; its model card keeps how it was made). A kept LLaMA brings its tokenizer.
     `init_clip` / `init_llama`: such a folder to go on training, with its tokenizer and sizes; its model card lists
-    every run that trained it (`clip_made`, `llama_made`: the runs before this one).
+    every run that trained it (`clip_made`, `llama_made`: the runs before this one). A `text_kv_heads` above the
+    LLaMA's own widens it first (tiny_llama.widen_kv_heads: the same function, each query head its own keys).
     Under torchrun the processes share each global batch (train_clip, train_llama); the first one measures and
     writes, the others return None."""
     t0 = time.time()
@@ -189,11 +191,14 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     if (keep_clip and init_clip) or (keep_llama and init_llama):
         raise ValueError("keep a base or go on training it, not both "
                          "(--keep-clip/--init-clip, --keep-llama/--init-llama)")
-    llama, llama_made, llama_source = None, [], init_llama or keep_llama
+    llama, llama_made, llama_source, widened_from = None, [], init_llama or keep_llama, None
     if llama_source:        # a LLaMA an earlier make_tiny wrote, with its tokenizer: kept, or trained on
         flag = "--init-llama" if init_llama else "--keep-llama"
         llama_made = earlier_runs(earlier_report(llama_source, flag), "llama")
         llama = weights.load_llama(llama_source).train()
+        if init_llama and z.text_kv_heads > llama.config.num_key_value_heads:   # more key/value heads, same function
+            widened_from = llama.config.num_key_value_heads
+            llama = widen_kv_heads(llama, z.text_kv_heads)
         z = dataclasses.replace(z, text_hidden=llama.config.hidden_size, text_layers=llama.config.num_hidden_layers,
                                 text_kv_heads=llama.config.num_key_value_heads)
     os.makedirs(out_dir, exist_ok=True)
@@ -271,6 +276,7 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
                                                                                 "per_phrasing")},
                      tower_probes={k: v["probe"] for k, v in probes.items()}, vocab_size=tokenizer.vocab_size,
                      clip_dir=clip_dir, llama_dir=llama_dir, processes=world, seed=seed, sizes=dataclasses.asdict(z),
+                     kv_heads_widened_from=widened_from,
                      seconds=round(time.time() - t0, 1), training_text=text_fingerprint(text["text"]),
                      command=command, machine=machine())
         write_json(stats, os.path.join(out_dir, BASES_REPORT))

@@ -17,6 +17,7 @@ from llava_mini.training.recipes import BASES_REPORT
 from weights.tiny_llama import query_heads
 
 PROVENANCE = ("command", "seed", "seconds", "machine", "processes", "training_text", "sizes")   # a run's record
+RUN_CHANGES = ("kv_heads_widened_from",)       # ... and what a run changed besides training, when it did
 
 
 def earlier_report(folder: str, flag: str) -> dict:
@@ -36,7 +37,8 @@ def earlier_runs(report: dict, base: str) -> list[dict]:
     made = report.get(f"{base}_made", [])
     if isinstance(made, dict):              # written before runs were listed: a kept base's one record
         return [made]
-    return made + ([] if report.get(f"{base}_kept") else [{k: report[k] for k in PROVENANCE}])
+    own = {k: report[k] for k in PROVENANCE} | {k: report[k] for k in RUN_CHANGES if report.get(k)}
+    return made + ([] if report.get(f"{base}_kept") else [own])
 
 
 def write_model_cards(out_dir: str, stats: dict) -> None:
@@ -112,8 +114,12 @@ def llama_run(record: dict, number: int) -> str:
                                                                ("instruction tuning", "sft_steps"),
                                                                ("lookup drill", "lookup_steps")) if z.get(key, 0)]
     drill = f" ({z['lookup_scenes']} new scenes)" if z.get("lookup_steps") else ""
-    return (f"- Run {number}: {', '.join(phases)}{drill}; batches of {z['lm_batch']} samples packed into rows of "
-            f"{z['lm_block']} tokens, lr {z['lm_lr']}\n" +
+    widened = record.get("kv_heads_widened_from")
+    widen = (f"{widened} key/value head(s) widened to {z['text_kv_heads']}, each repeated for the query heads that "
+             f"shared it (the same function); " if widened else "")
+    train = (f"{', '.join(phases)}{drill}; batches of {z['lm_batch']} samples packed into rows of {z['lm_block']} "
+             f"tokens, lr {z['lm_lr']}" if phases else "no training steps")
+    return (f"- Run {number}: {widen}{train}\n" +
             "".join("  " + line for line in provenance(record).splitlines(keepends=True)))
 
 

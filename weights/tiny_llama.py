@@ -7,6 +7,8 @@ loop that runs its phases (pretraining, instruction tuning, the lookup drill), i
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from tqdm import tqdm
 
@@ -111,3 +113,23 @@ def text_config(z: BaseSizes, tokenizer: Tokenizer) -> TextConfig:
                       num_attention_heads=heads, num_key_value_heads=z.text_kv_heads,
                       head_dim=32, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
                       bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+
+
+def widen_kv_heads(llama: LlamaForCausalLM, kv_heads: int) -> LlamaForCausalLM:
+    """The same LLaMA with `kv_heads` key/value heads instead of fewer. Grouped-query attention repeats each
+    key/value head for the query heads that share it (attention.repeat_kv); here the repeat goes into the weights,
+    so the new model computes exactly what the old one did, and further training can give each query head keys
+    and values of its own."""
+    config, old = llama.config, llama.config.num_key_value_heads
+    if kv_heads % old or config.num_attention_heads % kv_heads:
+        raise ValueError(f"--text-kv-heads {kv_heads}: the LLaMA has {old} key/value head(s) for "
+                         f"{config.num_attention_heads} query heads; the new number must be a multiple of the old "
+                         f"one and divide the query heads")
+    wide = LlamaForCausalLM(dataclasses.replace(config, num_key_value_heads=kv_heads))
+    state = llama.state_dict()
+    for name, w in state.items():
+        if ".self_attn.k_proj." in name or ".self_attn.v_proj." in name:     # (old * head_dim, hidden) or its bias
+            w = w.view(old, config.head_dim, *w.shape[1:]).repeat_interleave(kv_heads // old, dim=0)
+            state[name] = w.reshape(kv_heads * config.head_dim, *w.shape[2:])     # (kv_heads * head_dim, ...)
+    wide.load_state_dict(state, strict=True)
+    return wide.train(llama.training)

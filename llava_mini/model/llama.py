@@ -226,11 +226,41 @@ def count_trained_tokens(labels, segment_ids=None) -> int:
     return int((next_token_targets(labels, segment_ids) != IGNORE_INDEX).sum())
 
 
-def causal_lm_loss(logits, labels, segment_ids=None):
-    """Next-token cross entropy over (B, T, vocab) logits; -100 is ignored; mean over trained tokens."""
+def answer_weights(targets: torch.Tensor, answer_weighting: float = 0.0) -> torch.Tensor:
+    """(B, T-1) targets -> (B, T-1) weights: 0 where nothing is trained; on an answer of n trained tokens (a run of
+    them), n ** -answer_weighting each. 0 weighs every token the same (LLaVA); 0.5 gives an answer sqrt(n) in all
+    (square averaging, as InternVL 2.5 weighs samples), so a one-word answer is not drowned by descriptions of a
+    hundred tokens; 1 weighs every answer the same."""
+    keep = targets != IGNORE_INDEX
+    if answer_weighting == 0:
+        return keep.float()
+    starts = keep.clone()
+    starts[:, 1:] &= ~keep[:, :-1]                                        # the first token of each answer
+    answer = torch.cumsum(starts.flatten().long(), 0).view_as(keep) * keep  # (B, T-1): 1, 2, ... per answer; 0 off
+    lengths = torch.bincount(answer.flatten()).float()
+    return lengths[answer].pow(-answer_weighting) * keep
+
+
+def loss_weight(labels, segment_ids=None, answer_weighting: float = 0.0) -> float:
+    """The total weight of a batch's trained tokens (their number when answer_weighting is 0): the share of the
+    global batch's loss that the training loop gives a micro-batch."""
+    return float(answer_weights(next_token_targets(labels, segment_ids), answer_weighting).sum())
+
+
+def causal_lm_loss(logits, labels, segment_ids=None, answer_weighting: float = 0.0):
+    """Next-token cross entropy over (B, T, vocab) logits; -100 is ignored; the mean over trained tokens, weighted
+    by answer_weights."""
     logits = logits[:, :-1].float()                      # (B, T-1, vocab)
     targets = next_token_targets(labels, segment_ids)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+    if answer_weighting == 0:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+    return weighted_mean(F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
+                                         reduction="none"), answer_weights(targets, answer_weighting))
+
+
+def weighted_mean(ce: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum(w * ce) / sum(w): the loss of per-token cross entropies `ce` weighted by answer_weights `w`."""
+    return (ce * w).sum() / w.sum()
 
 
 class LlamaForCausalLM(nn.Module):
@@ -267,19 +297,25 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
                 past_key_values=None, use_cache=False, labels=None, output_attentions=False,
-                return_logits: bool = True) -> CausalLMOutput:
+                return_logits: bool = True, answer_weighting: float = 0.0) -> CausalLMOutput:
         """return_logits=False (training, with labels): the same loss, but the vocabulary projection runs only at
-        the positions that predict a trained token (a stage-2 sample trains ~10% of its tokens), and logits is None."""
+        the positions that predict a trained token (a stage-2 sample trains ~10% of its tokens), and logits is None.
+        answer_weighting: how the loss averages over tokens (answer_weights; 0, every token the same, is HF's)."""
         out = self.model(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache,
                          output_attentions)
         if labels is not None and not return_logits:
             targets = next_token_targets(labels, attention_mask)                         # (B, T-1)
             keep = targets != IGNORE_INDEX
             hidden = out.last_hidden_state[:, :-1][keep]                                 # (N_trained, hidden)
-            loss = F.cross_entropy(self.lm_head(hidden).float(), targets[keep])
+            logits = self.lm_head(hidden).float()                                        # (N_trained, vocab)
+            if answer_weighting == 0:
+                loss = F.cross_entropy(logits, targets[keep])
+            else:
+                loss = weighted_mean(F.cross_entropy(logits, targets[keep], reduction="none"),
+                                     answer_weights(targets, answer_weighting)[keep])
             return CausalLMOutput(loss, None, out.past_key_values, out.attentions)
         logits = self.lm_head(out.last_hidden_state)                                     # (B, T, vocab)
-        loss = causal_lm_loss(logits, labels, attention_mask) if labels is not None else None
+        loss = causal_lm_loss(logits, labels, attention_mask, answer_weighting) if labels is not None else None
         return CausalLMOutput(loss, logits, out.past_key_values, out.attentions)
 
     def decode_step(self, next_ids: torch.Tensor, segment_ids: torch.Tensor, cache) -> torch.Tensor:

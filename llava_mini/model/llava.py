@@ -133,14 +133,17 @@ class LlavaForConditionalGeneration(nn.Module):
     # ---- training / scoring -------------------------------------------------------------------------------------
 
     def forward(self, input_ids, pixel_values=None, attention_mask=None, labels=None, past_key_values=None,
-                use_cache=False, output_attentions=False, return_logits: bool = True) -> LlavaOutput:
+                use_cache=False, output_attentions=False, return_logits: bool = True,
+                answer_weighting: float = 0.0) -> LlavaOutput:
         """input_ids (B, T) with one placeholder per image; attention_mask (B, T) segment ids of these tokens
         (with a KV cache: of the new tokens only); labels (B, T) or None. Logits/labels come back expanded.
-        return_logits=False: the loss only, computed at the trained positions (training; see LlamaForCausalLM)."""
+        return_logits=False: the loss only, computed at the trained positions (training; see LlamaForCausalLM).
+        answer_weighting: how the loss averages over the answers' tokens (llama.answer_weights)."""
         merged = self.prepare_inputs(input_ids, pixel_values, attention_mask, labels)
         out = self.language_model(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
                                   past_key_values=past_key_values, use_cache=use_cache, labels=merged.labels,
-                                  output_attentions=output_attentions, return_logits=return_logits)
+                                  output_attentions=output_attentions, return_logits=return_logits,
+                                  answer_weighting=answer_weighting)
         return LlavaOutput(out.loss, out.logits, out.past_key_values, out.attentions, merged.labels,
                            merged.attention_mask)
 

@@ -39,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--lr-schedule", choices=sorted(SCHEDULES),
                    help="cosine (LLaVA's) or wsd (warmup, the peak rate held, then a linear decay to 0)")
     g.add_argument("--lr-decay-ratio", type=cli.fraction, help="wsd: the share of the steps that the decay takes")
+    g.add_argument("--answer-weighting", type=cli.fraction,
+                   help="each token of an n-token answer weighs n ** -this in the loss: 0 every token the same "
+                        "(LLaVA), 0.5 square averaging, 1 every answer the same")
     g.add_argument("--template")
     g.add_argument("--projector-type")
     g.add_argument("--lora-r", type=cli.positive_int, help="stage 2: train LoRA adapters of this rank (and the "

@@ -34,7 +34,7 @@ from llava_mini.loading import weights
 from llava_mini.loading.adapters import ADAPTER_CONFIG, is_adapter, lora_settings, save_adapter
 from llava_mini.model.attention import set_attention_backend
 from llava_mini.model.config import LlavaConfig
-from llava_mini.model.llama import count_trained_tokens
+from llava_mini.model.llama import loss_weight
 from llava_mini.model.llava import LlavaForConditionalGeneration
 from llava_mini.model.lora import lora_layers
 from llava_mini.training.args import recipe
@@ -81,21 +81,23 @@ def model_inputs(batch: dict, device) -> dict:
             "pixel_values": None if pixels is None else pixels.to(device)}
 
 
-def trained_tokens(batch: dict) -> int:
-    """How many positions of a batch carry a loss (llama.count_trained_tokens: the one rule)."""
-    return count_trained_tokens(batch["labels"], batch["attention_mask"])
+def batch_weight(batch: dict, answer_weighting: float = 0.0) -> float:
+    """The weight of a batch's share of the loss: its trained tokens (llama.count_trained_tokens: the one rule),
+    each weighted as llama.answer_weights says."""
+    return loss_weight(batch["labels"], batch["attention_mask"], answer_weighting)
 
 
 @torch.no_grad()
 def mean_loss(model, dataset, pad_id: int, batch_size: int = 32) -> float:
-    """Mean per-token loss of `model` over `dataset` (a held-out set), in eval mode; the mode is restored."""
+    """Mean per-token loss of `model` over `dataset` (a held-out set), in eval mode; the mode is restored. Every
+    token weighs the same, whatever the recipe's answer_weighting, so held-out losses compare across recipes."""
     was_training = model.training
     model.eval()
     total = count = 0.0
     device = next(model.parameters()).device
     for s in range(0, len(dataset), batch_size):
         batch = collate([dataset[i] for i in range(s, min(len(dataset), s + batch_size))], pad_id)
-        n = trained_tokens(batch)
+        n = batch_weight(batch)
         out = model(**model_inputs(batch, device))
         total += out.loss.item() * n
         count += n
@@ -258,15 +260,16 @@ def train_step(run: Run, step: int, autocast) -> tuple[torch.Tensor, torch.Tenso
         raise ValueError(f"step {step + 1}: every sample of this process's share of the batch was skipped (bad images)")
     batches = micro_batches(mine, run.recipe.micro_batch_size, run.tokenizer.pad_id,
                             run.model.config.image_token_index, run.recipe.max_length if run.args.pack else None)
-    n_tokens = all_reduce_sum(torch.tensor(float(sum(trained_tokens(b) for b in batches))), run.world)
+    answer_weighting = run.recipe.answer_weighting
+    total = all_reduce_sum(torch.tensor(sum(batch_weight(b, answer_weighting) for b in batches)), run.world)
     step_loss = torch.zeros((), dtype=torch.float64)
     for k, batch in enumerate(batches):
         sync = k == len(batches) - 1 or run.world == 1
         with (contextlib.nullcontext() if sync or run.args.fsdp else run.net.no_sync()), autocast:
-            out = run.net(**model_inputs(batch, run.device), return_logits=False)
-            # mean over this micro-batch's tokens -> its share of the mean over the global batch's tokens;
+            out = run.net(**model_inputs(batch, run.device), return_logits=False, answer_weighting=answer_weighting)
+            # (weighted) mean over this micro-batch's tokens -> its share of the mean over the global batch's;
             # x world because DDP/FSDP average the gradients over processes.
-            weight = trained_tokens(batch) / n_tokens.item()
+            weight = batch_weight(batch, answer_weighting) / total.item()
             (out.loss * weight * run.world).backward()
         step_loss += out.loss.detach().double().cpu() * weight
     step_loss = all_reduce_sum(step_loss, run.world)
