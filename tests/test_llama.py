@@ -5,7 +5,8 @@ import torch
 from llava_mini.model.attention import set_attention_backend
 from llava_mini.model.config import TextConfig
 from llava_mini.model.kv_cache import KVCache, StaticKVCache
-from llava_mini.model.llama import LlamaForCausalLM, answer_weights, causal_lm_loss
+from llava_mini.model.llama import LlamaForCausalLM
+from llava_mini.model.lm_loss import answer_weights, causal_lm_loss
 
 transformers = pytest.importorskip("transformers")
 

@@ -16,7 +16,8 @@ from llava_mini.data.conversation import tokenize_conversation
 from llava_mini.data.dataset import collate, pack
 from llava_mini.data.tokenizer import Tokenizer
 from llava_mini.model.config import TextConfig
-from llava_mini.model.llama import LlamaForCausalLM, count_trained_tokens
+from llava_mini.model.llama import LlamaForCausalLM
+from llava_mini.model.lm_loss import count_trained_tokens
 from llava_mini.training.recipes import BaseSizes
 from weights.base_training import init_weights, optimizer_step, warmup_cosine
 from weights.world_text import CHAT_TEMPLATE

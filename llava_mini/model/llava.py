@@ -22,7 +22,8 @@ import torch.nn as nn
 
 from llava_mini.model.clip import CLIPVisionModel
 from llava_mini.model.config import LlavaConfig
-from llava_mini.model.llama import IGNORE_INDEX, GenerationOutput, KVCache, LlamaForCausalLM
+from llava_mini.model.llama import GenerationOutput, KVCache, LlamaForCausalLM
+from llava_mini.model.lm_loss import IGNORE_INDEX
 from llava_mini.model.projector import LlavaMultiModalProjector
 
 
@@ -138,7 +139,7 @@ class LlavaForConditionalGeneration(nn.Module):
         """input_ids (B, T) with one placeholder per image; attention_mask (B, T) segment ids of these tokens
         (with a KV cache: of the new tokens only); labels (B, T) or None. Logits/labels come back expanded.
         return_logits=False: the loss only, computed at the trained positions (training; see LlamaForCausalLM).
-        answer_weighting: how the loss averages over the answers' tokens (llama.answer_weights)."""
+        answer_weighting: how the loss averages over the answers' tokens (lm_loss.answer_weights)."""
         merged = self.prepare_inputs(input_ids, pixel_values, attention_mask, labels)
         out = self.language_model(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
                                   past_key_values=past_key_values, use_cache=use_cache, labels=merged.labels,

@@ -34,7 +34,7 @@ from llava_mini.loading import weights
 from llava_mini.loading.adapters import ADAPTER_CONFIG, is_adapter, lora_settings, save_adapter
 from llava_mini.model.attention import set_attention_backend
 from llava_mini.model.config import LlavaConfig
-from llava_mini.model.llama import loss_weight
+from llava_mini.model.lm_loss import loss_weight
 from llava_mini.model.llava import LlavaForConditionalGeneration
 from llava_mini.model.lora import lora_layers
 from llava_mini.training.args import recipe
@@ -82,8 +82,8 @@ def model_inputs(batch: dict, device) -> dict:
 
 
 def batch_weight(batch: dict, answer_weighting: float = 0.0) -> float:
-    """The weight of a batch's share of the loss: its trained tokens (llama.count_trained_tokens: the one rule),
-    each weighted as llama.answer_weights says."""
+    """The weight of a batch's share of the loss: its trained tokens (lm_loss.count_trained_tokens: the one rule),
+    each weighted as lm_loss.answer_weights says."""
     return loss_weight(batch["labels"], batch["attention_mask"], answer_weighting)
 
 

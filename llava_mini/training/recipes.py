@@ -26,7 +26,7 @@ class StageRecipe:
     lr_schedule: str = "cosine"        # HF's cosine, as LLaVA; "wsd": warmup-stable-decay (training/optim.py)
     lr_decay_ratio: float = 0.2        # wsd only: the share of the steps, at the end, over which the rate falls to 0
     # How the loss averages over the answers' tokens: an answer of n tokens weighs n ** -answer_weighting per token
-    # (llama.answer_weights). 0: every token the same, as LLaVA; 0.5: square averaging.
+    # (lm_loss.answer_weights). 0: every token the same, as LLaVA; 0.5: square averaging.
     answer_weighting: float = 0.0
     # Stage 2 with LoRA (model/lora.py) instead of the whole LLM: the rank (None: full fine-tuning), alpha (None:
     # 2 x rank, as LLaVA's scripts set it), dropout, and which of the LLM's linear layers get an adapter.
