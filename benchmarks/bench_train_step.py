@@ -39,7 +39,7 @@ from llava_mini.model.llama import LlamaForCausalLM  # noqa: E402
 
 SIZES = {
     "classroom": dict(vocab_size=1024, hidden_size=96, intermediate_size=256, num_hidden_layers=4,
-                      num_attention_heads=3, num_key_value_heads=1, head_dim=32),
+                      num_attention_heads=3, num_key_value_heads=3, head_dim=32),
     "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, head_dim=64),
 }
