@@ -15,7 +15,7 @@ from llava_mini.loading import weights
 from llava_mini.loading.manifest import MANIFEST, ManifestError, folder_files, read_manifest, verify_manifest
 from llava_mini.synth import world
 from llava_mini.training import pipeline
-from llava_mini.training.recipes import BASES_REPORT
+from llava_mini.training.recipes import BASES_REPORT, CLASSROOM
 
 load_script("weights/make_tiny.py")                      # puts the repository root on sys.path
 import weights.tiny_clip as tiny_clip  # noqa: E402
@@ -60,6 +60,19 @@ def test_a_corrupted_base_file_is_refused_with_its_name(tmp_path):
     (copy / MANIFEST).unlink()
     with pytest.raises(ManifestError, match="SHA256SUMS is missing"):
         verify_manifest(str(copy))
+
+
+def test_the_shipped_bases_have_the_shape_the_recipe_names():
+    """`python train.py --make-bases` builds recipes.CLASSROOM.bases; the shipped bases must be that architecture,
+    so a run on your own bases differs from the default run only in training."""
+    z = CLASSROOM.bases
+    vision = read_json(os.path.join(BASES, "tiny-clip", "config.json"))["vision_config"]
+    text = read_json(os.path.join(BASES, "tiny-llama", "config.json"))
+    assert (vision["image_size"], vision["patch_size"], vision["hidden_size"], vision["num_hidden_layers"]) == \
+        (z.image_size, z.patch_size, z.vision_hidden, z.vision_layers)
+    assert (text["hidden_size"], text["num_hidden_layers"], text["num_key_value_heads"]) == \
+        (z.text_hidden, z.text_layers, z.text_kv_heads)
+    assert text["vocab_size"] <= z.vocab_size + 1          # the BPE's vocabulary, plus the added <image> token
 
 
 def test_the_bases_know_every_word_todays_world_writes(scenes):
