@@ -44,7 +44,7 @@ def main(argv=None):
     p.add_argument("--hidden", type=cli.positive_int, default=96)
     p.add_argument("--layers", type=cli.positive_int, default=4)
     p.add_argument("--heads", type=cli.positive_int, default=3)
-    p.add_argument("--kv-heads", type=cli.positive_int, default=3, help="3: one per query head, as the shipped tiny LLaMA")
+    p.add_argument("--kv-heads", type=cli.positive_int, default=3, help="3: one per query head, as the tiny LLaMA")
     p.add_argument("--head-dim", type=cli.positive_int, default=32)
     p.add_argument("--vocab", type=cli.positive_int, default=1024)
     p.add_argument("--image-tokens", type=cli.non_negative_int, default=64,

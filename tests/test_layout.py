@@ -68,8 +68,8 @@ def test_llava_mini_has_no_import_cycle():
 
 def test_model_files_import_only_torch_and_their_config():
     allowed = {"llava_mini.model.config", "llava_mini.model.attention", "llava_mini.model.clip",
-               "llava_mini.model.projector", "llava_mini.model.kv_cache", "llava_mini.model.llama", "llava_mini.model.lm_loss",
-               "llava_mini.model.llava", "llava_mini.jsonio"}
+               "llava_mini.model.projector", "llava_mini.model.kv_cache", "llava_mini.model.llama",
+               "llava_mini.model.lm_loss", "llava_mini.model.llava", "llava_mini.jsonio"}
     for name, deps in import_graph().items():
         if name.startswith("llava_mini.model"):
             assert deps <= allowed, f"{name} imports {sorted(deps - allowed)}"

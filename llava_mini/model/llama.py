@@ -26,7 +26,6 @@ from llava_mini.model.kv_cache import KVCache, StaticKVCache
 from llava_mini.model.lm_loss import IGNORE_INDEX, answer_weights, causal_lm_loss, next_token_targets, weighted_mean
 
 
-
 class RMSNorm(nn.Module):
     """x / rms(x) * weight. Computed in fp32 and cast back *before* the weight, exactly as LLaMA does."""
 
