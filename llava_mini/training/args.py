@@ -77,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--clip-steps", type=cli.positive_int,
                    help="with --make-bases: train the tiny CLIP this many steps (its bases go to checkpoints/base-clipN)")
     g.add_argument("--processes", type=cli.positive_int,
-                   help="make the tiny bases and run stage 2 as this many processes under torchrun (default on a "
+                   help="make the tiny bases and run both stages as this many processes under torchrun (default on a "
                         "CPU with 2 or more cores: 2, which trains faster there than one process with all the threads)")
     args = p.parse_args(argv)
     if args.stage is not None:

@@ -4,7 +4,7 @@
     python train.py --quick          # the same at toy size (a smoke test, ~15 s)
     python train.py --workdir DIR    # put data/ and checkpoints/ under DIR
     python train.py --seed 1         # the stages with another seed (how much a result is luck: docs/EXPERIMENTS.md)
-    python train.py --processes 1    # stage 2 in this process (default on a multi-core CPU: 2 under torchrun)
+    python train.py --processes 1    # the stages in this process (default on a multi-core CPU: 2 under torchrun)
     python train.py --make-bases     # train your own tiny bases first (weights/make_tiny.py, over an hour on 2 cores)
 
 Each step prints the command that does it alone, so a student can rerun any one of them: `python -m
@@ -159,8 +159,8 @@ def run_pipeline(args) -> dict:
     use_evqa = not args.no_easyvqa
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    # The tiny bases and stage 2, the long steps, as 2 processes of half the threads each on a CPU: the matrices are too
-    # small for 2 threads to share one well (measured: 1.5x the tokens/s of one 2-thread process, docs/EXPERIMENTS.md).
+    # The tiny bases and both stages as 2 processes of half the threads each on a CPU: the matrices are too small for
+    # 2 threads to share one well (measured: 1.5x the tokens/s of one 2-thread process, docs/EXPERIMENTS.md).
     processes = args.processes or (2 if threads >= 2 and not args.quick and not torch.cuda.is_available() else 1)
 
     if not os.path.exists(os.path.join(data_dir, "stats.json")):
@@ -188,9 +188,10 @@ def run_pipeline(args) -> dict:
     heldout_json = heldout_captions(data_dir, os.path.join(args.workdir, "data", f"heldout_captions{size.suffix}.json"))
     stage1 = ["--stage", "1", "--data", os.path.join(data_dir, "stage1.json"), "--image-root", data_dir,
               "--vision", os.path.join(base_dir, "tiny-clip"), "--llm", os.path.join(base_dir, "tiny-llama"),
-              "--out", os.path.join(run_dir, "stage1"), "--eval-data", heldout_json, "--threads", str(threads)] + common
-    print("[3/6] stage 1: python train.py " + " ".join(stage1))
-    stage1_final = train(parse_args(stage1))
+              "--out", os.path.join(run_dir, "stage1"), "--eval-data", heldout_json,
+              "--threads", str(max(1, threads // processes))] + common
+    print(f"[3/6] stage 1: {launcher(processes)} train.py " + " ".join(stage1))
+    stage1_final = run_stage(stage1, processes)
     stage1_meta = read_json(os.path.join(stage1_final, "llava_mini.json"))
     caption_loss = (stage1_meta["heldout_loss_start"], stage1_meta["heldout_loss_end"])
 
