@@ -47,7 +47,8 @@ class Preset:
 
 # Stage 1 has 5,000 captions, so one epoch is 156 steps where LLaVA takes about 2,000: at LLaVA's 1e-3 to 2e-3 the
 # projector is still learning when the schedule ends (held-out caption loss 1.54). Ten times the rate for two epochs
-# reaches 0.97 in 20 s more (docs/EXPERIMENTS.md, 2026-12-07 (afternoon)).
+# reaches 0.97, and as two processes (pipeline.py) the second epoch costs 3 s (docs/EXPERIMENTS.md, 2026-12-07
+# (late morning)).
 TINY_STAGE1 = StageRecipe(lr=2e-2, batch_size=32, epochs=2, template="plain", max_length=512, micro_batch_size=32)
 # Stage 2 is where the classroom run's minutes go: 3 epochs (9,000 steps) take 11-14 minutes on 2 cores, and
 # each extra epoch still buys accuracy (docs/EXPERIMENTS.md, 2026-12-06 (afternoon)). Its rate stays at the peak
