@@ -314,6 +314,20 @@ def test_run_stage_under_torchrun_matches_one_process(tiny, stage1, tmp_path):
         pipeline.run_stage(broken, 2)
 
 
+def test_stage1_under_torchrun_matches_one_process(tiny, tmp_path):
+    """The pipeline launches stage 1 as it does stage 2: the frozen tower and LLM under DDP, only the projector
+    training, give the one-process projector and the same held-out caption loss (what the report prints)."""
+    from llava_mini.jsonio import read_json
+    held_out = ["--max-steps", "2", "--eval-data", os.path.join(tiny["data"], "stage1.json")]
+    finals = [pipeline.run_stage(stage1_args(tiny, tmp_path / run, *held_out), processes)
+              for run, processes in (("one", 1), ("two", 2))]
+    assert read_losses(tmp_path / "two") == pytest.approx(read_losses(tmp_path / "one"), rel=1e-5)
+    assert_same_weights(state(finals[0]), state(finals[1]))
+    metas = [read_json(os.path.join(final, "llava_mini.json")) for final in finals]
+    assert metas[1]["heldout_loss_end"] == pytest.approx(metas[0]["heldout_loss_end"], rel=1e-5)
+    assert metas[0]["heldout_loss_end"] < metas[0]["heldout_loss_start"]
+
+
 def test_make_bases_under_torchrun_matches_one_process(tiny, tmp_path):
     """The pipeline's stage 0 on a multi-core CPU: weights/make_tiny.py launched by torchrun as 2 processes, its
     command line built from the size preset. Its bases and measurements equal the in-process run's."""
