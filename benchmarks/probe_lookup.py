@@ -44,11 +44,11 @@ from llava_mini.eval.evaluate import right_pad  # noqa: E402
 from llava_mini.eval.text_qa import TEMPLATE, text_prompt  # noqa: E402
 from llava_mini.model.llama import LlamaForCausalLM  # noqa: E402
 from llava_mini.synth.phrasings import article, ask  # noqa: E402
-from llava_mini.synth.teacher import join  # noqa: E402
-from llava_mini.synth.world import BACKGROUND, COLORS, SHAPES  # noqa: E402
+from llava_mini.synth.world import BACKGROUND, SHAPES  # noqa: E402
 from llava_mini.training.recipes import CLASSROOM  # noqa: E402
 from weights.base_training import init_weights, warmup_cosine  # noqa: E402
 from weights.tiny_llama import text_config  # noqa: E402
+from weights.world_text import listed_scene  # noqa: E402
 
 SHIPPED = os.path.normpath(os.path.join(ROOT, "weights", "tiny", "tiny-llama"))
 
@@ -58,10 +58,8 @@ def lookup_items(n: int, rng: random.Random, objects: tuple[int, int] = (2, 4)) 
     colour of one of its shapes or the shape of one of its colours; `options` are the scene's answers of that kind."""
     items = []
     for _ in range(n):
-        k = rng.randint(*objects)
-        colors, shapes = rng.sample(sorted(COLORS), k), rng.sample(SHAPES, k)
-        scene = f"A picture of {k} shapes: {join([article(f'{c} {s}') for c, s in zip(colors, shapes)])}."
-        i = rng.randrange(k)
+        colors, shapes, scene = listed_scene(rng, objects)
+        i = rng.randrange(len(colors))
         if rng.random() < 0.5:
             items.append({"scene": scene, "question": ask("color", rng, noun=shapes[i]), "answer": colors[i],
                           "options": colors})
@@ -100,11 +98,9 @@ def induction_items(n: int, rng: random.Random, objects: tuple[int, int] = (2, 4
     head does (Olsson et al., 2022)."""
     items = []
     for _ in range(n):
-        k = rng.randint(*objects)
-        colors, shapes = rng.sample(sorted(COLORS), k), rng.sample(SHAPES, k)
-        i = rng.randrange(k)
-        prefix = (f"A picture of {k} shapes: {join([article(f'{c} {s}') for c, s in zip(colors, shapes)])}. "
-                  f"{k} shapes on a plain {BACKGROUND[0]} background: {article(colors[i])}")
+        colors, shapes, scene = listed_scene(rng, objects)
+        i = rng.randrange(len(colors))
+        prefix = f"{scene} {len(colors)} shapes on a plain {BACKGROUND[0]} background: {article(colors[i])}"
         items.append({"prefix": prefix, "answer": shapes[i], "options": shapes})
     return items
 

@@ -67,7 +67,7 @@ def test_tokenizer_works_with_the_templates(tokenizer_json, template):
 
 TINY_SIZES = dict(image_size=32, vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, text_kv_heads=1,
                   vocab_size=400, clip_steps=3, clip_batch=8, clip_scenes=0, lm_steps=3, sft_steps=2, lookup_steps=2,
-                  lookup_scenes=4, lm_batch=4, lm_block=1024)
+                  lookup_scenes=4, binding_steps=2, binding_batch=4, lm_batch=4, lm_block=1024)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_init_llama_goes_on_from_a_made_llama_and_its_card_lists_every_run(one_p
     """--init-llama: the drill alone on the LLaMA an earlier run made, with that run's tokenizer; the card and
     make_tiny.json say how each run trained it, and a folder without that record is refused with its name."""
     data, first = one_process_bases
-    drill = dict(TINY_SIZES, lm_steps=0, sft_steps=0, lookup_steps=3)
+    drill = dict(TINY_SIZES, lm_steps=0, sft_steps=0, lookup_steps=3, binding_steps=0)
     second = make_tiny.make_tiny(data, str(tmp_path / "second"), command="drill it", keep_clip=first["clip_dir"],
                                  init_llama=first["llama_dir"], **drill)
     assert open(os.path.join(second["llama_dir"], "tokenizer.json")).read() == \
@@ -126,7 +126,7 @@ def test_init_llama_goes_on_from_a_made_llama_and_its_card_lists_every_run(one_p
     assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)             # trained on
     assert [run["command"] for run in second["llama_made"]] == ["make the first"]
     card = open(os.path.join(second["llama_dir"], "README.md")).read()
-    assert "Run 1: pretraining 3 steps, instruction tuning 2 steps, lookup drill 2 steps" in card
+    assert "Run 1: pretraining 3 steps, instruction tuning 2 steps, lookup drill 2 steps, binding drill 2 steps" in card
     assert "Run 2: lookup drill 3 steps" in card and "make the first" in card and "drill it" in card
     third = make_tiny.make_tiny(data, str(tmp_path / "third"), keep_clip=first["clip_dir"],
                                 init_llama=second["llama_dir"], command="again", **drill)
@@ -145,7 +145,7 @@ def test_init_llama_with_more_key_value_heads_widens_the_llama_without_changing_
     that shared it, so the widened LLaMA gives the same logits; the card says so. A number that is no multiple of
     the old one is refused with the flag's name."""
     data, first = one_process_bases
-    sizes = dict(TINY_SIZES, text_hidden=64, lm_steps=2, sft_steps=0, lookup_steps=0)          # 2 query heads
+    sizes = dict(TINY_SIZES, text_hidden=64, lm_steps=2, sft_steps=0, lookup_steps=0, binding_steps=0)   # 2 query heads
     narrow = make_tiny.make_tiny(data, str(tmp_path / "narrow"), keep_clip=first["clip_dir"], **sizes)
     wide = make_tiny.make_tiny(data, str(tmp_path / "wide"), keep_clip=first["clip_dir"], command="widen",
                                init_llama=narrow["llama_dir"], **dict(sizes, lm_steps=0, text_kv_heads=2))
@@ -179,6 +179,26 @@ def test_lookup_drill_asks_new_scenes_in_words_and_every_answer_is_true():
             types.add(PARSE(question.removesuffix(SHORT_ANSWER_PROMPT))[0])
     assert types == {"count", "count_color", "count_shape", "color", "shape", "exists", "position"}
     assert len(chats) >= 2 * len(scenes)            # about seven questions a scene, three to a chat
+
+
+def test_binding_drill_states_every_objects_colour_and_shape_and_trains_only_the_facts():
+    """world_text.binding_texts: a listed scene of distinct colours and shapes, then both facts of each of its objects
+    and nothing else; as LM samples (lm_samples' `prefixed`) only the facts and </s> are trained."""
+    import re
+    texts = world_text.binding_texts(50, seed=0)
+    assert texts != world_text.binding_texts(50, seed=1)
+    for scene, facts in texts:
+        pairs = re.findall(r"an? (\w+) (\w+)", scene.split(": ", 1)[1])
+        colors, shapes = [c for c, _ in pairs], [s for _, s in pairs]
+        assert 2 <= len(pairs) <= 4 and len(set(colors)) == len(colors) and len(set(shapes)) == len(shapes)
+        stated = sorted(f.rstrip(".") for f in facts.split(". "))
+        assert stated == sorted([f"The {s} is {c}" for c, s in pairs] +
+                                [f"The {c} one is {world_text.article(s)}" for c, s in pairs])
+    tok = Tokenizer.from_file(os.path.join(os.path.dirname(__file__), "..", "weights", "tiny", "tiny-llama"))
+    (ids, labels), = tiny_llama.lm_samples(tok, [], [], True, 384, prefixed=texts[:1])
+    trained = [i for i, label in zip(ids.tolist(), labels.tolist()) if label != -100]
+    assert tok.decode(trained[:-1]) == texts[0][1] and trained[-1] == tok.eos_id
+    assert tok.decode([i for i, label in zip(ids.tolist(), labels.tolist()) if label == -100][1:]) == texts[0][0]
 
 
 def _make_tiny_worker(rank: int, port: int, data: str, out: str):

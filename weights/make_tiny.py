@@ -62,10 +62,11 @@ from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phras
                                region_accuracy, region_logits, retrieval_accuracy)
 from weights.model_cards import earlier_report, earlier_runs, machine, write_model_cards  # noqa: E402
 from weights.base_training import init_weights, optimizer_step, warmup_cosine  # noqa: E402
-from weights.tiny_llama import (lm_loss, lm_samples, pack_text, text_config, train_llama,  # noqa: E402
+from weights.tiny_llama import (Phase, lm_loss, lm_samples, pack_text, text_config, train_llama,  # noqa: E402
                                 widen_kv_heads)
 from weights.tiny_tokenizer import train_tokenizer  # noqa: E402
-from weights.world_text import lookup_chats, new_scenes, read_world_text, text_fingerprint  # noqa: E402
+from weights.world_text import (binding_texts, lookup_chats, new_scenes, read_world_text,  # noqa: E402
+                                text_fingerprint)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -246,19 +247,25 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
                  "clip_made": clip_made, "clip_kept": bool(keep_clip),
                  "llama_made": llama_made, "llama_kept": bool(keep_llama)}
 
-    # --- LLaMA: pretraining on all the world's text, instruction tuning on its chats (answers only), the lookup drill
+    # --- LLaMA: pretraining on all the world's text, instruction tuning on its chats (answers only), the lookup
+    # drill, the binding drill
     llama_config = llama.config if llama else text_config(z, tokenizer)
-    steps = {"pretraining": z.lm_steps, "instruction tuning": z.sft_steps, "lookup drill": z.lookup_steps}
+    steps = {"pretraining": z.lm_steps, "instruction tuning": z.sft_steps, "lookup drill": z.lookup_steps,
+             "binding drill": z.binding_steps}
 
-    def samples(phase: str) -> list:
-        if phase == "pretraining":
-            return lm_samples(tokenizer, text["captions"], text["chats"], False, z.lm_block)
-        drill = lookup_chats(new_scenes(z.lookup_scenes, seed), seed) if phase == "lookup drill" else []
-        return lm_samples(tokenizer, [], text["instructions"] + drill, True, z.lm_block)
+    def phase(name: str, n: int) -> Phase:
+        if name == "pretraining":
+            return Phase(name, lm_samples(tokenizer, text["captions"], text["chats"], False, z.lm_block), n, z.lm_batch)
+        drill = lookup_chats(new_scenes(z.lookup_scenes, seed), seed) if name != "instruction tuning" else []
+        if name == "binding drill":      # three listed scenes with their facts to each short-answer chat, rate held
+            facts = binding_texts(3 * len(drill), seed)
+            return Phase(name, lm_samples(tokenizer, [], drill, True, z.lm_block, prefixed=facts), n, z.binding_batch,
+                         schedule="wsd")
+        return Phase(name, lm_samples(tokenizer, [], text["instructions"] + drill, True, z.lm_block), n, z.lm_batch)
 
-    phases = [(phase, samples(phase), n) for phase, n in steps.items() if n > 0 and not keep_llama]
-    llama = train_llama(llama_config, phases, batch_size=z.lm_batch, block=z.lm_block, lr=z.lm_lr, seed=seed,
-                        rank=rank, world=world, model=llama)
+    phases = [phase(name, n) for name, n in steps.items() if n > 0 and not keep_llama]
+    llama = train_llama(llama_config, phases, block=z.lm_block, lr=z.lm_lr, seed=seed, rank=rank, world=world,
+                        model=llama)
     llama_dir = os.path.join(out_dir, "tiny-llama")
     if rank == 0:
         held_out = lm_loss(llama, pack_text(tokenizer, text["test"], z.lm_block))

@@ -1,9 +1,10 @@
 """The tiny LLaMA's text-only training (stage 0, weights/make_tiny.py): its samples, packed whole into rows, the
-loop that runs its phases (pretraining, instruction tuning, the lookup drill), its held-out loss, and its config.
+loop that runs its phases (pretraining, instruction tuning, the lookup drill, the binding drill), its held-out loss,
+and its config.
 
-    phases = [("pretraining", lm_samples(tok, captions, chats, False, 384), 4500),
-              ("instruction tuning", lm_samples(tok, [], chats, True, 384), 4500)]
-    llama = train_llama(text_config(sizes, tok), phases, batch_size=32, block=384, lr=3e-3, seed=0)
+    phases = [Phase("pretraining", lm_samples(tok, captions, chats, False, 384), 4500, 32),
+              Phase("instruction tuning", lm_samples(tok, [], chats, True, 384), 4500, 32)]
+    llama = train_llama(text_config(sizes, tok), phases, block=384, lr=3e-3, seed=0)
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from llava_mini.data.tokenizer import Tokenizer
 from llava_mini.model.config import TextConfig
 from llava_mini.model.llama import LlamaForCausalLM
 from llava_mini.model.lm_loss import count_trained_tokens
+from llava_mini.training.optim import lr_multiplier
 from llava_mini.training.recipes import BaseSizes
 from weights.base_training import init_weights, optimizer_step, warmup_cosine
 from weights.world_text import CHAT_TEMPLATE
@@ -32,15 +34,32 @@ def pack_text(tokenizer: Tokenizer, texts: list[str], block: int) -> torch.Tenso
     return torch.tensor(stream[:n * block], dtype=torch.long).view(n, block)
 
 
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One phase of the LM's training: its samples (lm_samples), how many steps, how many samples a step draws, and
+    its learning-rate schedule (training/optim.py: "cosine" is warmup + cosine; "wsd" holds the peak rate until the
+    last fifth, for a skill that is learned abruptly after a plateau)."""
+    name: str
+    samples: list
+    steps: int
+    batch_size: int
+    schedule: str = "cosine"
+
+
 def lm_samples(tokenizer: Tokenizer, texts: list[str], chats: list[list[str]], answers_only: bool,
-               block: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(input_ids, labels) per sample: plain texts as <s> text </s>, chats in CHAT_TEMPLATE. Pretraining trains
-    every token; instruction tuning (`answers_only`) only the answers, with the same labels stage 2 uses
+               block: int, prefixed: list[tuple[str, str]] = ()) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input_ids, labels) per sample: plain texts as <s> text </s>, chats in CHAT_TEMPLATE, and `prefixed`
+    (context, text) pairs as <s> context text </s> with only the text trained. Pretraining trains every token;
+    instruction tuning (`answers_only`) only the answers, with the same labels stage 2 uses
     (conversation.tokenize_conversation). A sample longer than `block` is left out (cut, it could lose its answer)."""
     samples = []
     for t in texts:
         ids = tokenizer.encode(t, add_bos=True) + [tokenizer.eos_id]
         samples.append((ids, ids))
+    for context, t in prefixed:       # the words split on spaces, so the context's tokens begin the whole's
+        n = len(tokenizer.encode(context, add_bos=True))
+        ids = tokenizer.encode(f"{context} {t}", add_bos=True) + [tokenizer.eos_id]
+        samples.append((ids, [-100] * n + ids[n:]))
     for i, chat in enumerate(tqdm(chats, desc="tokenizing chats", leave=False)):
         ids, labels = tokenize_conversation(tokenizer, chat, CHAT_TEMPLATE, sample_id=f"chat {i}")
         samples.append((ids, labels if answers_only else ids))
@@ -58,24 +77,28 @@ def packed_batch(samples: list[tuple[torch.Tensor, torch.Tensor]], block: int, p
                  for ids, labels in samples], block, pad_id)
 
 
-def train_llama(config, phases: list[tuple[str, list, int]], *, batch_size: int, block: int, lr: float, seed: int,
-                rank: int = 0, world: int = 1, model=None):
-    """Next-token prediction, phase by phase: each (name, samples, steps) draws `batch_size` samples per step, packs
-    them whole into rows of `block` tokens and runs its own warmup + cosine schedule.
+def train_llama(config, phases: list[Phase], *, block: int, lr: float, seed: int, rank: int = 0, world: int = 1,
+                model=None):
+    """Next-token prediction, phase by phase: each phase draws its batch of samples per step, packs them whole into
+    rows of `block` tokens and runs its own schedule (a warmup of 1/20 of its steps, then cosine or wsd).
 
     Under torchrun every process draws and packs the same global batch, runs every `world`-th row, and weights its
     mean loss by its share of the batch's trained tokens: the summed gradients are the one-process gradient."""
-    if batch_size < world:
-        raise ValueError(f"the LM batch ({batch_size} samples) must hold at least one per process ({world})")
+    if any(phase.batch_size < world for phase in phases):
+        raise ValueError(f"an LM batch ({min(p.batch_size for p in phases)} samples) must hold at least one sample "
+                         f"per process ({world})")
     torch.manual_seed(seed)
     model = model or init_weights(LlamaForCausalLM(config))
     gen = torch.Generator().manual_seed(seed)
-    for name, samples, steps in phases:
+    for phase in phases:
+        samples, steps = phase.samples, phase.steps
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 20)))
-        bar = tqdm(range(steps), desc=f"tiny LLaMA {name}", disable=rank != 0)
+        multiplier = (lambda s: warmup_cosine(s, steps, max(1, steps // 20))) if phase.schedule == "cosine" else \
+            lr_multiplier(phase.schedule, steps, warmup_ratio=0.05)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, multiplier)
+        bar = tqdm(range(steps), desc=f"tiny LLaMA {phase.name}", disable=rank != 0)
         for _ in bar:
-            picked = torch.randint(len(samples), (batch_size,), generator=gen).tolist()
+            picked = torch.randint(len(samples), (phase.batch_size,), generator=gen).tolist()
             batch = packed_batch([samples[i] for i in picked], block, config.pad_token_id or 0)
             if len(batch["input_ids"]) < world:      # too few rows to share: one sample per row (the same loss)
                 batch = collate([{"input_ids": ids, "labels": labels, "pixel_values": torch.empty(0), "id": ""}
