@@ -22,7 +22,8 @@ It makes three things, in the order LLaVA's bases were made (on a much smaller s
    conversations with the loss on the answers only (like Vicuna, it chats before it ever sees an image), then a
    lookup drill: the same chats and as many short-answer chats about new scenes that exist only in words
    (world_text.lookup_chats), so that it learns to look an object up in a scene it has never read
-   (weights/tiny_llama.py: its samples, the loop over the phases, its config).
+   (weights/tiny_llama.py: its samples, the loop over the phases, its config). `--binding-steps N` adds a
+   binding drill (world_text.binding_texts), off by default: docs/EXPERIMENTS.md (2026-12-07 (afternoon)).
 Each is written in the Hugging Face layout (config.json, model.safetensors, tokenizer.json) through the same
 weights.save_* functions, so the real loaders read them exactly as they read openai/clip-vit-large-patch14 or Vicuna.
 It prints and writes (make_tiny.json, a model card per folder, SHA256SUMS) the tiny CLIP's retrieval accuracy and

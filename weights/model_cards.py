@@ -76,13 +76,14 @@ tags: [llama, text-generation, synthetic-data]
 # tiny-llama: the classroom's stand-in for Vicuna
 
 A LLaMA (RMSNorm, RoPE, SwiGLU, tied embeddings) with a LLaMA-style BPE tokenizer (`<s>`,
-`</s>`, byte fallback, `<image>` added), trained from scratch in four phases (weights/tiny_llama.py, train_llama):
+`</s>`, byte fallback, `<image>` added), trained from scratch in three phases (weights/tiny_llama.py, train_llama):
 pretraining on all the world's text, instruction tuning on the world's conversations, detailed descriptions,
 complex reasoning and short answers with the scene given in words where the image will be, the loss on the
-answers only, a lookup drill: those chats and as many short-answer chats about new scenes that exist only in
-words (weights/world_text.py, lookup_chats), then a binding drill: scenes listed in one caption, each followed by
-the facts that bind its colours to its shapes ("The star is red. The white one is a rectangle."), beside the
-drill's chats (weights/world_text.py, binding_texts). Chat template: vicuna_v1. Hugging Face's LLaMA layout:
+answers only, then a lookup drill: those chats and as many short-answer chats about new scenes that exist only in
+words (weights/world_text.py, lookup_chats). A run may add a binding drill (`--binding-steps`): scenes listed in
+one caption, each followed by the facts that bind its colours to its shapes ("The star is red. The white one is a
+rectangle."), beside the drill's chats (weights/world_text.py, binding_texts); the runs below say which phases each
+ran. Chat template: vicuna_v1. Hugging Face's LLaMA layout:
 `transformers.LlamaForCausalLM.from_pretrained` and `llava_mini.loading.weights.load_llama` both read it.
 
 - Hidden {z['text_hidden']}, {z['text_layers']} layers, {query_heads(z['text_hidden'])} query heads and {z['text_kv_heads']} key/value heads, vocabulary {stats['vocab_size']}

@@ -111,8 +111,10 @@ class BaseSizes:
     sft_steps: int = 4500       # then instruction tuning on the world's chats, the scene in words (answers only)
     lookup_steps: int = 1500    # then the lookup drill: those chats and as many short-answer chats about new scenes
     lookup_scenes: int = 20000  # ... the new scenes, in words only (weights/world_text.py, lookup_chats)
-    binding_steps: int = 5000   # then the binding drill: listed scenes and their facts, with the drill's chats
-    binding_batch: int = 64     # ... samples per step (a fact text is short); the rate held until the last fifth
+    # then the binding drill (world_text.binding_texts): off, because in make_tiny it did not make the LLaMA bind
+    # (EXPERIMENTS, 2026-12-07 (afternoon)); `--binding-steps N` runs it, with its samples per step
+    binding_steps: int = 0
+    binding_batch: int = 64
     lm_batch: int = 32          # samples per step, packed whole into rows of lm_block tokens
     lm_block: int = 384         # tokens per LM training row
     lm_lr: float = 3e-3
@@ -137,6 +139,5 @@ CLASSROOM = Classroom(preset="tiny", world_train=5000, world_test=500, bases=Bas
 QUICK = Classroom(preset="quick", world_train=48, world_test=8,
                   bases=BaseSizes(vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, text_kv_heads=1,
                                   vocab_size=400, clip_steps=2, clip_batch=16, clip_scenes=8, lm_steps=2, sft_steps=2,
-                                  lookup_steps=2, lookup_scenes=8, binding_steps=2, binding_batch=4,
-                                  lm_batch=4, lm_block=1024),
+                                  lookup_steps=2, lookup_scenes=8, lm_batch=4, lm_block=1024),
                   eval_questions=8, blind_questions=8, suffix="-quick")
