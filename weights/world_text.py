@@ -107,7 +107,8 @@ def lookup_chats(scenes: list[dict], seed: int = 0, rounds: int = 1, pairs: int 
 
 def listed_scene(rng: random.Random, objects: tuple[int, int] = (2, 4)) -> tuple[list[str], list[str], str]:
     """A scene that exists only as one caption of the world's form, its objects all of different colours and of
-    different shapes: (colours, shapes, "A picture of 3 shapes: an orange diamond, a red star and a white rectangle.")."""
+    different shapes: (colours, shapes, caption), the caption as "A picture of 3 shapes: an orange diamond, a red
+    star and a white rectangle." """
     k = rng.randint(*objects)
     colors, shapes = rng.sample(sorted(COLORS), k), rng.sample(SHAPES, k)
     return colors, shapes, f"A picture of {k} shapes: {join([article(f'{c} {s}') for c, s in zip(colors, shapes)])}."
