@@ -111,8 +111,8 @@ class BaseSizes:
     sft_steps: int = 4500       # then instruction tuning on the world's chats, the scene in words (answers only)
     lookup_steps: int = 1500    # then the lookup drill: those chats and as many short-answer chats about new scenes
     lookup_scenes: int = 20000  # ... the new scenes, in words only (weights/world_text.py, lookup_chats)
-    # then the binding drill (world_text.binding_texts): off, because in make_tiny it did not make the LLaMA bind
-    # (EXPERIMENTS, 2026-12-07 (afternoon)); `--binding-steps N` runs it, with its samples per step
+    # then the binding drill (world_text.binding_texts): off, because the look-up it taught the LLaMA answered the
+    # drill's facts and not the chats (EXPERIMENTS, 2026-12-07 (afternoon)); `--binding-steps N` runs it
     binding_steps: int = 0
     binding_batch: int = 64
     lm_batch: int = 32          # samples per step, packed whole into rows of lm_block tokens
