@@ -254,15 +254,19 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
     steps = {"pretraining": z.lm_steps, "instruction tuning": z.sft_steps, "lookup drill": z.lookup_steps,
              "binding drill": z.binding_steps}
 
+    # the short-answer chats about new scenes that both drills read, written once
+    drills = (z.lookup_steps or z.binding_steps) and not keep_llama
+    drill = lookup_chats(new_scenes(z.lookup_scenes, seed), seed) if drills else []
+
     def phase(name: str, n: int) -> Phase:
         if name == "pretraining":
             return Phase(name, lm_samples(tokenizer, text["captions"], text["chats"], False, z.lm_block), n, z.lm_batch)
-        drill = lookup_chats(new_scenes(z.lookup_scenes, seed), seed) if name != "instruction tuning" else []
         if name == "binding drill":      # three listed scenes with their facts to each short-answer chat, rate held
             facts = binding_texts(3 * len(drill), seed)
             return Phase(name, lm_samples(tokenizer, [], drill, True, z.lm_block, prefixed=facts), n, z.binding_batch,
                          schedule="wsd")
-        return Phase(name, lm_samples(tokenizer, [], text["instructions"] + drill, True, z.lm_block), n, z.lm_batch)
+        chats = text["instructions"] + (drill if name == "lookup drill" else [])
+        return Phase(name, lm_samples(tokenizer, [], chats, True, z.lm_block), n, z.lm_batch)
 
     phases = [phase(name, n) for name, n in steps.items() if n > 0 and not keep_llama]
     llama = train_llama(llama_config, phases, block=z.lm_block, lr=z.lm_lr, seed=seed, rank=rank, world=world,
