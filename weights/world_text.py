@@ -123,7 +123,7 @@ def binding_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
     the star's token, and one that finds that token from the question's "star". Neither lowers the loss until the
     other exists, so an LM sits on a plateau at picking one of the scene's colours; one answer per chat (the lookup
     drill) left the tiny LLaMA there for 8,500 steps. Here every fact is a look-up and every fact is trained, so a
-    step carries a dozen of them (docs/EXPERIMENTS.md, 2026-12-07 (afternoon))."""
+    sample carries four to eight of them (docs/EXPERIMENTS.md, 2026-12-07 (afternoon))."""
     rng, texts = random.Random(f"{seed}:binding"), []
     for _ in range(n):
         colors, shapes, scene = listed_scene(rng)
