@@ -20,6 +20,7 @@ from llava_mini.synth.teacher import (
     NUMBER_WORDS,
     AnswerBalancer,
     RuleTeacher,
+    inventory,
     make_instruct_data,
     parse_objects,
     short_answer_questions,
@@ -125,15 +126,31 @@ def test_a_third_of_the_conversations_open_with_the_description():
     vocab = world.vocabulary(world.WorldConfig())
     items = [{"id": s["id"], "image": s["image"], "context": world.symbolic_context(s)} for s in scenes(150)]
     data = {e["id"]: e["conversations"] for e in make_instruct_data(items, RuleTeacher(vocab), seed=0, progress=False)}
-    opened = 0
+    parse, opened = question_parser(vocab), 0
     for it in items:
         conv, detail = data[f"{it['id']}_conv"], data[f"{it['id']}_detail"]
         assert conv[0]["value"].startswith("<image>\n") and not any("<image>" in t["value"] for t in conv[1:])
-        assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2) and 6 <= len(conv) <= 10
+        assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2) and 8 <= len(conv) <= 12
+        assert [parse(q["value"].replace("<image>\n", ""))[0] for q in conv[::2]].count("inventory") == 1
         if conv[:2] == detail:
             opened += 1
             assert "<image>" not in conv[2]["value"] and conv[3]["value"] != detail[1]["value"]
     assert 30 <= opened <= 70, opened          # a third of 150, give or take the draw
+
+
+@pytest.mark.parametrize("heldout", [False, True])
+def test_the_inventory_names_every_object_shape_first_then_colour_and_place(heldout):
+    """"star yellow top right, ...": every object once, each with its own colour and grid cell, in a drawn order."""
+    parse, firsts = question_parser(world.vocabulary(world.WorldConfig())), set()
+    for s in scenes(100):
+        q, a = inventory(world.symbolic_context(s)["boxes"], random.Random(s["id"]), heldout)
+        assert parse(q)[:2] == ("inventory", "heldout" if heldout else "seen"), q
+        box = [[round(v, 2) for v in o["bbox"]] for o in s["objects"]]      # the teacher sees boxes to 2 places
+        truth = [f"{o['shape']} {o['color']} {grid_cell((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)}"
+                 for o, b in zip(s["objects"], box)]
+        assert a.endswith(".") and Counter(a[:-1].split(", ")) == Counter(truth), (a, truth)
+        firsts.add(a.split(", ")[0] == truth[0])
+    assert firsts == {True, False}            # not always in the scene's own order
 
 
 def test_coco_route_on_fixture():

@@ -100,6 +100,13 @@ QUESTIONS: dict[str, Phrasings] = {
         seen=("Is the {name} above the {other}?", "Is the {name} higher than the {other}?",
               "Is the {name} placed above the {other}?"),
         heldout=("Does the {name} sit higher up than the {other}?",)),
+    # ---- the inventory turn every stage-2 conversation gets (teacher.inventory)
+    "inventory": Phrasings(
+        seen=("What shape and colour does each object have, and where is it?",
+              "What shape and color does each object have, and where is it?",
+              "Tell me the shape, colour and part of the image of each object.",
+              "Which shape, colour and part of the image does each object have?"),
+        heldout=("Name the shape, color and position of each thing.",)),
     # ---- complex reasoning (teacher.RuleTeacher.complex)
     "remove_group": Phrasings(
         seen=("If all the {group} were removed, how many objects would be left?",

@@ -339,11 +339,36 @@ def opened_with_description(detail: list[dict], conversation: list[dict]) -> lis
     return detail + (rest[:-2] if len(rest) > 2 else rest)
 
 
+def inventory(boxes: list[str], rng: random.Random, heldout: bool = False) -> tuple[str, str]:
+    """A question and its answer listing every object shape first, then its colour and place, in a random order:
+    "star yellow top right, rectangle orange center, circle teal left."
+
+    Why shape first: the answer's colour is then the token right after its shape word, a look-up from that token
+    alone (find the star's image tokens, read their colour), and its place the token right after the colour. The
+    descriptions name the colour first ("a yellow star"), which trains only colour -> shape; "What colour is the
+    star?" needs the other direction, and "Where is the red star?" the place. With this turn the place of a named
+    object leaves picking (docs/EXPERIMENTS.md, 2026-12-07 (night))."""
+    objs = parse_objects(boxes)
+    items = [" ".join(w for w in (o["noun"], o["color"], position_name(o["cx"], o["cy"], margin=0)) if w)
+             for o in rng.sample(objs, len(objs))]
+    return ask("inventory", rng, heldout), ", ".join(items) + "."
+
+
+def with_turn(conversation: list[dict], qa: tuple[str, str], rng: random.Random, keep: int = 0) -> list[dict]:
+    """The conversation with one more question and answer at a random turn after its first `keep` turns (the image
+    stays in front of the first question)."""
+    turns = [{**conversation[0], "value": conversation[0]["value"].replace("<image>\n", "")}, *conversation[1:]]
+    k = 2 * rng.randint(keep, len(turns) // 2)
+    turns[k:k] = [{"from": "human", "value": qa[0]}, {"from": "gpt", "value": qa[1]}]
+    return [{**turns[0], "value": "<image>\n" + turns[0]["value"]}, *turns[1:]]
+
+
 def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[str] | None = None,
                        balancer: AnswerBalancer | None = None, progress: bool = True, vqa_rounds: int = 1) -> list[dict]:
     """LLaVA JSON for items {id, image, context}: conv, detail, complex per image (rejected replies are skipped; a
-    third of the conversations open with the detailed description, opened_with_description), plus, with a balancer,
-    one multi-turn short-answer VQA sample per image (ids end in _conv/_detail/_complex/_vqa).
+    third of the conversations open with the detailed description, opened_with_description, and every one gets an
+    inventory turn, inventory), plus, with a balancer, one multi-turn short-answer VQA sample per image (ids end in
+    _conv/_detail/_complex/_vqa).
 
     The VQA sample asks `vqa_rounds` rounds of short_answer_questions (at most one question per type per round,
     none twice), as LLaVA-1.5 puts all of an image's VQA questions in one conversation: each extra answer costs a
@@ -356,9 +381,14 @@ def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[s
             turns = write(it["context"], random.Random(f"{seed}:{it['id']}:{kind}"))
             if turns:
                 written[kind] = turns
-        if {"conv", "detail"} <= written.keys() and \
-                random.Random(f"{seed}:{it['id']}:opening").random() < DESCRIPTION_FIRST:
+        opened = {"conv", "detail"} <= written.keys() and \
+            random.Random(f"{seed}:{it['id']}:opening").random() < DESCRIPTION_FIRST
+        if opened:
             written["conv"] = opened_with_description(written["detail"], written["conv"])
+        if "conv" in written:
+            rng = random.Random(f"{seed}:{it['id']}:inventory")
+            qa = inventory(it["context"]["boxes"], rng, getattr(teacher, "heldout", False))
+            written["conv"] = with_turn(written["conv"], qa, rng, keep=1 if opened else 0)
         out += [{"id": f"{it['id']}_{kind}", "image": it["image"], "conversations": turns}
                 for kind, turns in written.items()]
         if balancer is not None:
