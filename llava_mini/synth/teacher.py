@@ -355,8 +355,8 @@ def inventory(boxes: list[str], rng: random.Random, heldout: bool = False) -> tu
 
 
 def with_turn(conversation: list[dict], qa: tuple[str, str], rng: random.Random, keep: int = 0) -> list[dict]:
-    """The conversation with one more question and answer at a random turn after its first `keep` turns (the image
-    stays in front of the first question)."""
+    """The conversation with one more question and answer, put after a random number (at least `keep`) of its
+    question-answer pairs; the image stays in front of the first question."""
     turns = [{**conversation[0], "value": conversation[0]["value"].replace("<image>\n", "")}, *conversation[1:]]
     k = 2 * rng.randint(keep, len(turns) // 2)
     turns[k:k] = [{"from": "human", "value": qa[0]}, {"from": "gpt", "value": qa[1]}]
