@@ -274,7 +274,8 @@ def test_answer_weighting_gives_the_same_step_for_any_split_of_the_batch(tiny, s
                       "--micro-batch-size", "1")
     finals = [loop.train(parse_args(argv)) for argv in (plain, four, one)]
     assert read_losses(tmp_path / "one") == pytest.approx(read_losses(tmp_path / "four"), rel=1e-5)
-    assert read_losses(tmp_path / "four")[0] != pytest.approx(read_losses(tmp_path / "plain")[0], rel=1e-3)
+    # The splits agree to 1e-5; the weighting moves the first batch's loss by more (0.03% on the fixture's batch).
+    assert read_losses(tmp_path / "four")[0] != pytest.approx(read_losses(tmp_path / "plain")[0], rel=1e-4)
     assert_same_weights(state(finals[1]), state(finals[2]))
 
 
