@@ -340,14 +340,11 @@ def opened_with_description(detail: list[dict], conversation: list[dict]) -> lis
 
 
 def inventory(boxes: list[str], rng: random.Random, heldout: bool = False) -> tuple[str, str]:
-    """A question and its answer listing every object shape first, then its colour and place, in a random order:
-    "star yellow top right, rectangle orange center, circle teal left."
-
-    Why shape first: the answer's colour is then the token right after its shape word, a look-up from that token
-    alone (find the star's image tokens, read their colour), and its place the token right after the colour. The
-    descriptions name the colour first ("a yellow star"), which trains only colour -> shape; "What colour is the
-    star?" needs the other direction, and "Where is the red star?" the place. With this turn the place of a named
-    object leaves picking (docs/EXPERIMENTS.md, 2026-12-07 (night))."""
+    """A question and its answer naming every object shape first, then its colour and place, in a drawn order:
+    "star yellow top right, rectangle orange center, circle teal left." Each colour is the token right after its
+    shape word, a look-up from that token alone, and each place the token after the colour: the descriptions ("a
+    yellow star") train only colour -> shape, while "What colour is the star?" and "Where is the red star?" need
+    these two (lesson 10, section 4; docs/EXPERIMENTS.md, 2026-12-07 (night))."""
     objs = parse_objects(boxes)
     items = [" ".join(w for w in (o["noun"], o["color"], position_name(o["cx"], o["cy"], margin=0)) if w)
              for o in rng.sample(objs, len(objs))]
