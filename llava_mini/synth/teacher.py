@@ -353,11 +353,10 @@ def inventory(boxes: list[str], rng: random.Random, heldout: bool = False) -> tu
 
 def with_turn(conversation: list[dict], qa: tuple[str, str], rng: random.Random, keep: int = 0) -> list[dict]:
     """The conversation with one more question and answer, put after a random number (at least `keep`) of its
-    question-answer pairs; the image stays in front of the first question."""
-    turns = [{**conversation[0], "value": conversation[0]["value"].replace("<image>\n", "")}, *conversation[1:]]
-    k = 2 * rng.randint(keep, len(turns) // 2)
-    turns[k:k] = [{"from": "human", "value": qa[0]}, {"from": "gpt", "value": qa[1]}]
-    return [{**turns[0], "value": "<image>\n" + turns[0]["value"]}, *turns[1:]]
+    question-answer pairs; the image stays in front of the first question (_turns puts it there)."""
+    pairs = [(q["value"].replace("<image>\n", ""), a["value"]) for q, a in zip(conversation[::2], conversation[1::2])]
+    pairs.insert(rng.randint(keep, len(pairs)), qa)
+    return _turns(pairs)
 
 
 def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[str] | None = None,
