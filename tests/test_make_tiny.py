@@ -253,8 +253,10 @@ def test_init_clip_goes_on_training_the_clip_and_keep_llama_keeps_the_llm(one_pr
     assert [r["command"] for r in second["clip_made"]] == ["make the first"] and not second["clip_kept"]
     assert [r["command"] for r in second["llama_made"]] == ["make the first"] and second["llama_kept"]
     cards = {name: open(tmp_path / "second" / name / "README.md").read() for name in ("tiny-clip", "tiny-llama")}
-    assert "Run 1: 3 steps of batch" in cards["tiny-clip"] and "lr 0.002\n" in cards["tiny-clip"]
-    assert "Run 2: 2 steps of batch 8, lr 0.002, on the train scenes and 5 new ones" in cards["tiny-clip"]
+    assert "Run 1: 3 steps of batch" in cards["tiny-clip"]
+    assert "lr 0.002, every patch alone too (per-patch weight 1.0)\n" in cards["tiny-clip"]     # make_tiny's default
+    assert "Run 2: 2 steps of batch 8, lr 0.002, on the train scenes and 5 new ones, every patch alone too" \
+        in cards["tiny-clip"]
     assert "train the CLIP on" in cards["tiny-clip"] and "train the CLIP on" not in cards["tiny-llama"]
     assert "Run 1: pretraining 3 steps" in cards["tiny-llama"] and "Run 2" not in cards["tiny-llama"]
     with pytest.raises(ValueError, match="not both"):
@@ -341,6 +343,37 @@ def test_region_logits_target_each_objects_own_phrase(tokenizer_json):
     assert logits.shape == (3, len(phrases)) == (3, 1 + 5 + 8 + 1)
     assert [phrases[t] for t in targets] == ["large red star at the top left", "small blue circle at the bottom right",
                                              "large red star at the top left"]
+
+
+def test_region_logits_per_patch_make_every_patch_of_one_box_a_row_of_its_own(tokenizer_json):
+    from tokenizers import Tokenizer as HFTokenizer
+    clip_tok = tiny_clip.clip_tokenizer(HFTokenizer.from_file(tokenizer_json))
+    eot = clip_tok.token_to_id(tiny_clip.END_OF_TEXT)
+    from llava_mini.model.config import CLIPTextConfig, VisionConfig
+    config = CLIPConfig(vision_config=VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                   num_attention_heads=1, image_size=32, patch_size=8, projection_dim=32),
+                        text_config=CLIPTextConfig(vocab_size=clip_tok.get_vocab_size(), hidden_size=32,
+                                                   intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
+                                                   max_position_embeddings=32, projection_dim=32, pad_token_id=eot,
+                                                   bos_token_id=1, eos_token_id=eot), projection_dim=32)
+    model = init_weights(CLIPModel(config))
+    # grid 4: the star covers patches (0,0) (0,1) (1,0) (1,1); the circle (1,1) (1,2) (2,1) (2,2); (1,1) is in both
+    star = {"shape": "star", "color": "red", "size": "large", "bbox": [0, 0, .5, .5], "center": [.25, .25]}
+    circle = {"shape": "circle", "color": "blue", "size": "small", "bbox": [.25, .25, .75, .75], "center": [.5, .5]}
+    regions = [tiny_clip.object_regions({"objects": [star, circle]}, 4)]
+    hidden = torch.randn(1, 17, 32)
+    logits, targets = tiny_clip.region_logits(model, hidden, regions, clip_tok, 32, per_patch=True)
+    assert logits.shape == (6, 2)                      # 3 + 3 patches; the shared patch (1,1) is no one's row
+    assert targets.tolist() == [0, 0, 0, 1, 1, 1]      # sorted phrases: "large red star ..." < "small blue circle ..."
+    # each row is one patch: changing patch (2,2), the circle's last, changes that row only
+    hidden2 = hidden.clone()
+    hidden2[0, 1 + 2 * 4 + 2] += 10.0
+    changed = (tiny_clip.region_logits(model, hidden2, regions, clip_tok, 32, per_patch=True)[0] - logits).abs()
+    assert changed.sum(1).gt(1e-6).tolist() == [False] * 5 + [True]
+    # and the shared patch moves no row at all
+    hidden3 = hidden.clone()
+    hidden3[0, 1 + 1 * 4 + 1] += 10.0
+    assert torch.allclose(tiny_clip.region_logits(model, hidden3, regions, clip_tok, 32, per_patch=True)[0], logits)
 
 
 def test_counterfactual_phrases_swap_only_the_shape_or_only_the_position():

@@ -16,7 +16,8 @@ It makes three things, in the order LLaVA's bases were made (on a much smaller s
 1. a BPE tokenizer shaped like LLaMA's (`<unk>`=0, `<s>`=1, `</s>`=2, 256 byte-fallback tokens, "▁" for spaces),
    with `<image>` added as a special token at the end of the vocabulary (weights/tiny_tokenizer.py);
 2. a tiny CLIP (vision + text tower), trained contrastively on the shapes world's image-caption pairs and on
-   object-phrase pairs (each object's patches against "small red star at the top left"; see train_clip for why);
+   object-phrase pairs (each object's patches against "small red star at the top left", pooled and each patch
+   alone; see train_clip for why);
 3. a tiny LLaMA, trained on the world's text without images: pretraining on every token of the captions and the
    stage-2 conversations (the scene in words where the image will be), then instruction tuning on those
    conversations with the loss on the answers only (like Vicuna, it chats before it ever sees an image), then a
@@ -75,7 +76,7 @@ from weights.world_text import (binding_texts, lookup_chats, new_scenes, read_wo
 
 def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tokenizer, *, steps: int,
                batch_size: int, lr: float, seed: int, feature_layer: int = -2, region_weight: float = 1.0,
-               hard_negatives: bool = True, rank: int = 0, world: int = 1,
+               patch_weight: float = 1.0, hard_negatives: bool = True, rank: int = 0, world: int = 1,
                model: CLIPModel | None = None) -> CLIPModel:
     """CLIP's contrastive loss on (image, caption) pairs, plus the same loss on (object region, phrase) pairs.
 
@@ -85,6 +86,8 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
     CLIPs do, puts shape and position into exactly the features the LLM will read. With `hard_negatives` each
     region also competes with its own phrase with the shape swapped and with the position swapped (one random swap of
     each per step, counterfactual_phrases), which a batch rarely supplies; docs/EXPERIMENTS.md has what they change.
+    `patch_weight` adds the same term for every patch alone (tiny_clip.region_logits, per_patch): the mean of an
+    object's patches may know its shape while no single patch does, and a look-up finds "the star" token by token.
 
     Under torchrun (`world` processes) every process draws the same global batch from the same seeded generator
     and runs its own slice of the images and of the texts; the features are gathered, so the loss contrasts the
@@ -113,15 +116,22 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
         image, text = gather_with_grad(image, world), gather_with_grad(text, world)      # (B, D) on every process
         image_loss = clip_loss(image @ text.t() * model.logit_scale.exp())               # the same on every process
         loss, losses = image_loss / world, {"image": image_loss}
+        # this process's objects against every phrase of the global batch (and the hard negatives)
+        others = [p for i in idx for p in regions[i][1]] if world > 1 else []
         if region_weight:                    # 0: the image-caption ablation, which need not compute the term at all
-            # this process's objects against every phrase of the global batch (and the hard negatives)
-            others = [p for i in idx for p in regions[i][1]] if world > 1 else []
             logits, targets = region_logits(model, out.hidden_states[feature_layer], [regions[i] for i in idx[mine]],
                                             tokenizer, max_len, others + negatives, rank, world)
             n_objects = sum(len(regions[i][1]) for i in idx)
             region = F.cross_entropy(logits, targets, reduction="sum") / n_objects        # this process's share
             loss = loss + region_weight * region
             losses["region"] = region * n_objects / len(targets)                     # this process's mean
+        if patch_weight:
+            logits, targets = region_logits(model, out.hidden_states[feature_layer], [regions[i] for i in idx[mine]],
+                                            tokenizer, max_len, others + negatives, rank, world, per_patch=True)
+            n_patches = sum(int((m * (m.sum(0) == 1)).sum()) for m, _ in (regions[i] for i in idx))
+            patch = F.cross_entropy(logits, targets, reduction="sum") / n_patches          # this process's share
+            loss = loss + patch_weight * patch
+            losses["patch"] = patch * n_patches / max(1, len(targets))
         optimizer_step(model, opt, sched, loss, world)
         bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()})
     return model.eval()
@@ -173,7 +183,8 @@ def vision_config(z: BaseSizes) -> VisionConfig:
 # ---------------------------------------------------------------------------------------------------------------
 
 def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", extra_text: list[str] = (), *,
-              region_weight: float = 1.0, hard_negatives: bool = True, seed: int = 0, command: str | None = None,
+              region_weight: float = 1.0, patch_weight: float = 1.0, hard_negatives: bool = True, seed: int = 0,
+              command: str | None = None,
               keep_clip: str | None = None, init_clip: str | None = None, keep_llama: str | None = None,
               init_llama: str | None = None, **sizes) -> dict:
     """Make tokenizer, tiny CLIP and tiny LLaMA; write them to {out_dir}/tiny-clip and {out_dir}/tiny-llama, and
@@ -229,7 +240,7 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
         clip, clip_tok = make_clip(z, tokenizer, hf_tok, data_dir, text["train_scenes"], seed=seed, rank=rank,
                                    world=world, model=clip if init_clip else None,
                                    clip_tok=clip_tok if init_clip else None, region_weight=region_weight,
-                                   hard_negatives=hard_negatives)
+                                   patch_weight=patch_weight, hard_negatives=hard_negatives)
     stats = None
     if rank == 0:
         test_images = load_images(data_dir, text["test_scenes"], clip.config.vision_config)
@@ -288,7 +299,7 @@ def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", 
                                                                                 "per_phrasing")},
                      tower_probes={k: v["probe"] for k, v in probes.items()}, vocab_size=tokenizer.vocab_size,
                      clip_dir=clip_dir, llama_dir=llama_dir, processes=world, seed=seed, sizes=dataclasses.asdict(z),
-                     kv_heads_widened_from=widened_from,
+                     kv_heads_widened_from=widened_from, patch_weight=0.0 if keep_clip else patch_weight,
                      seconds=round(time.time() - t0, 1), training_text=text_fingerprint(text["text"]),
                      command=command, machine=machine())
         write_json(stats, os.path.join(out_dir, BASES_REPORT))
@@ -313,6 +324,8 @@ def main(argv=None):
                        default=getattr(CLASSROOM.bases, f.name))
     p.add_argument("--region-weight", type=cli.non_negative_float, default=1.0,
                    help="weight of the object-phrase term of the CLIP loss (0: image-caption pairs only)")
+    p.add_argument("--patch-weight", type=cli.non_negative_float, default=1.0,
+                   help="weight of the same term for every patch alone (0: off), so each image token tells its shape")
     p.add_argument("--no-hard-negatives", action="store_true",
                    help="the object-phrase term without the shape- and position-swapped phrases (the ablation)")
     p.add_argument("--keep-clip", metavar="FOLDER", default=None,
@@ -334,7 +347,7 @@ def main(argv=None):
     if world > 1:                     # under torchrun: one process of several; the bases train on the CPU, so gloo
         dist.init_process_group("gloo")
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
-    make_tiny(args.data, args.out, args.extra_text, region_weight=args.region_weight,
+    make_tiny(args.data, args.out, args.extra_text, region_weight=args.region_weight, patch_weight=args.patch_weight,
               hard_negatives=not args.no_hard_negatives, seed=args.seed, keep_clip=args.keep_clip,
               init_clip=args.init_clip, keep_llama=args.keep_llama, init_llama=args.init_llama,
               command=" ".join([launcher(world), "weights/make_tiny.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -17,7 +17,7 @@ from llava_mini.training.recipes import BASES_REPORT
 from weights.tiny_llama import query_heads
 
 PROVENANCE = ("command", "seed", "seconds", "machine", "processes", "training_text", "sizes")   # a run's record
-RUN_CHANGES = ("kv_heads_widened_from",)       # ... and what a run changed besides training, when it did
+RUN_CHANGES = ("kv_heads_widened_from", "patch_weight")   # ... and what a run changed or added, when it did
 
 
 def earlier_report(folder: str, flag: str) -> dict:
@@ -56,8 +56,9 @@ tags: [clip, vision, synthetic-data]
 # tiny-clip: the classroom's stand-in for openai/clip-vit-large-patch14-336
 
 A CLIP (ViT vision tower + text tower) trained from scratch, contrastively, on the shapes world's image-caption pairs
-and object-phrase pairs, with shape- and position-swapped phrases as hard negatives (weights/make_tiny.py,
-train_clip; each run below goes on from the one before it). Hugging Face's CLIP layout:
+and object-phrase pairs, with shape- and position-swapped phrases as hard negatives; a run with a per-patch weight
+also contrasts every patch alone with its object's phrase (weights/make_tiny.py, train_clip; each run below goes on
+from the one before it). Hugging Face's CLIP layout:
 `transformers.CLIPModel.from_pretrained` and `llava_mini.loading.weights.load_clip` both read it. LLaVA reads the
 vision tower's layer -2 patch features and never trains it.
 
@@ -106,7 +107,10 @@ def clip_run(record: dict, number: int) -> str:
     """One make_tiny run's share of the CLIP: its steps, batch and rate, then how it was run (provenance)."""
     z = record["sizes"]
     scenes = f", on the train scenes and {z['clip_scenes']} new ones" if z.get("clip_scenes") else ""
-    return (f"- Run {number}: {z['clip_steps']} steps of batch {z['clip_batch']}, lr {z['clip_lr']}{scenes}\n" +
+    weight = record.get("patch_weight")
+    patches = f", every patch alone too (per-patch weight {weight})" if weight else ""
+    return (f"- Run {number}: {z['clip_steps']} steps of batch {z['clip_batch']}, lr {z['clip_lr']}{scenes}"
+            f"{patches}\n" +
             "".join("  " + line for line in provenance(record).splitlines(keepends=True)))
 
 

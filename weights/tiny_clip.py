@@ -105,20 +105,34 @@ def phrase_features(model: CLIPModel, tokenizer, phrases: list[str], max_len: in
 
 
 def region_logits(model: CLIPModel, hidden: torch.Tensor, regions: list, tokenizer, max_len: int,
-                  negatives: list[str] = (), rank: int = 0, world: int = 1):
+                  negatives: list[str] = (), rank: int = 0, world: int = 1, per_patch: bool = False):
     """Region-phrase similarities. hidden: (B, 1 + P, H), the layer LLaVA reads; regions[b] = object_regions of
     scene b. Each region is its patches' mean, through the same post-LayerNorm and projection as the CLS token.
     Returns (logits (R, n_phrases), targets (R,)): each region should pick its own phrase among the batch's and
-    the extra `negatives` (under several processes: also the other processes' phrases, see make_tiny.train_clip)."""
-    masks = torch.cat([m for m, _ in regions])                                           # (R, P)
-    owner = torch.cat([torch.full((len(m),), b) for b, (m, _) in enumerate(regions)])    # (R,)
-    pooled = torch.einsum("rp,rph->rh", masks, hidden[owner, 1:]) / masks.sum(1, keepdim=True)   # (R, H)
-    region = F.normalize(model.visual_projection(model.vision_model.post_layernorm(pooled)), dim=-1)
+    the extra `negatives` (under several processes: also the other processes' phrases, see make_tiny.train_clip).
+
+    `per_patch`: every patch inside exactly one object's box is a row of its own instead (R = those patches), so
+    that each image token alone must tell its object's phrase. A mean over four patches can name the shape from
+    its outline while no single patch knows it; but an attention head that looks for "the star" among the 64
+    tokens matches them one by one (benchmarks/probe_tower.py --per-patch measures what one token carries)."""
+    if per_patch:
+        masks = torch.cat([m * (m.sum(0) == 1) for m, _ in regions])      # (R_obj, P): patches of one box only
+    else:
+        masks = torch.cat([m for m, _ in regions])                        # (R_obj, P)
+    owner = torch.cat([torch.full((len(m),), b) for b, (m, _) in enumerate(regions)])    # (R_obj,)
+    if per_patch:
+        rows, patches = masks.nonzero(as_tuple=True)                      # (R,) each: its object, its patch
+        features = hidden[owner[rows], 1 + patches]                       # (R, H)
+    else:
+        rows = torch.arange(len(masks))
+        features = torch.einsum("rp,rph->rh", masks, hidden[owner, 1:]) / masks.sum(1, keepdim=True)   # (R, H)
+    region = F.normalize(model.visual_projection(model.vision_model.post_layernorm(features)), dim=-1)
     names = [p for _, ps in regions for p in ps]
     unique = sorted(set(names) | set(negatives))
     text = phrase_features(model, tokenizer, unique, max_len, rank, world)                 # (n_phrases, D)
     index = {p: i for i, p in enumerate(unique)}
-    return region @ text.t() * model.logit_scale.exp(), torch.tensor([index[p] for p in names])
+    targets = torch.tensor([index[p] for p in names])[rows]
+    return region @ text.t() * model.logit_scale.exp(), targets
 
 
 @torch.no_grad()
