@@ -312,7 +312,8 @@ def test_object_regions_cover_the_patches_inside_each_box():
     assert phrases == ["large red star at the top left", "small blue circle in the center"]
 
 
-def test_region_logits_target_each_objects_own_phrase(tokenizer_json):
+def small_clip(tokenizer_json):
+    """A random CLIP of 32 px images in 4x4 patches of 8 px, hidden 32, and its text tower's tokenizer."""
     from tokenizers import Tokenizer as HFTokenizer
     clip_tok = tiny_clip.clip_tokenizer(HFTokenizer.from_file(tokenizer_json))
     eot = clip_tok.token_to_id(tiny_clip.END_OF_TEXT)
@@ -324,6 +325,11 @@ def test_region_logits_target_each_objects_own_phrase(tokenizer_json):
                                                    max_position_embeddings=32, projection_dim=32, pad_token_id=eot,
                                                    bos_token_id=1, eos_token_id=eot), projection_dim=32)
     model = init_weights(CLIPModel(config))
+    return model, clip_tok
+
+
+def test_region_logits_target_each_objects_own_phrase(tokenizer_json):
+    model, clip_tok = small_clip(tokenizer_json)
     one = ({"shape": "star", "color": "red", "size": "large", "bbox": [0, 0, .5, .5], "center": [.25, .25]})
     two = ({"shape": "circle", "color": "blue", "size": "small", "bbox": [.5, .5, 1, 1], "center": [.75, .75]})
     regions = [tiny_clip.object_regions({"objects": [one, two]}, 4), tiny_clip.object_regions({"objects": [one]}, 4)]
@@ -346,17 +352,7 @@ def test_region_logits_target_each_objects_own_phrase(tokenizer_json):
 
 
 def test_region_logits_per_patch_make_every_patch_of_one_box_a_row_of_its_own(tokenizer_json):
-    from tokenizers import Tokenizer as HFTokenizer
-    clip_tok = tiny_clip.clip_tokenizer(HFTokenizer.from_file(tokenizer_json))
-    eot = clip_tok.token_to_id(tiny_clip.END_OF_TEXT)
-    from llava_mini.model.config import CLIPTextConfig, VisionConfig
-    config = CLIPConfig(vision_config=VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                   num_attention_heads=1, image_size=32, patch_size=8, projection_dim=32),
-                        text_config=CLIPTextConfig(vocab_size=clip_tok.get_vocab_size(), hidden_size=32,
-                                                   intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
-                                                   max_position_embeddings=32, projection_dim=32, pad_token_id=eot,
-                                                   bos_token_id=1, eos_token_id=eot), projection_dim=32)
-    model = init_weights(CLIPModel(config))
+    model, clip_tok = small_clip(tokenizer_json)
     # grid 4: the star covers patches (0,0) (0,1) (1,0) (1,1); the circle (1,1) (1,2) (2,1) (2,2); (1,1) is in both
     star = {"shape": "star", "color": "red", "size": "large", "bbox": [0, 0, .5, .5], "center": [.25, .25]}
     circle = {"shape": "circle", "color": "blue", "size": "small", "bbox": [.25, .25, .75, .75], "center": [.5, .5]}
