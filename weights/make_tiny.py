@@ -59,9 +59,9 @@ from llava_mini.model.config import CLIPConfig, CLIPTextConfig, VisionConfig  # 
 from llava_mini.training.distributed import barrier, gather_with_grad  # noqa: E402
 from llava_mini.training.pipeline import launcher  # noqa: E402
 from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, BaseSizes  # noqa: E402
-from weights.tiny_clip import (END_OF_TEXT, clip_tokenizer, counterfactual_phrases, earlier_clip,  # noqa: E402
-                               encode_captions, kept_clip, load_images, object_regions, probe_tower, render_images,
-                               region_accuracy, region_logits, retrieval_accuracy)
+from weights.tiny_clip import (END_OF_TEXT, alone_patches, clip_tokenizer, counterfactual_phrases,  # noqa: E402
+                               earlier_clip, encode_captions, kept_clip, load_images, object_regions, probe_tower,
+                               render_images, region_accuracy, region_logits, retrieval_accuracy)
 from weights.model_cards import earlier_report, earlier_runs, machine, write_model_cards  # noqa: E402
 from weights.base_training import init_weights, optimizer_step, warmup_cosine  # noqa: E402
 from weights.tiny_llama import (Phase, lm_loss, lm_samples, pack_text, text_config, train_llama,  # noqa: E402
@@ -128,7 +128,7 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
         if patch_weight:
             logits, targets = region_logits(model, out.hidden_states[feature_layer], [regions[i] for i in idx[mine]],
                                             tokenizer, max_len, others + negatives, rank, world, per_patch=True)
-            n_patches = sum(int((m * (m.sum(0) == 1)).sum()) for m, _ in (regions[i] for i in idx))
+            n_patches = sum(int(alone_patches(regions[i][0]).sum()) for i in idx)
             patch = F.cross_entropy(logits, targets, reduction="sum") / n_patches          # this process's share
             loss = loss + patch_weight * patch
             losses["patch"] = patch * n_patches / max(1, len(targets))
@@ -184,9 +184,8 @@ def vision_config(z: BaseSizes) -> VisionConfig:
 
 def make_tiny(data_dir: str = "data/shapes", out_dir: str = "checkpoints/base", extra_text: list[str] = (), *,
               region_weight: float = 1.0, patch_weight: float = 1.0, hard_negatives: bool = True, seed: int = 0,
-              command: str | None = None,
-              keep_clip: str | None = None, init_clip: str | None = None, keep_llama: str | None = None,
-              init_llama: str | None = None, **sizes) -> dict:
+              command: str | None = None, keep_clip: str | None = None, init_clip: str | None = None,
+              keep_llama: str | None = None, init_llama: str | None = None, **sizes) -> dict:
     """Make tokenizer, tiny CLIP and tiny LLaMA; write them to {out_dir}/tiny-clip and {out_dir}/tiny-llama, and
     the measurements (retrieval accuracy, LM loss) to {out_dir}/make_tiny.json; returns them as a dict. `sizes`
     overrides fields of the classroom's BaseSizes (llava_mini/training/recipes.py), e.g. clip_steps=500.

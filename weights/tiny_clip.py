@@ -104,6 +104,12 @@ def phrase_features(model: CLIPModel, tokenizer, phrases: list[str], max_len: in
     return gather_with_grad(features, world)[:len(phrases)]
 
 
+def alone_patches(masks: torch.Tensor) -> torch.Tensor:
+    """object_regions' masks (n_objects, P) with only the patches inside exactly one object's box: a patch in two
+    boxes has no single phrase to pick."""
+    return masks * (masks.sum(0) == 1)
+
+
 def region_logits(model: CLIPModel, hidden: torch.Tensor, regions: list, tokenizer, max_len: int,
                   negatives: list[str] = (), rank: int = 0, world: int = 1, per_patch: bool = False):
     """Region-phrase similarities. hidden: (B, 1 + P, H), the layer LLaVA reads; regions[b] = object_regions of
@@ -115,10 +121,7 @@ def region_logits(model: CLIPModel, hidden: torch.Tensor, regions: list, tokeniz
     that each image token alone must tell its object's phrase. A mean over four patches can name the shape from
     its outline while no single patch knows it; but an attention head that looks for "the star" among the 64
     tokens matches them one by one (benchmarks/probe_tower.py --per-patch measures what one token carries)."""
-    if per_patch:
-        masks = torch.cat([m * (m.sum(0) == 1) for m, _ in regions])      # (R_obj, P): patches of one box only
-    else:
-        masks = torch.cat([m for m, _ in regions])                        # (R_obj, P)
+    masks = torch.cat([alone_patches(m) if per_patch else m for m, _ in regions])        # (R_obj, P)
     owner = torch.cat([torch.full((len(m),), b) for b, (m, _) in enumerate(regions)])    # (R_obj,)
     if per_patch:
         rows, patches = masks.nonzero(as_tuple=True)                      # (R,) each: its object, its patch
