@@ -370,6 +370,12 @@ def test_region_logits_per_patch_make_every_patch_of_one_box_a_row_of_its_own(to
     hidden3 = hidden.clone()
     hidden3[0, 1 + 1 * 4 + 1] += 10.0
     assert torch.allclose(tiny_clip.region_logits(model, hidden3, regions, clip_tok, 32, per_patch=True)[0], logits)
+    # train_clip scores the pooled rows and the patch rows against phrases encoded once: the same as apart
+    rows = [tiny_clip.region_rows(model, hidden, regions, per_patch=p) for p in (False, True)]
+    both = tiny_clip.phrase_logits(model, clip_tok, 32, regions, rows)
+    for (logits_, targets_), p in zip(both, (False, True)):
+        apart = tiny_clip.region_logits(model, hidden, regions, clip_tok, 32, per_patch=p)
+        assert torch.allclose(logits_, apart[0]) and torch.equal(targets_, apart[1])
 
 
 def test_counterfactual_phrases_swap_only_the_shape_or_only_the_position():

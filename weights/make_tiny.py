@@ -60,8 +60,8 @@ from llava_mini.training.distributed import barrier, gather_with_grad  # noqa: E
 from llava_mini.training.pipeline import launcher  # noqa: E402
 from llava_mini.training.recipes import BASES_REPORT, CLASSROOM, BaseSizes  # noqa: E402
 from weights.tiny_clip import (END_OF_TEXT, alone_patches, clip_tokenizer, counterfactual_phrases,  # noqa: E402
-                               earlier_clip, encode_captions, kept_clip, load_images, object_regions, probe_tower,
-                               render_images, region_accuracy, region_logits, retrieval_accuracy)
+                               earlier_clip, encode_captions, kept_clip, load_images, object_regions, phrase_logits,
+                               probe_tower, region_accuracy, region_rows, render_images, retrieval_accuracy)
 from weights.model_cards import earlier_report, earlier_runs, machine, write_model_cards  # noqa: E402
 from weights.base_training import init_weights, optimizer_step, warmup_cosine  # noqa: E402
 from weights.tiny_llama import (Phase, lm_loss, lm_samples, pack_text, text_config, train_llama,  # noqa: E402
@@ -86,7 +86,7 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
     CLIPs do, puts shape and position into exactly the features the LLM will read. With `hard_negatives` each
     region also competes with its own phrase with the shape swapped and with the position swapped (one random swap of
     each per step, counterfactual_phrases), which a batch rarely supplies; docs/EXPERIMENTS.md has what they change.
-    `patch_weight` adds the same term for every patch alone (tiny_clip.region_logits, per_patch): the mean of an
+    `patch_weight` adds the same term for every patch alone (tiny_clip.region_rows, per_patch): the mean of an
     object's patches may know its shape while no single patch does, and a look-up finds "the star" token by token.
 
     Under torchrun (`world` processes) every process draws the same global batch from the same seeded generator
@@ -116,22 +116,22 @@ def train_clip(config: CLIPConfig, images: torch.Tensor, scenes: list[dict], tok
         image, text = gather_with_grad(image, world), gather_with_grad(text, world)      # (B, D) on every process
         image_loss = clip_loss(image @ text.t() * model.logit_scale.exp())               # the same on every process
         loss, losses = image_loss / world, {"image": image_loss}
-        # this process's objects against every phrase of the global batch (and the hard negatives)
+        # this process's objects (pooled, and each patch alone) against every phrase of the global batch and the
+        # hard negatives, the phrases encoded once for both terms
+        weights = {"region": region_weight, "patch": patch_weight}
+        terms = [t for t, w in weights.items() if w]       # none: the image-caption ablation, which skips it all
+        mine_regions = [regions[i] for i in idx[mine]]
         others = [p for i in idx for p in regions[i][1]] if world > 1 else []
-        if region_weight:                    # 0: the image-caption ablation, which need not compute the term at all
-            logits, targets = region_logits(model, out.hidden_states[feature_layer], [regions[i] for i in idx[mine]],
-                                            tokenizer, max_len, others + negatives, rank, world)
-            n_objects = sum(len(regions[i][1]) for i in idx)
-            region = F.cross_entropy(logits, targets, reduction="sum") / n_objects        # this process's share
-            loss = loss + region_weight * region
-            losses["region"] = region * n_objects / len(targets)                     # this process's mean
-        if patch_weight:
-            logits, targets = region_logits(model, out.hidden_states[feature_layer], [regions[i] for i in idx[mine]],
-                                            tokenizer, max_len, others + negatives, rank, world, per_patch=True)
-            n_patches = sum(int(alone_patches(regions[i][0]).sum()) for i in idx)
-            patch = F.cross_entropy(logits, targets, reduction="sum") / n_patches          # this process's share
-            loss = loss + patch_weight * patch
-            losses["patch"] = patch * n_patches / max(1, len(targets))
+        rows = [region_rows(model, out.hidden_states[feature_layer], mine_regions, per_patch=t == "patch")
+                for t in terms]
+        scored = phrase_logits(model, tokenizer, max_len, mine_regions, rows, others + negatives, rank, world) \
+            if terms else []
+        for term, (logits, targets) in zip(terms, scored):
+            # the global batch's count of rows, so that the processes' shares sum to the batch's mean
+            n = sum(len(regions[i][1]) if term == "region" else int(alone_patches(regions[i][0]).sum()) for i in idx)
+            term_loss = F.cross_entropy(logits, targets, reduction="sum") / n              # this process's share
+            loss = loss + weights[term] * term_loss
+            losses[term] = term_loss * n / max(1, len(targets))                            # this process's mean
         optimizer_step(model, opt, sched, loss, world)
         bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()})
     return model.eval()

@@ -113,9 +113,17 @@ def alone_patches(masks: torch.Tensor) -> torch.Tensor:
 def region_logits(model: CLIPModel, hidden: torch.Tensor, regions: list, tokenizer, max_len: int,
                   negatives: list[str] = (), rank: int = 0, world: int = 1, per_patch: bool = False):
     """Region-phrase similarities. hidden: (B, 1 + P, H), the layer LLaVA reads; regions[b] = object_regions of
-    scene b. Each region is its patches' mean, through the same post-LayerNorm and projection as the CLS token.
-    Returns (logits (R, n_phrases), targets (R,)): each region should pick its own phrase among the batch's and
-    the extra `negatives` (under several processes: also the other processes' phrases, see make_tiny.train_clip).
+    scene b. Returns (logits (R, n_phrases), targets (R,)): each region (region_rows) should pick its own phrase
+    among the batch's and the extra `negatives` (under several processes: also the other processes' phrases, see
+    make_tiny.train_clip). `per_patch`: a row per patch (region_rows)."""
+    return phrase_logits(model, tokenizer, max_len, regions, [region_rows(model, hidden, regions, per_patch)],
+                         negatives, rank, world)[0]
+
+
+def region_rows(model: CLIPModel, hidden: torch.Tensor, regions: list,
+                per_patch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised features (R, D) of each object's region, its patches' mean through the same post-LayerNorm and
+    projection as the CLS token, and each row's object (R,) as an index into all of `regions`' objects.
 
     `per_patch`: every patch inside exactly one object's box is a row of its own instead (R = those patches), so
     that each image token alone must tell its object's phrase. A mean over four patches can name the shape from
@@ -129,13 +137,19 @@ def region_logits(model: CLIPModel, hidden: torch.Tensor, regions: list, tokeniz
     else:
         rows = torch.arange(len(masks))
         features = torch.einsum("rp,rph->rh", masks, hidden[owner, 1:]) / masks.sum(1, keepdim=True)   # (R, H)
-    region = F.normalize(model.visual_projection(model.vision_model.post_layernorm(features)), dim=-1)
+    return F.normalize(model.visual_projection(model.vision_model.post_layernorm(features)), dim=-1), rows
+
+
+def phrase_logits(model: CLIPModel, tokenizer, max_len: int, regions: list, row_sets: list, negatives: list[str] = (),
+                  rank: int = 0, world: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits, targets) for each (features, objects) of `row_sets` (region_rows of `regions`) against the phrases
+    of `regions` and `negatives`, which the text tower encodes once for all of them."""
     names = [p for _, ps in regions for p in ps]
     unique = sorted(set(names) | set(negatives))
     text = phrase_features(model, tokenizer, unique, max_len, rank, world)                 # (n_phrases, D)
-    index = {p: i for i, p in enumerate(unique)}
-    targets = torch.tensor([index[p] for p in names])[rows]
-    return region @ text.t() * model.logit_scale.exp(), targets
+    position = {p: i for i, p in enumerate(unique)}
+    index = torch.tensor([position[p] for p in names], dtype=torch.long)                  # each object's phrase
+    return [(features @ text.t() * model.logit_scale.exp(), index[rows]) for features, rows in row_sets]
 
 
 @torch.no_grad()
