@@ -1,6 +1,7 @@
 """The shipped tiny bases (weights/tiny): they load through the real loaders, match their manifest, know every word
 today's world writes, and pass quick quality checks; a corrupted file is refused with its name."""
 import os
+import re
 import shutil
 
 import pytest
@@ -13,7 +14,7 @@ from llava_mini.eval.text_qa import text_qa
 from llava_mini.jsonio import read_json
 from llava_mini.loading import weights
 from llava_mini.loading.manifest import MANIFEST, ManifestError, folder_files, read_manifest, verify_manifest
-from llava_mini.synth import world
+from llava_mini.synth import phrasings, world
 from llava_mini.training import pipeline
 from llava_mini.training.recipes import BASES_REPORT, CLASSROOM
 
@@ -81,6 +82,16 @@ def test_the_bases_know_every_word_todays_world_writes(scenes):
     known = set(read_json(os.path.join(BASES, BASES_REPORT))["training_text"]["words"])
     today = set(world_text.world_words("\n".join(world_text.read_world_text(scenes, [])["text"])))
     assert today <= known, f"words the shipped bases never saw: {sorted(today - known)[:20]}"
+
+
+def test_the_bases_know_every_word_of_every_seen_wording():
+    """A small world draws only some wordings; this checks all of them, so a new one is caught before a run draws it.
+    (Held-out wordings may use any word: no training file holds them.)"""
+    known = set(read_json(os.path.join(BASES, BASES_REPORT))["training_text"]["words"])
+    for kind, wordings in [*phrasings.QUESTIONS.items(), ("detail", phrasings.DETAIL_INSTRUCTIONS)]:
+        for wording in wordings.seen:
+            new = set(world_text.world_words(re.sub(r"\{\w+\}", "", wording))) - known
+            assert not new, f"{kind} wording {wording!r}: words the shipped bases never saw: {sorted(new)}"
 
 
 def test_bases_load_through_the_real_loaders_and_read_held_out_scenes(scenes):

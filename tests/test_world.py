@@ -121,6 +121,24 @@ def test_heldout_phrasings_never_reach_a_training_file(dataset):
     assert all(PARSE(b["question"]) is None or PARSE(b["question"])[1] == b["phrasing"] for b in bench)
 
 
+def test_the_wording_probe_asks_the_same_question_in_words_the_teacher_never_writes(dataset):
+    """benchmarks/probe_wordings.py: each test question comes back in a new wording that asks about the same thing
+    (the same fields, the same answer), and no new wording is one of phrasings.py's, seen or held out."""
+    from conftest import load_script
+    probe = load_script("benchmarks/probe_wordings.py")
+    root, _ = dataset
+    test = read(root, "test.json")
+    new = probe.reworded(test, PARSE)
+    for q, n in zip(test, new):
+        assert PARSE(n["question"]) is None, n["question"]           # neither seen nor held out
+        assert n["answer"] == q["answer"] and n["question_type"] == q["question_type"]
+        fields = PARSE(q["question"])[2]
+        assert n["question"] == n["wording"].format(**fields) and all(v in n["question"] for v in fields.values())
+    assert {n["wording"] for n in new} <= {w for ws in probe.NEW_WORDINGS.values() for w in ws}
+    with pytest.raises(ValueError, match="q0.*no wording"):
+        probe.reworded([{"id": "q0", "question": "Why is the sky blue?"}], PARSE)
+
+
 def test_scene_in_words_says_where_every_object_is():
     """What a text-only LLM reads for a scene holds each object's place (the boxes, in words), also when the
     scene's three captions happened to leave the places sentence out, so every position question can be

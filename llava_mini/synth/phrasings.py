@@ -60,37 +60,57 @@ QUESTIONS: dict[str, Phrasings] = {
     "count": Phrasings(
         seen=("How many objects are there?", "How many shapes are in the image?", "How many things can you see?",
               "Count the objects in the picture.", "What is the number of shapes in the image?",
-              "How many objects does the picture show?"),
+              "How many objects does the picture show?",
+              "How many shapes can you see in this picture?", "How many objects can you count?",
+              "What's the number of things in the image?", "Please count the shapes in the image.",
+              "What is the total number of objects in the picture?"),
         heldout=("How many items are shown here?", "Can you count the shapes for me?")),
     "count_color": Phrasings(
         seen=("How many {color} objects are there?", "How many {color} shapes are in the image?",
               "Count the {color} things in the picture.", "What is the number of {color} objects?",
-              "How many objects are {color}?"),
+              "How many objects are {color}?",
+              "How many {color} things can you see?", "How many {color} shapes can you count?",
+              "What's the number of {color} things in the picture?", "Please count the {color} objects.",
+              "How many {color} objects does the image show?"),
         heldout=("How many of the shapes are coloured {color}?", "Tell me how many {color} items you see.")),
     "count_shape": Phrasings(
         seen=("How many {nouns} are there?", "How many {nouns} are in the image?", "Count the {nouns}.",
-              "What is the number of {nouns} in the picture?", "How many {nouns} can you see?"),
+              "What is the number of {nouns} in the picture?", "How many {nouns} can you see?",
+              "How many {nouns} are in this picture?", "How many {nouns} can you count in the picture?",
+              "What's the number of {nouns}?", "Please count the {nouns} in the image."),
         heldout=("How many {nouns} does this picture contain?", "Tell me the number of {nouns} shown.")),
     "color": Phrasings(
         seen=("What color is the {noun}?", "What colour is the {noun}?", "What is the color of the {noun}?",
-              "Which colour does the {noun} have?", "Tell me the color of the {noun}."),
+              "Which colour does the {noun} have?", "Tell me the color of the {noun}.",
+              "What's the {noun}'s colour?", "Can you tell me what colour the {noun} is?",
+              "Tell me what color the {noun} is.", "What color is the {noun} in the image?",
+              "Please name the colour of the {noun}.", "Looking at the {noun}, what colour is it?"),
         heldout=("The {noun} is which colour?", "What colour has the {noun} been painted?")),
     "shape": Phrasings(
         seen=("What shape is the {color} object?", "What is the shape of the {color} thing?",
-              "Which shape is {color}?", "What kind of shape is the {color} one?", "Name the {color} shape."),
+              "Which shape is {color}?", "What kind of shape is the {color} one?", "Name the {color} shape.",
+              "What shape does the {color} object have?", "Tell me the shape of the {color} thing.",
+              "What's the shape of the {color} object?", "Which kind of shape is {color}?",
+              "What shape is {color} in the picture?", "Looking at the {color} thing, what shape is it?"),
         heldout=("What is the {color} item shaped like?", "Tell me which shape is coloured {color}.")),
     "position": Phrasings(
         seen=("Where is the {name}?", "Where is the {name} located?", "In which part of the image is the {name}?",
-              "Where in the picture can you see the {name}?", "Which part of the image is the {name} in?"),
+              "Where in the picture can you see the {name}?", "Which part of the image is the {name} in?",
+              "Where's the {name} in the image?", "Tell me where the {name} is.", "Where is the {name} placed?",
+              "Please tell me where the {name} is located.", "Where in the image is the {name}?",
+              "Where can you see the {name}?"),
         heldout=("Whereabouts is the {name}?", "In what region of the picture does the {name} sit?")),
     "exists": Phrasings(
         seen=("Is there {a_name}?", "Is there {a_name} in the image?", "Do you see {a_name}?",
-              "Does the picture contain {a_name}?", "Can you see {a_name} in the picture?"),
+              "Does the picture contain {a_name}?", "Can you see {a_name} in the picture?",
+              "Is there {a_name} in this picture?", "Can you see {a_name}?", "Does the image show {a_name}?",
+              "Tell me if there is {a_name}.", "Do you see {a_name} in this image?"),
         heldout=("Is {a_name} present?", "Would I find {a_name} in this picture?")),
     # ---- the conversation's other questions (teacher.RuleTeacher.conversation)
     "list": Phrasings(
         seen=("What objects can you see in the image?", "What is in the picture?", "What shapes does the image show?",
-              "Which things are in this image?", "Tell me what you see."),
+              "Which things are in this image?", "Tell me what you see.", "What can you see in this picture?",
+              "Tell me which objects are in the image.", "What's in this image?"),
         heldout=("Name everything in the picture.", "List the shapes in this image.")),
     "left_of": Phrasings(
         seen=("Is the {name} to the left of the {other}?", "Is the {name} left of the {other}?",
@@ -133,9 +153,9 @@ QUESTIONS: dict[str, Phrasings] = {
 DETAIL_INSTRUCTIONS = Phrasings(
     seen=("Describe the following image in detail.", "Provide a detailed description of the given image.",
           "Give an elaborate explanation of the image you see.", "Explain the various aspects of the image before you.",
-          "What do you see happening in this image? Describe it thoroughly.", "Write a detailed account of the picture.",
-          "Describe this picture.", "Tell me about the image.", "What does this image show? Please describe it.",
-          "Can you describe what is in the picture?"),
+          "What do you see happening in this image? Describe it thoroughly.",
+          "Write a detailed account of the picture.", "Describe this picture.", "Tell me about the image.",
+          "What does this image show? Please describe it.", "Can you describe what is in the picture?"),
     heldout=("Describe the image.", "Give me a description of this picture, please."))
 
 
@@ -157,8 +177,9 @@ def question_parser(vocabulary: list[str]):
     colors = sorted({c for c, _ in map(split_name, vocabulary) if c})
     nouns = sorted({n for _, n in map(split_name, vocabulary)})
     name = f"(?:{alternatives(vocabulary)})"
-    fields = {"color": alternatives(colors), "noun": alternatives(nouns), "nouns": alternatives(map(plural, nouns + vocabulary)), "name": name,
-              "other": name, "a_name": f"an? {name}", "corner": "top left|top right|bottom left|bottom right",
+    fields = {"color": alternatives(colors), "noun": alternatives(nouns),
+              "nouns": alternatives(map(plural, nouns + vocabulary)), "name": name, "other": name,
+              "a_name": f"an? {name}", "corner": "top left|top right|bottom left|bottom right",
               "group": f"(?:{alternatives(colors)}) objects|{alternatives(map(plural, nouns))}"}
     patterns = []
     for kind, p in [*QUESTIONS.items(), ("detail", DETAIL_INSTRUCTIONS)]:
