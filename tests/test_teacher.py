@@ -15,7 +15,7 @@ from llava_mini.synth import world
 from llava_mini.synth.coco import load_coco
 from llava_mini.synth.llm_client import ChatClient, ChatError
 from llava_mini.synth.llm_teacher import LLMTeacher, check_turns
-from llava_mini.synth.phrasings import question_parser
+from llava_mini.synth.phrasings import article, question_parser
 from llava_mini.synth.teacher import (
     NUMBER_WORDS,
     AnswerBalancer,
@@ -86,6 +86,12 @@ def test_rule_teacher_statements_are_true_of_the_scene(heldout):
             elif kind == "color":
                 (color,) = [o["color"] for o in objs if o["shape"] == f["noun"]]
                 assert a == f"The {f['noun']} is {color}.", (q, a)
+            elif kind == "shape":
+                (shape,) = [o["shape"] for o in objs if o["color"] == f["color"]]
+                assert a == f"It is {article(f['color'] + ' ' + shape)}.", (q, a)
+            elif kind == "count_color":
+                k = sum(o["color"] == f["color"] for o in objs)
+                assert f" {NUMBER_WORDS[k]} {f['color']} object" in a, (q, a)
             elif kind == "count_shape":
                 shape = f["nouns"][:-1]
                 k = sum(o["shape"] == shape for o in objs)
@@ -117,7 +123,7 @@ def test_rule_teacher_statements_are_true_of_the_scene(heldout):
             checked += 1
             kinds.add(kind)
     assert checked > 300
-    assert len(kinds) >= 11, kinds        # every question kind above was met and checked
+    assert len(kinds) >= 13, kinds        # every question kind above was met and checked
 
 
 def test_a_third_of_the_conversations_open_with_the_description():

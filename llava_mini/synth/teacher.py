@@ -192,6 +192,7 @@ class RuleTeacher:
     def conversation(self, context: dict, rng: random.Random) -> list[dict]:
         objs = parse_objects(context["boxes"])
         names, nouns = Counter(o["name"] for o in objs), Counter(o["noun"] for o in objs)
+        colors = Counter(o["color"] for o in objs if o["color"])
         unique = [o for o in objs if names[o["name"]] == 1]
         listing = join([article(o["name"]) for o in objs])
         ask_ = functools.partial(ask, rng=rng, heldout=self.heldout)      # ask_(kind, **fields)
@@ -205,6 +206,8 @@ class RuleTeacher:
                 qa.append((ask_("position", name=o["name"]), f"The {o['name']} is {where_phrase(pos)}."))
             if o["color"] and nouns[o["noun"]] == 1:
                 qa.append((ask_("color", noun=o["noun"]), f"The {o['noun']} is {o['color']}."))
+            if o["color"] and colors[o["color"]] == 1:
+                qa.append((ask_("shape", color=o["color"]), f"It is {article(o['name'])}."))
         for a in unique:
             for b in unique:
                 if a is b:
@@ -229,6 +232,12 @@ class RuleTeacher:
         k = nouns[noun]
         qa.append((ask_("count_shape", nouns=plural(noun)),
                    f"There {'is' if k == 1 else 'are'} {count_phrase(k, noun)} in the image."))
+        palette = sorted({c for c, _ in map(split_name, self.vocabulary) if c} | set(colors))
+        if palette:                                 # a source whose names carry no colour (COCO) has none to ask
+            color = rng.choice(palette)
+            k = colors[color]
+            qa.append((ask_("count_color", color=color),
+                       f"There {'is' if k == 1 else 'are'} {count_phrase(k, color + ' object')} in the image."))
         rng.shuffle(qa)
         return _turns(qa[:rng.randint(3, 5)])
 
