@@ -1,6 +1,7 @@
-"""Does the model follow a question in words nobody taught it? The world's held-out questions, asked again in new wordings.
+"""Does the model follow a question in words nobody taught it? The world's held-out questions in new wordings.
 
     python benchmarks/probe_wordings.py --model checkpoints/tiny/final --data data/shapes
+    python benchmarks/probe_wordings.py --model checkpoints/tiny/final --data data/shapes --chat    # as in chat.py
     python benchmarks/probe_wordings.py --model checkpoints/tiny/final --data data/shapes --limit 500 --out probe.json
 
 The report's "held-out phrasings" are wordings the teacher owns (llava_mini/synth/phrasings.py) and keeps out of every
@@ -10,6 +11,10 @@ of its sets (a test checks it): the nearest measure here of the questions a clas
 test.json is asked twice, as written and in one of these wordings (drawn with a fixed seed), about the same image,
 with LLaVA-1.5's short-answer prompt; it prints accuracy and off-type replies (an answer of another question's kind)
 per question type, and per new wording the ones it gets wrong most.
+
+--chat asks as a student does in chat.py: the bare question, no short-answer prompt, so the model answers in a
+sentence ("The star is blue."), from which `scoring.answer_in_sentence` reads the short answer it states. The report's
+short answers are asked with the prompt; this is the same questions as a conversation asks them.
 
 Keep these wordings out of phrasings.py: the day one of them is trained on, this probe measures less.
 """
@@ -26,8 +31,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 from llava_mini import cli  # noqa: E402
-from llava_mini.eval.evaluate import evaluate_vqa  # noqa: E402
-from llava_mini.eval.scoring import normalize_answer  # noqa: E402
+from llava_mini.eval.evaluate import _load_images, evaluate_vqa, generate_answers  # noqa: E402
+from llava_mini.eval.scoring import answer_in_sentence, normalize_answer, vqa_accuracy  # noqa: E402
 from llava_mini.jsonio import read_json, write_json  # noqa: E402
 from llava_mini.loading.model_folder import load_checkpoint  # noqa: E402
 from llava_mini.synth.phrasings import question_parser  # noqa: E402
@@ -65,12 +70,25 @@ def reworded(questions: list[dict], parse, seed: int = 0) -> list[dict]:
     return out
 
 
+def chat_answers(model, tokenizer, questions: list[dict], image_root: str, *, template) -> dict:
+    """evaluate_vqa's figures for the bare questions, each answer read from the sentence the model replies."""
+    images = _load_images([q["image"] for q in questions], image_root)
+    replies = generate_answers(model, tokenizer, [q["question"] for q in questions], images, template=template,
+                               max_new_tokens=48, desc="chat")
+    stated = [answer_in_sentence(q["question_type"], r) for q, r in zip(questions, replies)]
+    result = vqa_accuracy(questions, stated)
+    result["predictions"] = [{"id": q["id"], "answer": q["answer"], "prediction": a, "reply": r}
+                             for q, a, r in zip(questions, stated, replies)]
+    return result
+
+
 def main(argv=None):
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="a LLaVA checkpoint folder (python train.py leaves checkpoints/tiny/final)")
+    p.add_argument("--model", required=True, help="a LLaVA folder (python train.py leaves checkpoints/tiny/final)")
     p.add_argument("--data", required=True, help="the world's folder: test.json and images/")
     p.add_argument("--limit", type=cli.positive_int, default=None, help="the first N questions of test.json")
     p.add_argument("--seed", type=cli.non_negative_int, default=0, help="which new wording each question gets")
+    p.add_argument("--chat", action="store_true", help="no short-answer prompt: read the answer from the sentence")
     p.add_argument("--threads", type=cli.positive_int, default=2)
     p.add_argument("--out", help="write the figures and every reply here (JSON)")
     args = p.parse_args(argv)
@@ -80,9 +98,11 @@ def main(argv=None):
     model, tokenizer, template = load_checkpoint(args.model)
     model.eval()
     with torch.no_grad():
-        runs = {name: evaluate_vqa(model, tokenizer, qs, args.data, template=template)
+        answer = chat_answers if args.chat else evaluate_vqa
+        runs = {name: answer(model, tokenizer, qs, args.data, template=template)
                 for name, qs in (("as written", written), ("new wordings", new))}
-    print(f"{args.model} on {len(written)} questions of {args.data}/test.json")
+    print(f"{args.model} on {len(written)} questions of {args.data}/test.json, "
+          + ("asked as in chat (no short-answer prompt)" if args.chat else "with the short-answer prompt"))
     print(f"  {'type':12s} {'as written':>11s} {'new wordings':>13s}   (off-type replies)")
     for t in sorted(runs["as written"]["per_type"]):
         cells = [f"{r['per_type'][t]:.1%} ({r['off_type_per_type'][t]:.1%})" for r in runs.values()]
@@ -97,7 +117,7 @@ def main(argv=None):
     for w in sorted(n, key=lambda w: hits[w] / n[w])[:5]:
         print(f"    {hits[w] / n[w]:6.1%} of {n[w]:3d}  {w}")
     if args.out:
-        write_json({"model": args.model, "questions": len(written),
+        write_json({"model": args.model, "questions": len(written), "chat": args.chat,
                     **{name: {k: v for k, v in r.items() if k != "predictions"} for name, r in runs.items()},
                     "per_wording": {w: hits[w] / n[w] for w in n},
                     "replies": [{**pred, "question": q["question"]}

@@ -66,6 +66,28 @@ def test_off_type_replies_are_no_answer_of_their_questions_type():
     assert acc["overall"] == pytest.approx(0.0)
 
 
+def test_the_short_answer_a_chat_reply_states():
+    """scoring.answer_in_sentence reads the answer of the asked type out of a sentence; a reply that states none, or
+    two, stays as it is, so it scores wrong (and off type when it answers another kind of question)."""
+    read = scoring.answer_in_sentence
+    assert read("count_color", "There are two red objects in the image.") == "2"
+    assert read("count_shape", "There are no stars in the image.") == "0"
+    assert read("color", "The star is blue.") == "blue" and read("color", "The star is grey.") == "gray"
+    assert read("shape", "It is an orange triangle.") == read("shape", "I see two triangles.") == "triangle"
+    assert read("position", "The red star is at the top left of the image.") == "top left"     # not "top"
+    assert read("position", "The red star is in the center of the image.") == "center"
+    assert read("exists", "No, there is no red star in the image.") == "no"
+    assert read("color", "The star is blue and the circle is red.") == "star is blue and circle is red"
+    assert read("shape", "circle black, square blue.") == "circle black square blue"      # the inventory's form
+    assert read("exists", "The red star is at the top.") == "red star is at top"
+    with pytest.raises(ValueError, match="'bench'"):
+        read("bench", "It is.")
+    qs = [{"answer": "blue", "question_type": "color"}, {"answer": "2", "question_type": "count"}]
+    stated = [read(q["question_type"], r) for q, r in zip(qs, ["The star is blue.", "There is a star at the top."])]
+    acc = scoring.vqa_accuracy(qs, stated)
+    assert acc["per_type"] == {"color": 1.0, "count": 0.0} and acc["off_type_per_type"]["count"] == 1.0
+
+
 def test_lookup_accuracy_counts_only_questions_with_a_choice_and_says_the_picking_rate():
     """A colour question about a scene of one colour is no look-up; with 2 (or 4) colours to pick from, a model that
     cannot find the asked object scores 1/2 (1/4). Questions without "choices" (counts, easy-VQA) are left out."""

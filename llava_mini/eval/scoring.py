@@ -12,12 +12,16 @@ import string
 from collections import Counter, defaultdict
 
 from llava_mini.jsonio import read_json
-from llava_mini.synth.phrasings import NUMBER_VALUES
+from llava_mini.synth.phrasings import COLOR_WORDS, NUMBER_VALUES, alternatives
+from llava_mini.synth.teacher import POSITION_NAMES
+from llava_mini.synth.world import SHAPES
 
 # ---------------------------------------------------------------------------------------------------------------
 # 1. VQA scoring
 
 NUMBER_WORDS = {w: str(i) for w, i in NUMBER_VALUES.items()}      # "two" -> "2"
+SHAPE_NOUNS = set(SHAPES)
+_PLACE = re.compile(rf"\b(?:{alternatives(POSITION_NAMES)})\b")     # "top left" before "top"
 ARTICLES = {"a", "an", "the"}
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -70,6 +74,31 @@ def vqa_accuracy(questions: list[dict], predictions: list[str]) -> dict:
     if lookup:
         result["lookup"] = lookup
     return result
+
+
+def answer_in_sentence(question_type: str, reply: str) -> str:
+    """The short answer that a chat reply (no short-answer prompt) states for a question of `question_type`:
+    "There are two red objects in the image." -> "2", "The star is blue." -> "blue", "It is an orange triangle." ->
+    "triangle", "The red star is at the top left of the image." -> "top left", "No, there is no red star." -> "no".
+    A reply that states no answer of the type, or two different ones ("blue" and "red" to "What colour is the
+    star?"), comes back normalised as it is, so vqa_accuracy counts it wrong (and off type when it is no answer of
+    the type at all)."""
+    text = normalize_answer(reply)
+    words = text.split()
+    if question_type in ("count", "count_color", "count_shape"):
+        found = [w for w in words if w.isdigit() or w == "no"][:1]     # number words are digits by now; "no" is 0
+        found = ["0" if w == "no" else w for w in found]
+    elif question_type == "exists":
+        found = words[:1] if words[:1] in (["yes"], ["no"]) else []
+    elif question_type == "color":
+        found = sorted({"gray" if w == "grey" else w for w in words if w in COLOR_WORDS})
+    elif question_type == "shape":
+        found = sorted({w[:-1] if w[:-1] in SHAPE_NOUNS else w for w in words} & SHAPE_NOUNS)
+    elif question_type == "position":
+        found = sorted(set(_PLACE.findall(text)))
+    else:
+        raise ValueError(f"no sentence reader for question type {question_type!r}")
+    return found[0] if len(found) == 1 else text
 
 
 def lookup_accuracy(questions: list[dict], predictions: list[str]) -> dict | None:
