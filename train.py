@@ -36,8 +36,11 @@ def main(argv=None):
     if args.stage is None:
         from llava_mini.training.pipeline import run_pipeline
         return run_pipeline(args)
+    from llava_mini.training.distributed import shutdown_distributed
     from llava_mini.training.loop import train
-    return train(args)
+    final = train(args)
+    shutdown_distributed()
+    return final
 
 
 if __name__ == "__main__":

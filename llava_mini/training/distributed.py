@@ -31,6 +31,14 @@ def setup_distributed(args):
     return rank, world, device
 
 
+def shutdown_distributed() -> None:
+    """Close the process group a torchrun process opened, before it exits. A gloo group left for the interpreter's
+    exit to tear down can abort the process after its work is done ("terminate called without an active
+    exception", exit code -6), and torchrun then reports the whole run failed."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(x: torch.Tensor, world: int) -> torch.Tensor:
     if world > 1:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
