@@ -3,6 +3,7 @@
 
     normalize_answer("The Two.")              # -> "2"
     vqa_accuracy(questions, predictions)      # {"overall", "n", "per_type", "count_per_type", "off_type", "lookup", ...}
+    answer_in_sentence("color", "The star is blue.")   # -> "blue": a chat reply's short answer
     parse_letter("The answer is B.", "ABC")   # -> "B"
 """
 from __future__ import annotations
