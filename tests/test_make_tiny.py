@@ -362,13 +362,14 @@ def test_region_logits_per_patch_make_every_patch_of_one_box_a_row_of_its_own(to
     assert logits.shape == (6, 2)                      # 3 + 3 patches; the shared patch (1,1) is no one's row
     assert targets.tolist() == [0, 0, 0, 1, 1, 1]      # sorted phrases: "large red star ..." < "small blue circle ..."
     # each row is one patch: changing patch (2,2), the circle's last, changes that row only
+    shift = torch.linspace(-10, 10, 32)                # not a constant, which the LayerNorm would remove
     hidden2 = hidden.clone()
-    hidden2[0, 1 + 2 * 4 + 2] += 10.0
+    hidden2[0, 1 + 2 * 4 + 2] += shift
     changed = (tiny_clip.region_logits(model, hidden2, regions, clip_tok, 32, per_patch=True)[0] - logits).abs()
     assert changed.sum(1).gt(1e-6).tolist() == [False] * 5 + [True]
     # and the shared patch moves no row at all
     hidden3 = hidden.clone()
-    hidden3[0, 1 + 1 * 4 + 1] += 10.0
+    hidden3[0, 1 + 1 * 4 + 1] += shift
     assert torch.allclose(tiny_clip.region_logits(model, hidden3, regions, clip_tok, 32, per_patch=True)[0], logits)
     # train_clip scores the pooled rows and the patch rows against phrases encoded once: the same as apart
     rows = [tiny_clip.region_rows(model, hidden, regions, per_patch=p) for p in (False, True)]
