@@ -16,15 +16,8 @@ from llava_mini.synth.coco import load_coco
 from llava_mini.synth.llm_client import ChatClient, ChatError
 from llava_mini.synth.llm_teacher import LLMTeacher, check_turns
 from llava_mini.synth.phrasings import article, question_parser
-from llava_mini.synth.teacher import (
-    NUMBER_WORDS,
-    AnswerBalancer,
-    RuleTeacher,
-    inventory,
-    make_instruct_data,
-    parse_objects,
-    short_answer_questions,
-)
+from llava_mini.synth.instruct_data import inventory, make_instruct_data
+from llava_mini.synth.teacher import NUMBER_WORDS, AnswerBalancer, RuleTeacher, parse_objects, short_answer_questions
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "coco")
 SECRET = "sk-test-secret-4242"

@@ -12,7 +12,8 @@ import random
 
 from llava_mini import cli
 from llava_mini.jsonio import read_json, write_json
-from llava_mini.synth.teacher import AnswerBalancer, RuleTeacher, boxes_of, make_instruct_data
+from llava_mini.synth.instruct_data import make_instruct_data
+from llava_mini.synth.teacher import AnswerBalancer, RuleTeacher, boxes_of
 
 
 @contextlib.contextmanager

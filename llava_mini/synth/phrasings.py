@@ -120,7 +120,7 @@ QUESTIONS: dict[str, Phrasings] = {
         seen=("Is the {name} above the {other}?", "Is the {name} higher than the {other}?",
               "Is the {name} placed above the {other}?"),
         heldout=("Does the {name} sit higher up than the {other}?",)),
-    # ---- the inventory turn every stage-2 conversation gets (teacher.inventory)
+    # ---- the inventory turn every stage-2 conversation gets (instruct_data.inventory)
     "inventory": Phrasings(
         seen=("What shape and colour does each object have, and where is it?",
               "What shape and color does each object have, and where is it?",

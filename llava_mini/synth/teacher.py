@@ -2,8 +2,8 @@
 
 The teacher sees what the paper's GPT-4 saw: a few captions and boxes written `name: [x1, y1, x2, y2]` (normalised).
 It never sees pixels. It writes the three kinds of LLaVA-Instruct data (conversation, detailed description, complex
-reasoning), stage-1 caption pairs, and short-answer VQA turns (LLaVA-1.5's "Answer the question using a single word
-or phrase."). Two teachers share one interface, `conversation(context, rng)`, `detail(...)`, `complex(...)`, each
+reasoning) and short-answer questions with their answers; instruct_data.py puts them together into the stage-1
+and stage-2 files. Two teachers share one interface, `conversation(context, rng)`, `detail(...)`, `complex(...)`, each
 returning LLaVA turns or None (rejected):
 
 - RuleTeacher: templates and arithmetic over the boxes; exact, free, reproducible. Object names are split into an
@@ -19,9 +19,6 @@ import random
 import re
 from collections import Counter
 
-from tqdm import tqdm
-
-from llava_mini.data.conversation import SHORT_ANSWER_PROMPT  # "\nAnswer the question using a single word or phrase."
 from llava_mini.synth.phrasings import DETAIL_INSTRUCTIONS, article, ask, canonical, plural, split_name
 
 BRIEF_INSTRUCTIONS = [
@@ -32,7 +29,6 @@ BRIEF_INSTRUCTIONS = [
 ]
 NUMBER_WORDS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 AMBIGUITY_MARGIN = 0.04  # a box centre this close to a 1/3 or 2/3 line has no clear position name
-DESCRIPTION_FIRST = 1 / 3  # the share of stage-2 conversations that open with the image's detailed description
 
 
 # ---------------------------------------------------------------------------- the symbolic form
@@ -174,7 +170,8 @@ def short_answer_questions(boxes: list[str], vocabulary: list[str], balancer: An
 
 # ---------------------------------------------------------------------------- the rule teacher
 
-def _turns(pairs: list[tuple[str, str]]) -> list[dict]:
+def llava_turns(pairs: list[tuple[str, str]]) -> list[dict]:
+    """(question, answer) pairs -> LLaVA's turns, with `<image>` in front of the first question."""
     turns = []
     for i, (q, a) in enumerate(pairs):
         turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
@@ -239,7 +236,7 @@ class RuleTeacher:
             qa.append((ask_("count_color", color=color),
                        f"There {'is' if k == 1 else 'are'} {count_phrase(k, color + ' object')} in the image."))
         rng.shuffle(qa)
-        return _turns(qa[:rng.randint(3, 5)])
+        return llava_turns(qa[:rng.randint(3, 5)])
 
     def detail(self, context: dict, rng: random.Random) -> list[dict]:
         objs = parse_objects(context["boxes"])
@@ -255,7 +252,7 @@ class RuleTeacher:
             sentences.append(f"The largest object is the {big['name']}, covering about "
                              f"{100 * big['area']:.0f}% of the image.")
         answer = " ".join(s for s in sentences if s)
-        return _turns([(DETAIL_INSTRUCTIONS.pick(rng, self.heldout), answer)])
+        return llava_turns([(DETAIL_INSTRUCTIONS.pick(rng, self.heldout), answer)])
 
     def complex(self, context: dict, rng: random.Random) -> list[dict]:
         """A question whose answer needs a few steps; the answer shows the steps."""
@@ -266,7 +263,7 @@ class RuleTeacher:
         for make in options:
             qa = make(objs, names, rng, self.heldout)
             if qa:
-                return _turns([qa])
+                return llava_turns([qa])
         raise AssertionError("_add_one always applies")
 
     @staticmethod
@@ -326,82 +323,3 @@ class RuleTeacher:
                 f"At the moment there {'is' if k == 1 else 'are'} {count_phrase(k, o['name'])} among "
                 f"{count_phrase(n, 'object')}. Adding one more makes {k} + 1 = {k + 1} "
                 f"{plural(o['name']) if k + 1 != 1 else o['name']}, and {n} + 1 = {n + 1} objects in total.")
-
-
-# ---------------------------------------------------------------------------- datasets
-
-def stage1_pairs(items: list[dict], seed: int) -> list[dict]:
-    """Stage-1 data: a brief-description instruction and one of the image's captions."""
-    out = []
-    for it in items:
-        rng = random.Random(f"{seed}:{it['id']}:stage1")
-        out.append({"id": f"{it['id']}_cap", "image": it["image"],
-                    "conversations": _turns([(rng.choice(BRIEF_INSTRUCTIONS), rng.choice(it["context"]["captions"]))])})
-    return out
-
-
-def opened_with_description(detail: list[dict], conversation: list[dict]) -> list[dict]:
-    """The conversation, opened by the detailed description in place of its last question: a student's chat often
-    starts with "Describe the image." and goes on from the answer, and a model that never saw such a chat loses
-    track of the image after a long answer of its own."""
-    rest = [{**conversation[0], "value": conversation[0]["value"].replace("<image>\n", "")}, *conversation[1:]]
-    return detail + (rest[:-2] if len(rest) > 2 else rest)
-
-
-def inventory(boxes: list[str], rng: random.Random, heldout: bool = False) -> tuple[str, str]:
-    """A question and its answer naming every object shape first, then its colour and place, in a drawn order:
-    "star yellow top right, rectangle orange center, circle teal left." Each colour is the token right after its
-    shape word, a look-up from that token alone, and each place the token after the colour: the descriptions ("a
-    yellow star") train only colour -> shape, while "What colour is the star?" and "Where is the red star?" need
-    these two (lesson 10, section 4; docs/EXPERIMENTS.md, 2026-12-07 (night))."""
-    objs = parse_objects(boxes)
-    items = [" ".join(w for w in (o["noun"], o["color"], position_name(o["cx"], o["cy"], margin=0)) if w)
-             for o in rng.sample(objs, len(objs))]
-    return ask("inventory", rng, heldout), ", ".join(items) + "."
-
-
-def with_turn(conversation: list[dict], qa: tuple[str, str], rng: random.Random, keep: int = 0) -> list[dict]:
-    """The conversation with one more question and answer, put after a random number (at least `keep`) of its
-    question-answer pairs; the image stays in front of the first question (_turns puts it there)."""
-    pairs = [(q["value"].replace("<image>\n", ""), a["value"]) for q, a in zip(conversation[::2], conversation[1::2])]
-    pairs.insert(rng.randint(keep, len(pairs)), qa)
-    return _turns(pairs)
-
-
-def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[str] | None = None,
-                       balancer: AnswerBalancer | None = None, progress: bool = True, vqa_rounds: int = 1) -> list[dict]:
-    """LLaVA JSON for items {id, image, context}: conv, detail, complex per image (rejected replies are skipped; a
-    third of the conversations open with the detailed description, opened_with_description, and every one gets an
-    inventory turn, inventory), plus, with a balancer, one multi-turn short-answer VQA sample per image (ids end in
-    _conv/_detail/_complex/_vqa).
-
-    The VQA sample asks `vqa_rounds` rounds of short_answer_questions (at most one question per type per round,
-    none twice), as LLaVA-1.5 puts all of an image's VQA questions in one conversation: each extra answer costs a
-    dozen tokens, while the image costs its patches once."""
-    out = []
-    for it in tqdm(items, desc="teacher", disable=not progress):
-        written = {}
-        for kind, write in (("conv", teacher.conversation), ("detail", teacher.detail),
-                            ("complex", teacher.complex)):
-            turns = write(it["context"], random.Random(f"{seed}:{it['id']}:{kind}"))
-            if turns:
-                written[kind] = turns
-        opened = {"conv", "detail"} <= written.keys() and \
-            random.Random(f"{seed}:{it['id']}:opening").random() < DESCRIPTION_FIRST
-        if opened:
-            written["conv"] = opened_with_description(written["detail"], written["conv"])
-        if "conv" in written:
-            rng = random.Random(f"{seed}:{it['id']}:inventory")
-            qa = inventory(it["context"]["boxes"], rng, getattr(teacher, "heldout", False))
-            written["conv"] = with_turn(written["conv"], qa, rng, keep=1 if opened else 0)
-        out += [{"id": f"{it['id']}_{kind}", "image": it["image"], "conversations": turns}
-                for kind, turns in written.items()]
-        if balancer is not None:
-            qs = []
-            for _ in range(vqa_rounds):
-                qs += short_answer_questions(it["context"]["boxes"], vocabulary, balancer,
-                                             exclude=frozenset(q["key"] for q in qs))
-            if qs:
-                out.append({"id": f"{it['id']}_vqa", "image": it["image"],
-                            "conversations": _turns([(q["question"] + SHORT_ANSWER_PROMPT, q["answer"]) for q in qs])})
-    return out

@@ -34,12 +34,11 @@ from llava_mini.synth.teacher import (
     RuleTeacher,
     article,
     join,
-    make_instruct_data,
     position_name,
     short_answer_questions,
-    stage1_pairs,
     symbolic_context,
 )
+from llava_mini.synth.instruct_data import make_instruct_data, stage1_pairs
 from llava_mini.synth.teacher_run import add_teacher_arguments, teach_world
 
 # Colours are far apart in RGB so that an object's interior is unambiguous even after anti-aliasing.
@@ -241,7 +240,7 @@ def print_statistics(name: str, stats: dict) -> None:
 def generate_dataset(out_dir: str, n_train: int, n_test: int, seed: int = 0, image_size: int = 64,
                      cfg: WorldConfig | None = None, quiet: bool = False, vqa_rounds: int = 3) -> dict:
     """Sample, render and annotate n_train + n_test scenes; write the files listed in the module docstring.
-    Each train image's short-answer sample asks `vqa_rounds` rounds of questions (see teacher.make_instruct_data).
+    Each train image's short-answer sample asks `vqa_rounds` rounds of questions (see instruct_data.make_instruct_data).
 
     Returns the statistics dict that is also written to `stats.json`."""
     cfg = cfg or WorldConfig(image_size=image_size)

@@ -1,0 +1,100 @@
+"""The stage-1 and stage-2 files from the teacher's samples: caption pairs, and per image a conversation, a detailed
+description, a complex-reasoning question and a multi-turn short-answer VQA sample (teacher.py writes each of them).
+
+    stage1 = stage1_pairs(items, seed)
+    stage2 = make_instruct_data(items, RuleTeacher(vocab), seed, vocabulary=vocab, balancer=AnswerBalancer(rng))
+
+items: [{"id", "image", "context": teacher.symbolic_context(scene)}]. Two turns are added to the conversations here,
+not by the teacher, since they shape a whole chat rather than answer one question: a third open with the image's
+description, and every one gets an inventory turn.
+"""
+from __future__ import annotations
+
+import random
+
+from tqdm import tqdm
+
+from llava_mini.data.conversation import SHORT_ANSWER_PROMPT  # "\nAnswer the question using a single word or phrase."
+from llava_mini.synth.phrasings import ask
+from llava_mini.synth.teacher import (BRIEF_INSTRUCTIONS, AnswerBalancer, llava_turns, parse_objects, position_name,
+                                      short_answer_questions)
+
+DESCRIPTION_FIRST = 1 / 3  # the share of stage-2 conversations that open with the image's detailed description
+
+
+def stage1_pairs(items: list[dict], seed: int) -> list[dict]:
+    """Stage-1 data: a brief-description instruction and one of the image's captions."""
+    out = []
+    for it in items:
+        rng = random.Random(f"{seed}:{it['id']}:stage1")
+        pair = (rng.choice(BRIEF_INSTRUCTIONS), rng.choice(it["context"]["captions"]))
+        out.append({"id": f"{it['id']}_cap", "image": it["image"], "conversations": llava_turns([pair])})
+    return out
+
+
+def opened_with_description(detail: list[dict], conversation: list[dict]) -> list[dict]:
+    """The conversation, opened by the detailed description in place of its last question: a student's chat often
+    starts with "Describe the image." and goes on from the answer, and a model that never saw such a chat loses
+    track of the image after a long answer of its own."""
+    rest = [{**conversation[0], "value": conversation[0]["value"].replace("<image>\n", "")}, *conversation[1:]]
+    return detail + (rest[:-2] if len(rest) > 2 else rest)
+
+
+def inventory(boxes: list[str], rng: random.Random, heldout: bool = False) -> tuple[str, str]:
+    """A question and its answer naming every object shape first, then its colour and place, in a drawn order:
+    "star yellow top right, rectangle orange center, circle teal left." Each colour is the token right after its
+    shape word, a look-up from that token alone, and each place the token after the colour: the descriptions ("a
+    yellow star") train only colour -> shape, while "What colour is the star?" and "Where is the red star?" need
+    these two (lesson 10, section 4; docs/EXPERIMENTS.md, 2026-12-07 (night))."""
+    objs = parse_objects(boxes)
+    items = [" ".join(w for w in (o["noun"], o["color"], position_name(o["cx"], o["cy"], margin=0)) if w)
+             for o in rng.sample(objs, len(objs))]
+    return ask("inventory", rng, heldout), ", ".join(items) + "."
+
+
+def with_turn(conversation: list[dict], qa: tuple[str, str], rng: random.Random, keep: int = 0) -> list[dict]:
+    """The conversation with one more question and answer, put after a random number (at least `keep`) of its
+    question-answer pairs; the image stays in front of the first question (llava_turns puts it there)."""
+    pairs = [(q["value"].replace("<image>\n", ""), a["value"]) for q, a in zip(conversation[::2], conversation[1::2])]
+    pairs.insert(rng.randint(keep, len(pairs)), qa)
+    return llava_turns(pairs)
+
+
+def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[str] | None = None,
+                       balancer: AnswerBalancer | None = None, progress: bool = True,
+                       vqa_rounds: int = 1) -> list[dict]:
+    """LLaVA JSON for items {id, image, context}: conv, detail, complex per image (rejected replies are skipped; a
+    third of the conversations open with the detailed description, opened_with_description, and every one gets an
+    inventory turn, inventory), plus, with a balancer, one multi-turn short-answer VQA sample per image (ids end in
+    _conv/_detail/_complex/_vqa).
+
+    The VQA sample asks `vqa_rounds` rounds of short_answer_questions (at most one question per type per round,
+    none twice), as LLaVA-1.5 puts all of an image's VQA questions in one conversation: each extra answer costs a
+    dozen tokens, while the image costs its patches once."""
+    out = []
+    for it in tqdm(items, desc="teacher", disable=not progress):
+        written = {}
+        for kind, write in (("conv", teacher.conversation), ("detail", teacher.detail),
+                            ("complex", teacher.complex)):
+            turns = write(it["context"], random.Random(f"{seed}:{it['id']}:{kind}"))
+            if turns:
+                written[kind] = turns
+        opened = {"conv", "detail"} <= written.keys() and \
+            random.Random(f"{seed}:{it['id']}:opening").random() < DESCRIPTION_FIRST
+        if opened:
+            written["conv"] = opened_with_description(written["detail"], written["conv"])
+        if "conv" in written:
+            rng = random.Random(f"{seed}:{it['id']}:inventory")
+            qa = inventory(it["context"]["boxes"], rng, getattr(teacher, "heldout", False))
+            written["conv"] = with_turn(written["conv"], qa, rng, keep=1 if opened else 0)
+        out += [{"id": f"{it['id']}_{kind}", "image": it["image"], "conversations": turns}
+                for kind, turns in written.items()]
+        if balancer is not None:
+            qs = []
+            for _ in range(vqa_rounds):
+                qs += short_answer_questions(it["context"]["boxes"], vocabulary, balancer,
+                                             exclude=frozenset(q["key"] for q in qs))
+            if qs:
+                pairs = [(q["question"] + SHORT_ANSWER_PROMPT, q["answer"]) for q in qs]
+                out.append({"id": f"{it['id']}_vqa", "image": it["image"], "conversations": llava_turns(pairs)})
+    return out
