@@ -113,6 +113,28 @@ class AnswerBalancer:
         return picked
 
 
+def answer_sentence(qtype: str, fields: dict, answer: str) -> str:
+    """The sentence a chat answers a short-answer question with, as the conversations word it: count_color
+    ({"color": "red"}, "2") -> "There are two red objects in the image."; exists ({"a_name": "a red star"}, "no")
+    -> "No, there is no red star in the image."; position ({"name": "red star"}, "top left") -> "The red star is at
+    the top left of the image." `fields` are the question's (phrasings.QUESTIONS); count_shape also needs "noun"."""
+    if qtype in ("count", "count_color", "count_shape"):
+        noun = {"count": "object", "count_color": f"{fields.get('color')} object",
+                "count_shape": fields.get("noun")}[qtype]
+        k = int(answer)
+        return f"There {'is' if k == 1 else 'are'} {count_phrase(k, noun)} in the image."
+    if qtype == "color":
+        return f"The {fields['noun']} is {answer}."
+    if qtype == "shape":
+        return f"It is {article(fields['color'] + ' ' + answer)}."
+    if qtype == "position":
+        return f"The {fields['name']} is {where_phrase(answer)}."
+    if qtype == "exists":
+        return f"Yes, there is {fields['a_name']} in the image." if answer == "yes" else \
+            f"No, there is no {fields['a_name'].split(' ', 1)[1]} in the image."
+    raise ValueError(f"no answer sentence for question type {qtype!r}")
+
+
 def negative_names(objs: list[dict], vocabulary: list[str], rng: random.Random) -> list[str]:
     """Names of the vocabulary that are not in the scene, to ask about. Half the time only the "hard" ones, which
     share a colour or a noun with an object present (a red square and a blue circle: "a red circle?"), so that
@@ -193,18 +215,20 @@ class RuleTeacher:
         unique = [o for o in objs if names[o["name"]] == 1]
         listing = join([article(o["name"]) for o in objs])
         ask_ = functools.partial(ask, rng=rng, heldout=self.heldout)      # ask_(kind, **fields)
+
+        def asked(qtype, fields, answer):                                   # a short-answer kind, in a sentence
+            return ask_(qtype, **fields), answer_sentence(qtype, fields, answer)
         qa = [(ask_("list"), rng.choice((f"I can see {count_phrase(len(objs), 'object')}: {listing}.",
                                          f"The image shows {count_phrase(len(objs), 'object')}: {listing}."))),
-              (ask_("count"),
-               f"There {'is' if len(objs) == 1 else 'are'} {count_phrase(len(objs), 'object')} in the image.")]
+              asked("count", {}, str(len(objs)))]
         for o in unique:
             pos = position_name(o["cx"], o["cy"])
             if pos:
-                qa.append((ask_("position", name=o["name"]), f"The {o['name']} is {where_phrase(pos)}."))
+                qa.append(asked("position", {"name": o["name"]}, pos))
             if o["color"] and nouns[o["noun"]] == 1:
-                qa.append((ask_("color", noun=o["noun"]), f"The {o['noun']} is {o['color']}."))
+                qa.append(asked("color", {"noun": o["noun"]}, o["color"]))
             if o["color"] and colors[o["color"]] == 1:
-                qa.append((ask_("shape", color=o["color"]), f"It is {article(o['name'])}."))
+                qa.append(asked("shape", {"color": o["color"]}, o["noun"]))
         for a in unique:
             for b in unique:
                 if a is b:
@@ -222,19 +246,16 @@ class RuleTeacher:
         absent = [n for n in self.vocabulary if n not in names]
         if absent:
             n = rng.choice(absent)
-            qa.append((ask_("exists", a_name=article(n)), f"No, there is no {n} in the image."))
+            qa.append(asked("exists", {"a_name": article(n)}, "no"))
         o = rng.choice(objs)
-        qa.append((ask_("exists", a_name=article(o["name"])), f"Yes, there is {article(o['name'])} in the image."))
+        qa.append(asked("exists", {"a_name": article(o["name"])}, "yes"))
         noun = rng.choice(sorted(set(n for _, n in map(split_name, self.vocabulary)) | set(nouns)))
         k = nouns[noun]
-        qa.append((ask_("count_shape", nouns=plural(noun)),
-                   f"There {'is' if k == 1 else 'are'} {count_phrase(k, noun)} in the image."))
+        qa.append(asked("count_shape", {"nouns": plural(noun), "noun": noun}, str(k)))
         palette = sorted({c for c, _ in map(split_name, self.vocabulary) if c} | set(colors))
         if palette:                                 # a source whose names carry no colour (COCO) has none to ask
             color = rng.choice(palette)
-            k = colors[color]
-            qa.append((ask_("count_color", color=color),
-                       f"There {'is' if k == 1 else 'are'} {count_phrase(k, color + ' object')} in the image."))
+            qa.append(asked("count_color", {"color": color}, str(colors[color])))
         rng.shuffle(qa)
         return llava_turns(qa[:rng.randint(3, 5)])
 
