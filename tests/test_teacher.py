@@ -11,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from llava_mini.data.conversation import SHORT_ANSWER_PROMPT
+from llava_mini.eval.scoring import answer_in_sentence
 from llava_mini.synth import world
 from llava_mini.synth.coco import load_coco
 from llava_mini.synth.llm_client import ChatClient, ChatError
@@ -168,16 +170,23 @@ def test_coco_route_on_fixture():
     for q in balancer.asked:
         assert q["question_type"] in {"count", "count_shape", "exists", "position"}  # no colours in COCO names
     vqa = {e["id"].split("_")[0]: e["conversations"] for e in data if e["id"].endswith("_vqa")}
+    forms = Counter()
     for image_id, turns in vqa.items():
         for human, gpt in zip(turns[::2], turns[1::2]):
+            prompted = human["value"].endswith(SHORT_ANSWER_PROMPT)     # else answered in a sentence, as in chat
+            forms[prompted] += 1
+
+            def said(qtype):
+                return gpt["value"] if prompted else answer_in_sentence(qtype, gpt["value"])
             q = human["value"].replace("<image>\n", "").split("\n")[0]
             if q == "How many objects are there?":
-                assert gpt["value"] == str(sum(truth[image_id].values()))
+                assert said("count") == str(sum(truth[image_id].values()))
             elif q.startswith("How many "):
                 noun = {"people": "person", "dogs": "dog", "chairs": "chair"}[q.split()[2]]
-                assert gpt["value"] == str(truth[image_id][noun])
+                assert said("count_shape") == str(truth[image_id][noun])
             elif q.startswith("Is there "):
-                assert gpt["value"] == ("yes" if truth[image_id][q.split()[3].rstrip("?")] else "no")
+                assert said("exists") == ("yes" if truth[image_id][q.split()[3].rstrip("?")] else "no")
+    assert forms[True] and forms[False]
     detail = next(e for e in data if e["id"] == "7_detail")["conversations"][1]["value"]
     assert "three objects" in detail and "a dog at the bottom of the image" in detail
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT
+from llava_mini.eval.scoring import answer_in_sentence
 from llava_mini.synth import world
 from llava_mini.synth.phrasings import question_parser
 from llava_mini.synth.teacher import BRIEF_INSTRUCTIONS, AnswerBalancer, short_answer_questions
@@ -91,13 +92,20 @@ def test_every_short_answer_is_true_of_the_scene(dataset):
         assert oracle(q["question"], scenes[q["image"]]["objects"]) == q["answer"], q
     vqa = [e for e in read(root, "stage2.json") if e["id"].endswith("_vqa")]
     assert len(vqa) == N_TRAIN
-    checked = 0
+    checked = in_sentences = 0
     for e in vqa:
         turns = e["conversations"]
         for human, gpt in zip(turns[::2], turns[1::2]):
-            assert oracle(human["value"], scenes[e["image"]]["objects"]) == gpt["value"], (e["id"], human)
+            truth = oracle(human["value"], scenes[e["image"]]["objects"])
+            if human["value"].endswith(SHORT_ANSWER_PROMPT):
+                assert gpt["value"] == truth, (e["id"], human)
+            else:                            # asked as chat asks it: the sentence states the answer
+                kind = PARSE(human["value"].replace("<image>\n", ""))[0]
+                assert answer_in_sentence(kind, gpt["value"]) == truth, (e["id"], human, gpt)
+                in_sentences += 1
             checked += 1
     assert checked >= 5 * N_TRAIN
+    assert 0.3 < in_sentences / checked < 0.7
     assert {q["question_type"] for q in test} == {"count", "count_color", "count_shape", "color", "shape", "exists",
                                                   "position"}
 
@@ -227,9 +235,10 @@ def test_files_follow_the_contract(dataset):
     for e in stage2:
         asks = [t["value"] for t in e["conversations"][::2]]
         answers = [t["value"] for t in e["conversations"][1::2]]
-        if e["id"].endswith("_vqa"):
-            assert all(q.endswith(SHORT_ANSWER_PROMPT) for q in asks)
-            assert all(a == a.lower() and len(a.split()) <= 2 for a in answers)
+        if e["id"].endswith("_vqa"):           # with the prompt a word or two, without it a sentence
+            for q, a in zip(asks, answers):
+                assert (a == a.lower() and len(a.split()) <= 2) if q.endswith(SHORT_ANSWER_PROMPT) else \
+                    (a[0].isupper() and a.endswith(".") and len(a.split()) >= 4), (q, a)
         else:
             assert not any(SHORT_ANSWER_PROMPT in q for q in asks)
     for q in read(root, "test.json"):

@@ -20,6 +20,9 @@ from llava_mini.synth.teacher import (BRIEF_INSTRUCTIONS, AnswerBalancer, llava_
                                       short_answer_questions)
 
 DESCRIPTION_FIRST = 1 / 3  # the share of stage-2 conversations that open with the image's detailed description
+# The share of the VQA samples' questions asked bare and answered in a sentence, as chat asks them (the rest carry
+# LLaVA-1.5's short-answer prompt and are answered in a word). The answers of both halves are balanced.
+IN_SENTENCES = 1 / 2
 
 
 def stage1_pairs(items: list[dict], seed: int) -> list[dict]:
@@ -70,7 +73,10 @@ def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[s
 
     The VQA sample asks `vqa_rounds` rounds of short_answer_questions (at most one question per type per round,
     none twice), as LLaVA-1.5 puts all of an image's VQA questions in one conversation: each extra answer costs a
-    dozen tokens, while the image costs its patches once."""
+    dozen tokens, while the image costs its patches once. A share of them (IN_SENTENCES) is asked without the
+    short-answer prompt and answered in a sentence: the conversations ask these kinds too, but only a few turns per
+    image and with the answers as they fall ("How many red objects?" mostly "none"), while these are balanced; with
+    the prompt beside, the same chat shows the format follow the prompt."""
     out = []
     for it in tqdm(items, desc="teacher", disable=not progress):
         written = {}
@@ -95,6 +101,8 @@ def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[s
                 qs += short_answer_questions(it["context"]["boxes"], vocabulary, balancer,
                                              exclude=frozenset(q["key"] for q in qs))
             if qs:
-                pairs = [(q["question"] + SHORT_ANSWER_PROMPT, q["answer"]) for q in qs]
+                rng = random.Random(f"{seed}:{it['id']}:sentences")
+                pairs = [(q["question"], q["sentence"]) if rng.random() < IN_SENTENCES else
+                         (q["question"] + SHORT_ANSWER_PROMPT, q["answer"]) for q in qs]
                 out.append({"id": f"{it['id']}_vqa", "image": it["image"], "conversations": llava_turns(pairs)})
     return out

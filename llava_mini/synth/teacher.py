@@ -150,7 +150,8 @@ def short_answer_questions(boxes: list[str], vocabulary: list[str], balancer: An
                            exclude: frozenset = frozenset(), heldout: bool = False) -> list[dict]:
     """At most one question per type for this image, each unambiguous and answerable from the boxes alone.
 
-    Types: count, count_color, count_shape, color, shape, exists, position. Answers are lower case, numbers as digits.
+    Types: count, count_color, count_shape, color, shape, exists, position. Answers are lower case, numbers as digits;
+    "sentence" is the same answer as chat gives it (answer_sentence).
     `vocabulary` (all object names the source can produce) supplies absent colours, nouns and names for negatives.
     Each question is worded with a seen phrasing, or with `heldout` a held-out one (phrasings.py); its "key" is the
     canonical wording, and questions whose key is in `exclude` (already asked about this image) are not asked again.
@@ -166,7 +167,7 @@ def short_answer_questions(boxes: list[str], vocabulary: list[str], balancer: An
     candidates = {
         "count": [({}, str(len(objs)))],
         "count_color": [({"color": c}, str(colors[c])) for c in vocab_colors],
-        "count_shape": [({"nouns": plural(n)}, str(nouns[n])) for n in vocab_nouns],
+        "count_shape": [({"nouns": plural(n), "noun": n}, str(nouns[n])) for n in vocab_nouns],
         "color": [({"noun": o["noun"]}, o["color"]) for o in objs if o["color"] and nouns[o["noun"]] == 1],
         "shape": [({"color": o["color"]}, o["noun"]) for o in objs if o["color"] and colors[o["color"]] == 1],
         "position": [({"name": o["name"]}, position_name(o["cx"], o["cy"])) for o in objs
@@ -183,7 +184,9 @@ def short_answer_questions(boxes: list[str], vocabulary: list[str], balancer: An
         by_key = {canonical(qtype, **fields): (fields, answer) for fields, answer in options}
         p = balancer.pick(qtype, [(key, answer) for key, (_, answer) in by_key.items() if key not in exclude])
         if p is not None:
-            p["key"], p["question"] = p["question"], ask(qtype, rng, heldout, **by_key[p["question"]][0])
+            fields = by_key[p["question"]][0]
+            p["key"], p["question"] = p["question"], ask(qtype, rng, heldout, **fields)
+            p["sentence"] = answer_sentence(qtype, fields, p["answer"])
             if qtype in choices:
                 p["choices"] = choices[qtype]
             picked.append(p)
@@ -249,12 +252,13 @@ class RuleTeacher:
             qa.append(asked("exists", {"a_name": article(n)}, "no"))
         o = rng.choice(objs)
         qa.append(asked("exists", {"a_name": article(o["name"])}, "yes"))
-        noun = rng.choice(sorted(set(n for _, n in map(split_name, self.vocabulary)) | set(nouns)))
-        k = nouns[noun]
-        qa.append(asked("count_shape", {"nouns": plural(noun), "noun": noun}, str(k)))
+        # Half the time a shape (colour) of the scene, as a student counts what they see; else any, so "no" is said too
+        noun = rng.choice(sorted(set(nouns) if rng.random() < 0.5 else
+                                 set(n for _, n in map(split_name, self.vocabulary)) | set(nouns)))
+        qa.append(asked("count_shape", {"nouns": plural(noun), "noun": noun}, str(nouns[noun])))
         palette = sorted({c for c, _ in map(split_name, self.vocabulary) if c} | set(colors))
         if palette:                                 # a source whose names carry no colour (COCO) has none to ask
-            color = rng.choice(palette)
+            color = rng.choice(sorted(colors) if colors and rng.random() < 0.5 else palette)
             qa.append(asked("count_color", {"color": color}, str(colors[color])))
         rng.shuffle(qa)
         return llava_turns(qa[:rng.randint(3, 5)])
