@@ -13,8 +13,8 @@ with LLaVA-1.5's short-answer prompt; it prints accuracy and off-type replies (a
 per question type, and per new wording the ones it gets wrong most.
 
 --chat asks as a student does in chat.py: the bare question, no short-answer prompt, so the model answers in a
-sentence ("The star is blue."), from which `scoring.answer_in_sentence` reads the short answer it states. The report's
-short answers are asked with the prompt; this is the same questions as a conversation asks them.
+sentence ("The star is blue."), from which `scoring.answer_in_sentence` reads the short answer it states
+(evaluate_vqa with chat=True; the report's "chat" line is this on the questions as written).
 
 Keep these wordings out of phrasings.py: the day one of them is trained on, this probe measures less.
 """
@@ -31,8 +31,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 from llava_mini import cli  # noqa: E402
-from llava_mini.eval.evaluate import _load_images, evaluate_vqa, generate_answers  # noqa: E402
-from llava_mini.eval.scoring import answer_in_sentence, normalize_answer, vqa_accuracy  # noqa: E402
+from llava_mini.eval.evaluate import evaluate_vqa  # noqa: E402
+from llava_mini.eval.scoring import normalize_answer  # noqa: E402
 from llava_mini.jsonio import read_json, write_json  # noqa: E402
 from llava_mini.loading.model_folder import load_checkpoint  # noqa: E402
 from llava_mini.synth.phrasings import question_parser  # noqa: E402
@@ -70,18 +70,6 @@ def reworded(questions: list[dict], parse, seed: int = 0) -> list[dict]:
     return out
 
 
-def chat_answers(model, tokenizer, questions: list[dict], image_root: str, *, template) -> dict:
-    """evaluate_vqa's figures for the bare questions, each answer read from the sentence the model replies."""
-    images = _load_images([q["image"] for q in questions], image_root)
-    replies = generate_answers(model, tokenizer, [q["question"] for q in questions], images, template=template,
-                               max_new_tokens=48, desc="chat")
-    stated = [answer_in_sentence(q["question_type"], r) for q, r in zip(questions, replies)]
-    result = vqa_accuracy(questions, stated)
-    result["predictions"] = [{"id": q["id"], "answer": q["answer"], "prediction": a, "reply": r}
-                             for q, a, r in zip(questions, stated, replies)]
-    return result
-
-
 def main(argv=None):
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a LLaVA folder (python train.py leaves checkpoints/tiny/final)")
@@ -98,8 +86,7 @@ def main(argv=None):
     model, tokenizer, template = load_checkpoint(args.model)
     model.eval()
     with torch.no_grad():
-        answer = chat_answers if args.chat else evaluate_vqa
-        runs = {name: answer(model, tokenizer, qs, args.data, template=template)
+        runs = {name: evaluate_vqa(model, tokenizer, qs, args.data, template=template, chat=args.chat)
                 for name, qs in (("as written", written), ("new wordings", new))}
     print(f"{args.model} on {len(written)} questions of {args.data}/test.json, "
           + ("asked as in chat (no short-answer prompt)" if args.chat else "with the short-answer prompt"))

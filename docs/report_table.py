@@ -46,6 +46,11 @@ def rows(reports: list[dict]) -> list[tuple[str, str]]:
                f"scene's: {world['lookup']['chance']:.1%} (" +
                ", ".join(f"{t} {v['accuracy']:.0%}/{v['chance']:.0%}" for t, v in world["lookup"]["per_type"].items())
                + ")")] if world.get("lookup") else [])]     # reports before the measure have none
+    c = first.get("chat")
+    if c:               # reports made before the chat score have none
+        out.append((f"... the same questions asked as in chat: no prompt, the answer read from the sentence "
+                    f"(first {c['n']})", "**" + both(lambda r: r["chat"]["overall"]) + "** (" +
+                    ", ".join(f"{t} {v:.0%}" for t, v in c["per_type"].items()) + ")"))
     if evqa:
         out.append(("easy-VQA test", "**" + both(lambda r: r["results"]["easy-VQA"]["image"]) +
                     f"** with the image, {evqa['blind']:.1%} blind"))

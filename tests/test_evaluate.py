@@ -291,10 +291,17 @@ def test_real_model_path_batched_equals_one_by_one_and_cli(tmp_path, monkeypatch
     ev.write_json([dict(scene, id="s0", captions=["Two red circles and a blue square."])], str(data / "scenes_test.json"))
     out = tmp_path / "report.json"
     report = ev.main(["--model", model_dir, "--data", str(data), "--bench", "--bench-max-new-tokens", "8", "--describe",
-                      "--no-projector-baseline",
+                      "--no-projector-baseline", "--chat",
                       "--scienceqa", os.path.join(FIXTURES, "scienceqa", "test.json"), "--out", str(out)])
     saved = json.load(open(out))
-    assert set(saved["shapes"]) == {"model", "blind", "no projector"}
+    assert set(saved["shapes"]) == {"model", "blind", "no projector", "chat"}
+    # --chat: the bare question, as chat.py asks it; the short answer is the one the reply states
+    chat = saved["shapes"]["chat"]["predictions"]
+    bare = ev.generate_answers(model, tokenizer, [q["question"] for q in questions],
+                               [Image.open(data / q["image"]) for q in questions], template=template, max_new_tokens=48)
+    assert [p["reply"] for p in chat] == bare
+    assert [p["prediction"] for p in chat] == [scoring.answer_in_sentence(q["question_type"], r)
+                                              for q, r in zip(questions, bare)]
     saved_preds = [p["prediction"] for p in saved["shapes"]["model"]["predictions"]]
     assert saved["shapes"]["model"]["overall"] == pytest.approx(scoring.vqa_accuracy(questions, saved_preds)["overall"])
     assert set(saved["bench"]["scores"]) == {"conv", "detail", "complex", "overall"}

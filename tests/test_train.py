@@ -374,6 +374,10 @@ def test_default_pipeline_quick(tmp_path, capsys):
     assert saved["missing"]["n_absent"] == 8 and 0 <= saved["missing"]["absent_denied"] <= 1
     f = saved["followups"]
     assert f["n"] == 8 and set(f["per_type"]) == set(f["per_type_asked_first"])
+    # ... and asked with no prompt, as in chat: the answer read from the sentence, per type
+    c = saved["chat"]
+    assert c["n"] == 8 and 0 <= c["overall"] <= 1
+    assert set(c["per_type"]) <= set(saved["results"]["shapes world"]["per_type"])
     assert f["asked_first"] == pytest.approx(saved["results"]["shapes world"]["image"])
 
     # Each stage's printed command, run alone, reproduces the pipeline's stage to the bit: the pipeline passes

@@ -7,9 +7,9 @@
         --judge-url http://127.0.0.1:8000/v1 --judge-model gpt-4o-mini
     python -m llava_mini.eval.evaluate --model DIR --scienceqa tests/fixtures/scienceqa/test.json
     python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --confusion position   # how it errs
-    python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --describe   # "Describe the image."
-    python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --missing    # objects not there
-    # --describe also asks the short answers (and, with --bench, the open questions) again after each description
+    python -m llava_mini.eval.evaluate --model checkpoints/tiny/final --data data/shapes --describe --missing --chat
+    # --describe: "Describe the image.", then the short answers (with --bench the open questions) again after it;
+    # --missing: objects that are not there; --chat: the short answers asked with no prompt, as chat.py asks them
 
 Three measurements, each split into a scoring layer (plain functions over strings, easy to test by hand) and a
 model layer (batched greedy generation):
@@ -20,9 +20,9 @@ model layer (batched greedy generation):
    - blind: every image is replaced by a blank mean-colour image. The projector still runs, so the LLM sees
      image tokens of the kind it was trained on, but they carry nothing. What remains is the language prior
      (e.g. "how many ...?" -> "2").
-   - no projector: the projector's output is zeroed, so the image positions hold zero vectors. This is the
-     same question asked more bluntly; it makes sense for a trained LLM (not for one whose only image signal is
-     the projector bias) and is reported next to "blind" so the two can be compared.
+   - no projector: the projector's output is zeroed, so the image positions hold zero vectors: the same question
+     asked more bluntly, for a trained LLM (not one whose only image signal is the projector bias).
+   Asked with no prompt (--chat), the model answers in a sentence; the answer it states is scored the same way.
 2. LLaVA-Bench relative score. The model answers open questions; a judge that sees only the symbolic context
    (captions and boxes) scores the reference answer and the model's answer 1-10; the score is
    mean(model) / mean(reference) x 100 per category (conv, detail, complex) and overall. The judges are in
@@ -39,8 +39,8 @@ import os
 # SHORT_ANSWER_PROMPT: LLaVA-1.5's "\nAnswer the question using a single word or phrase."
 from llava_mini import cli
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, TEMPLATES, stop_token_ids
-from llava_mini.eval.scoring import (answer_confusion, lookup_line, read_scienceqa, scienceqa_accuracy,
-                                     vqa_accuracy)
+from llava_mini.eval.scoring import (answer_confusion, answer_in_sentence, lookup_line, read_scienceqa,
+                                     scienceqa_accuracy, vqa_accuracy)
 from llava_mini.jsonio import read_json, write_json
 from llava_mini.loading.model_folder import load_checkpoint
 from llava_mini.safepath import path_inside
@@ -127,20 +127,24 @@ def _load_images(paths: list[str], image_root: str) -> list:
 
 
 def evaluate_vqa(model, tokenizer, questions: list[dict], image_root: str, *, template, blind: bool = False,
-                 batch_size: int = 16, device: str = "cpu", max_new_tokens: int = 16) -> dict:
+                 chat: bool = False, batch_size: int = 16, device: str = "cpu",
+                 max_new_tokens: int | None = None) -> dict:
     """Accuracy on short-answer questions ({"id", "image", "question", "answer", "question_type"}), with
-    LLaVA-1.5's short-answer prompt. blind=True shows a blank mean-colour image instead of the real one."""
+    LLaVA-1.5's short-answer prompt. blind=True shows a blank mean-colour image instead of the real one.
+    chat=True asks as a student does in chat.py: the bare question, so the model answers in a sentence ("The star
+    is blue."), and scoring.answer_in_sentence reads the short answer it states (shapes-world question types)."""
     if blind:
         images = [blank_image(model.config.vision_config)] * len(questions)
     else:
         images = _load_images([q["image"] for q in questions], image_root)
-    prompts = [q["question"] + SHORT_ANSWER_PROMPT for q in questions]
-    predictions = generate_answers(model, tokenizer, prompts, images, template=template, batch_size=batch_size,
-                                   max_new_tokens=max_new_tokens, device=device,
-                                   desc="blind VQA" if blind else "VQA")
+    prompts = [q["question"] + ("" if chat else SHORT_ANSWER_PROMPT) for q in questions]
+    replies = generate_answers(model, tokenizer, prompts, images, template=template, batch_size=batch_size,
+                               max_new_tokens=max_new_tokens or (48 if chat else 16), device=device,
+                               desc="chat" if chat else "blind VQA" if blind else "VQA")
+    predictions = [answer_in_sentence(q["question_type"], r) for q, r in zip(questions, replies)] if chat else replies
     result = vqa_accuracy(questions, predictions)
-    result["predictions"] = [{"id": q["id"], "answer": q["answer"], "prediction": p}
-                             for q, p in zip(questions, predictions)]
+    result["predictions"] = [{"id": q["id"], "answer": q["answer"], "prediction": p, **({"reply": r} if chat else {})}
+                             for q, p, r in zip(questions, predictions, replies)]
     return result
 
 
@@ -255,16 +259,15 @@ def main(argv=None):
     p.add_argument("--bench", action="store_true", help="also run the LLaVA-Bench-style judged score on bench.json")
     p.add_argument("--describe", action="store_true",
                    help="also ask 'Describe the image.' about every held-out scene and score the objects it names")
+    p.add_argument("--chat", action="store_true", help="also ask the world's short answers with no prompt, as chat")
     p.add_argument("--missing", action="store_true", help="also ask 'Where is the X?' about an object each held-out "
                    "scene does not have (and one it has) and count the answers that say there is none")
     p.add_argument("--judge", choices=("rule", "openai"), default="rule")
     p.add_argument("--judge-url", default="http://127.0.0.1:8000/v1")
     p.add_argument("--judge-model", default="gpt-4o-mini")
-    p.add_argument("--judge-max-tokens", type=cli.positive_int, help="cut the judge's explanation after N tokens "
-                   "(its scores are on the first line)")
+    p.add_argument("--judge-max-tokens", type=cli.positive_int, help="cut the judge's reply after N tokens (scores first)")
     p.add_argument("--scienceqa", help="ScienceQA in LLaVA's converted format (images relative to its folder)")
-    p.add_argument("--no-projector-baseline", action="store_true",
-                   help="also score with the projector's output zeroed (see the module docstring)")
+    p.add_argument("--no-projector-baseline", action="store_true", help="also score with the projector's output zeroed")
     p.add_argument("--limit", type=cli.positive_int, help="use only the first N questions of each set")
     p.add_argument("--bench-max-new-tokens", type=cli.positive_int, default=128, help="length limit of the bench answers")
     p.add_argument("--batch-size", type=cli.positive_int, default=16)
@@ -274,13 +277,12 @@ def main(argv=None):
                         "size and 128-token cache length; pays off on long runs)")
     p.add_argument("--template", choices=sorted(TEMPLATES), help="override the template stored with the checkpoint")
     p.add_argument("--out", help="write the JSON report here")
-    p.add_argument("--confusion", metavar="TYPE", help="also print, for one question type (e.g. position), which "
-                   "replies the model gave to each right answer")
+    p.add_argument("--confusion", metavar="TYPE", help="also print the replies to each answer of one question type")
     args = p.parse_args(argv)
     if not (args.data or args.easyvqa or args.scienceqa):
         p.error("nothing to evaluate: give --data (with --bench for the judged score), --easyvqa or --scienceqa")
-    if (args.bench or args.describe or args.missing) and not args.data:
-        p.error("--bench, --describe and --missing need --data (bench.json and scenes_test.json live there)")
+    if (args.bench or args.describe or args.missing or args.chat) and not args.data:
+        p.error("--bench, --describe, --missing and --chat need --data (the shapes world's folder)")
 
     try:
         model, tokenizer, template = load_checkpoint(args.model, args.vision_tower, args.device,
@@ -301,6 +303,8 @@ def main(argv=None):
         questions = read_json(path)[:args.limit]
         runs = {"model": evaluate_vqa(model, tokenizer, questions, root, **common),
                 "blind": evaluate_vqa(model, tokenizer, questions, root, blind=True, **common)}
+        if args.chat and name == "shapes":
+            runs["chat"] = evaluate_vqa(model, tokenizer, questions, root, chat=True, **common)
         if args.no_projector_baseline:
             with zeroed_projector(model):
                 runs["no projector"] = evaluate_vqa(model, tokenizer, questions, root, **common)

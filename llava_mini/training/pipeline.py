@@ -216,6 +216,9 @@ def run_pipeline(args) -> dict:
                                                  blind=blind, batch_size=64)
                              for blind, n in ((False, size.eval_questions), (True, size.blind_questions))}
             results[name]["majority"] = world.answer_statistics(questions[:size.blind_questions])
+        # The same questions as a student asks them in chat.py: no prompt, the answer read from the sentence
+        chat = evaluate_vqa(model, tokenizer, read_json(os.path.join(data_dir, "test.json"))[:size.chat_questions],
+                            data_dir, template=template, chat=True, batch_size=64)
         # What a visual assistant is measured by: open questions (rule judge) and "Describe the image."
         items = read_json(os.path.join(data_dir, "bench.json"))
         references = {it["id"]: it["reference"] for it in items}
@@ -252,6 +255,7 @@ def run_pipeline(args) -> dict:
                               "lookup": v[False].get("lookup"),
                               "majority_per_type": {t: m["majority_rate"] for t, m in v["majority"].items()}}
                           for k, v in results.items()},
+              "chat": {k: chat.get(k) for k in ("overall", "n", "per_type", "per_phrasing", "off_type")},
               "bench": bench["scores"], "bench_per_phrasing": bench.get("per_phrasing"),
               "describe": {k: v for k, v in described.items() if k != "descriptions"},
               "missing": {k: v for k, v in missing.items() if k != "examples"},
@@ -297,6 +301,10 @@ def print_report(report: dict, results: dict) -> None:
         for q in seen["per_type"]:
             print(f"    {q:<12} {seen['per_type'][q]:7.1%} {blind['per_type'].get(q, float('nan')):7.1%} "
                   f"{majority.get(q, {}).get('majority_rate', float('nan')):9.1%}   n={seen['count_per_type'][q]}")
+    c = report["chat"]
+    print(f"  the same questions asked as in chat (no prompt; the answer read from the sentence): {c['overall']:.1%} "
+          f"(first {c['n']})" + "".join(f"; {k} phrasings {v:.1%}" for k, v in (c["per_phrasing"] or {}).items()))
+    print("    " + ", ".join(f"{t} {v:.1%}" for t, v in c["per_type"].items()))
     scores = report["bench"]
     print("  LLaVA-Bench-style relative score (rule judge): " +
           ", ".join(f"{c} {s['relative']:.1f}%" for c, s in scores.items()) + f" (n={scores['overall']['n']})" +

@@ -132,6 +132,7 @@ class Classroom:
     unfamiliar_word_rate: float = 0.25  # the share of stage-2 questions given a made-up word (dataset.with_unfamiliar_words)
     eval_questions: int | None = None   # test questions scored with the image (None: all)
     blind_questions: int = 1000         # ... and with a blank image (the blind baseline)
+    chat_questions: int = 1000          # ... and with no short-answer prompt, as chat.py asks them
     suffix: str = ""                    # data/shapes{suffix}, checkpoints/base{suffix}, checkpoints/tiny{suffix}
 
 
@@ -140,4 +141,4 @@ QUICK = Classroom(preset="quick", world_train=48, world_test=8,
                   bases=BaseSizes(vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=2, text_kv_heads=1,
                                   vocab_size=400, clip_steps=2, clip_batch=16, clip_scenes=8, lm_steps=2, sft_steps=2,
                                   lookup_steps=2, lookup_scenes=8, lm_batch=4, lm_block=1024),
-                  eval_questions=8, blind_questions=8, suffix="-quick")
+                  eval_questions=8, blind_questions=8, chat_questions=8, suffix="-quick")
