@@ -22,7 +22,7 @@ from llava_mini.synth.teacher import (BRIEF_INSTRUCTIONS, AnswerBalancer, llava_
 DESCRIPTION_FIRST = 1 / 3  # the share of stage-2 conversations that open with the image's detailed description
 # The share of the VQA samples' questions asked bare and answered in a sentence, as chat asks them (the rest carry
 # LLaVA-1.5's short-answer prompt and are answered in a word). The answers of both halves are balanced.
-IN_SENTENCES = 1 / 2
+IN_SENTENCES = 1 / 4
 
 
 def stage1_pairs(items: list[dict], seed: int) -> list[dict]:
