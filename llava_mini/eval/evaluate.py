@@ -265,7 +265,7 @@ def main(argv=None):
     p.add_argument("--judge", choices=("rule", "openai"), default="rule")
     p.add_argument("--judge-url", default="http://127.0.0.1:8000/v1")
     p.add_argument("--judge-model", default="gpt-4o-mini")
-    p.add_argument("--judge-max-tokens", type=cli.positive_int, help="cut the judge's reply after N tokens (scores first)")
+    p.add_argument("--judge-max-tokens", type=cli.positive_int, help="cut the judge's reply after N tokens")
     p.add_argument("--scienceqa", help="ScienceQA in LLaVA's converted format (images relative to its folder)")
     p.add_argument("--no-projector-baseline", action="store_true", help="also score with the projector's output zeroed")
     p.add_argument("--limit", type=cli.positive_int, help="use only the first N questions of each set")
