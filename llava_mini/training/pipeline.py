@@ -205,20 +205,20 @@ def run_pipeline(args) -> dict:
     print(f"[5/6] evaluation: python -m llava_mini.eval.evaluate --model {final} --data {data_dir}" +
           (f" --easyvqa {evqa_dir}" if use_evqa else ""))
     model, tokenizer, template = model_folder.load_checkpoint(final)
-    sets = [("shapes world", os.path.join(data_dir, "test.json"), data_dir)]
+    world_questions = read_json(os.path.join(data_dir, "test.json"))
+    sets = [("shapes world", world_questions, data_dir)]
     if use_evqa:
-        sets.append(("easy-VQA", os.path.join(evqa_dir, "easyvqa_test.json"), evqa_dir))
+        sets.append(("easy-VQA", read_json(os.path.join(evqa_dir, "easyvqa_test.json")), evqa_dir))
     results = {}
     with torch.no_grad():
-        for name, path, root in sets:
-            questions = read_json(path)
+        for name, questions, root in sets:
             results[name] = {blind: evaluate_vqa(model, tokenizer, questions[:n], root, template=template,
                                                  blind=blind, batch_size=64)
                              for blind, n in ((False, size.eval_questions), (True, size.blind_questions))}
             results[name]["majority"] = world.answer_statistics(questions[:size.blind_questions])
         # The same questions as a student asks them in chat.py: no prompt, the answer read from the sentence
-        chat = evaluate_vqa(model, tokenizer, read_json(os.path.join(data_dir, "test.json"))[:size.chat_questions],
-                            data_dir, template=template, chat=True, batch_size=64)
+        chat = evaluate_vqa(model, tokenizer, world_questions[:size.chat_questions], data_dir, template=template,
+                            chat=True, batch_size=64)
         # What a visual assistant is measured by: open questions (rule judge) and "Describe the image."
         items = read_json(os.path.join(data_dir, "bench.json"))
         references = {it["id"]: it["reference"] for it in items}
@@ -230,7 +230,7 @@ def run_pipeline(args) -> dict:
         # ... and a conversation: the same short-answer questions, asked after the model's own description
         cold = results["shapes world"][False]["predictions"]
         followups = evaluate_followups(
-            model, tokenizer, read_json(os.path.join(data_dir, "test.json"))[:len(cold)],
+            model, tokenizer, world_questions[:len(cold)],
             {d["image"]: d["answer"] for d in described["descriptions"][:FOLLOWUP_IMAGES]},
             data_dir, template=template, batch_size=64, asked_first={p["id"]: p["prediction"] for p in cold})
 
