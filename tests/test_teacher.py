@@ -18,7 +18,8 @@ from llava_mini.synth.coco import load_coco
 from llava_mini.synth.llm_client import ChatClient, ChatError
 from llava_mini.synth.llm_teacher import LLMTeacher, check_turns
 from llava_mini.synth.phrasings import article, question_parser
-from llava_mini.synth.instruct_data import inventory, make_instruct_data
+from llava_mini.synth.claims import check_claim, extract_claims
+from llava_mini.synth.instruct_data import inventory, make_instruct_data, presence
 from llava_mini.synth.teacher import NUMBER_WORDS, AnswerBalancer, RuleTeacher, parse_objects, short_answer_questions
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "coco")
@@ -131,8 +132,9 @@ def test_a_third_of_the_conversations_open_with_the_description():
     for it in items:
         conv, detail = data[f"{it['id']}_conv"], data[f"{it['id']}_detail"]
         assert conv[0]["value"].startswith("<image>\n") and not any("<image>" in t["value"] for t in conv[1:])
-        assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2) and 8 <= len(conv) <= 12
-        assert [parse(q["value"].replace("<image>\n", ""))[0] for q in conv[::2]].count("inventory") == 1
+        assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2) and 10 <= len(conv) <= 14
+        kinds = [parse(q["value"].replace("<image>\n", ""))[0] for q in conv[::2]]
+        assert kinds.count("inventory") == 1 and sum(k in PRESENCE_KINDS for k in kinds) == 1, kinds
         if conv[:2] == detail:
             opened += 1
             assert "<image>" not in conv[2]["value"] and conv[3]["value"] != detail[1]["value"]
@@ -152,6 +154,47 @@ def test_the_inventory_names_every_object_shape_first_then_colour_and_place(held
         assert a.endswith(".") and Counter(a[:-1].split(", ")) == Counter(truth), (a, truth)
         firsts.add(a.split(", ")[0] == truth[0])
     assert firsts == {True, False}            # not always in the scene's own order
+
+
+PRESENCE_KINDS = ("exists_shape", "exists_color", "largest")
+
+
+@pytest.mark.parametrize("heldout", [False, True])
+def test_presence_questions_ask_one_attribute_and_answer_truly(heldout):
+    """"Is there a star?", "Is there anything red?", "Which object is the largest?": each answer is read back with
+    the rule judge's parser and checked against the scene; shapes and colours are asked present and absent."""
+    vocab = world.vocabulary(world.WorldConfig())
+    parse, asked = question_parser(vocab), Counter()
+    for s in scenes(200):
+        q, a = presence(world.symbolic_context(s)["boxes"], vocab, random.Random(s["id"]), heldout)
+        kind, split, fields = parse(q)
+        assert kind in PRESENCE_KINDS and split == ("heldout" if heldout else "seen"), q
+        claims = extract_claims(a)
+        assert claims and all(check_claim(c, s) for c in claims), (q, a, s["objects"])
+        if kind == "largest":
+            boxes = [[round(v, 2) for v in o["bbox"]] for o in s["objects"]]     # the teacher sees 2 places
+            area = sorted(((b[2] - b[0]) * (b[3] - b[1]), f"{o['color']} {o['shape']}")
+                          for o, b in zip(s["objects"], boxes))
+            named = a.removeprefix("The largest object is the ").removesuffix(".")
+            assert named == area[-1][1] and area[-2][0] * 1.2 < area[-1][0], (a, area)
+            assert [n for _, n in area].count(named) == 1, (a, area)
+            asked["largest"] += 1
+            continue
+        key = "shape" if kind == "exists_shape" else "color"
+        value = fields["a_noun" if key == "shape" else "a_color"].split(" ")[1] if fields.get(
+            "a_noun" if key == "shape" else "a_color") else fields["nouns"][:-1] if key == "shape" else fields["color"]
+        there = sum(o[key] == value for o in s["objects"])
+        assert a.startswith("Yes" if there else "No"), (q, a)
+        shapes = Counter(o["shape"] for o in s["objects"] if o["color"] == value)
+        if key == "color" and there == 1:       # the one object of the colour, named with its shape
+            assert a == f"Yes, there is {article(value + ' ' + next(iter(shapes)))} in the image.", (q, a)
+        elif key == "color" and there:          # every one: "...: an orange diamond and two orange squares."
+            listed = extract_claims(a.partition(":")[2])
+            counts = {c.shape: c.number for c in listed if c.kind == "count"}
+            assert {c.shape: counts.get(c.shape, 1) for c in listed if c.kind == "object"} == shapes, (q, a)
+        asked[kind, bool(there)] += 1
+    assert all(asked[k] >= 15 for k in [("exists_shape", True), ("exists_shape", False), ("exists_color", True),
+                                          ("exists_color", False), "largest"]), asked
 
 
 def test_coco_route_on_fixture():

@@ -6,7 +6,9 @@ description, a complex-reasoning question and a multi-turn short-answer VQA samp
 
 items: [{"id", "image", "context": teacher.symbolic_context(scene)}]. Two turns are added to the conversations here,
 not by the teacher, since they shape a whole chat rather than answer one question: a third open with the image's
-description, and every one gets an inventory turn.
+description, and every one gets an inventory turn. Each also gets one question about a single attribute or the
+largest object (presence), which students ask and the teacher's conversations do not; it is added here, so that the
+teacher's own conversations, and the bench written from them, stay as they are.
 """
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ import random
 from tqdm import tqdm
 
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT  # "\nAnswer the question using a single word or phrase."
-from llava_mini.synth.phrasings import ask
-from llava_mini.synth.teacher import (BRIEF_INSTRUCTIONS, AnswerBalancer, llava_turns, parse_objects, position_name,
-                                      short_answer_questions)
+from llava_mini.synth.phrasings import article, ask, plural, split_name
+from llava_mini.synth.teacher import (BRIEF_INSTRUCTIONS, AnswerBalancer, count_phrase, join, llava_turns,
+                                      parse_objects, position_name, short_answer_questions)
 
 DESCRIPTION_FIRST = 1 / 3  # the share of stage-2 conversations that open with the image's detailed description
 # The share of the VQA samples' questions asked bare and answered in a sentence, as chat asks them (the rest carry
@@ -55,6 +57,44 @@ def inventory(boxes: list[str], rng: random.Random, heldout: bool = False) -> tu
     return ask("inventory", rng, heldout), ", ".join(items) + "."
 
 
+def presence(boxes: list[str], vocabulary: list[str], rng: random.Random, heldout: bool = False) -> tuple[str, str]:
+    """A question a student asks about one attribute alone, or about the largest object, and its answer:
+    "Is there a star?" -> "Yes, there are two stars in the image." (a shape, present or not, half and half),
+    "Is there anything red?" -> "Yes, there is a red circle in the image." (a colour), "Which object is the
+    largest?" -> "The largest object is the teal circle." (only where one is clearly the largest, as the detailed
+    description says it, and its name is its own). A shape's answer gives its count, not its colours: naming them is the colour look-up,
+    which the model is weakest at (lesson 10), while a colour's answer names its shapes, the look-up it does well."""
+    objs = parse_objects(boxes)
+    colors = {o["color"] for o in objs if o["color"]}
+    kinds = ["exists_shape"] + (["exists_color"] if colors else [])
+    by_area = sorted(objs, key=lambda o: -o["area"])
+    if len(objs) > 1 and by_area[0]["area"] > 1.2 * by_area[1]["area"] and \
+            [o["name"] for o in objs].count(by_area[0]["name"]) == 1:         # "the orange square" names one
+        kinds.append("largest")
+    kind = rng.choice(kinds)
+    if kind == "largest":
+        return ask(kind, rng, heldout), f"The largest object is the {by_area[0]['name']}."
+    key = "noun" if kind == "exists_shape" else "color"
+    present = sorted({o[key] for o in objs if o[key]})
+    absent = sorted({split_name(n)[1 if key == "noun" else 0] for n in vocabulary} - set(present) - {None})
+    value = rng.choice(present if not absent or rng.random() < 0.5 else absent)
+    there = [o["name"] for o in objs if o[key] == value]
+    if key == "noun":
+        question = ask(kind, rng, heldout, a_noun=article(value), nouns=plural(value))
+        if not there:
+            return question, f"No, there is no {value} in the image."
+        return question, (f"Yes, there is {article(value)} in the image." if len(there) == 1 else
+                          f"Yes, there are {count_phrase(len(there), value)} in the image.")
+    question = ask(kind, rng, heldout, color=value, a_color=article(value))
+    if not there:
+        return question, f"No, there is no {value} object in the image."
+    if len(there) == 1:
+        return question, f"Yes, there is {article(there[0])} in the image."
+    names = sorted(set(there), key=there.index)
+    listing = join([article(n) if there.count(n) == 1 else count_phrase(there.count(n), n) for n in names])
+    return question, f"Yes, there are {count_phrase(len(there), value + ' object')} in the image: {listing}."
+
+
 def with_turn(conversation: list[dict], qa: tuple[str, str], rng: random.Random, keep: int = 0) -> list[dict]:
     """The conversation with one more question and answer, put after a random number (at least `keep`) of its
     question-answer pairs; the image stays in front of the first question (llava_turns puts it there)."""
@@ -68,8 +108,8 @@ def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[s
                        vqa_rounds: int = 1) -> list[dict]:
     """LLaVA JSON for items {id, image, context}: conv, detail, complex per image (rejected replies are skipped; a
     third of the conversations open with the detailed description, opened_with_description, and every one gets an
-    inventory turn, inventory), plus, with a balancer, one multi-turn short-answer VQA sample per image (ids end in
-    _conv/_detail/_complex/_vqa).
+    inventory turn, inventory, and a presence turn, presence), plus, with a balancer, one multi-turn short-answer
+    VQA sample per image (ids end in _conv/_detail/_complex/_vqa).
 
     The VQA sample asks `vqa_rounds` rounds of short_answer_questions (at most one question per type per round,
     none twice), as LLaVA-1.5 puts all of an image's VQA questions in one conversation: each extra answer costs a
@@ -90,8 +130,12 @@ def make_instruct_data(items: list[dict], teacher, seed: int, vocabulary: list[s
         if opened:
             written["conv"] = opened_with_description(written["detail"], written["conv"])
         if "conv" in written:
-            rng = random.Random(f"{seed}:{it['id']}:inventory")
-            qa = inventory(it["context"]["boxes"], rng, getattr(teacher, "heldout", False))
+            rng, heldout = random.Random(f"{seed}:{it['id']}:inventory"), getattr(teacher, "heldout", False)
+            qa = inventory(it["context"]["boxes"], rng, heldout)
+            written["conv"] = with_turn(written["conv"], qa, rng, keep=1 if opened else 0)
+            rng = random.Random(f"{seed}:{it['id']}:presence")
+            vocab = vocabulary or getattr(teacher, "vocabulary", [])
+            qa = presence(it["context"]["boxes"], vocab, rng, heldout)
             written["conv"] = with_turn(written["conv"], qa, rng, keep=1 if opened else 0)
         out += [{"id": f"{it['id']}_{kind}", "image": it["image"], "conversations": turns}
                 for kind, turns in written.items()]

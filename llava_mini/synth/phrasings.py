@@ -10,7 +10,8 @@ two sets:
   held-out question `"phrasing": "heldout"`), so the report can show whether a model understood a new wording.
 
 A phrasing is a `str.format` template over the fields its question needs:
-    color, noun, nouns (plural), name ("red circle"), a_name ("a red circle"), other (a second name), corner, group.
+    color, noun, nouns (plural), name ("red circle"), a_name ("a red circle"), other (a second name), corner, group,
+    a_noun ("a star"), a_color ("an orange").
 """
 from __future__ import annotations
 
@@ -120,6 +121,24 @@ QUESTIONS: dict[str, Phrasings] = {
         seen=("Is the {name} above the {other}?", "Is the {name} higher than the {other}?",
               "Is the {name} placed above the {other}?"),
         heldout=("Does the {name} sit higher up than the {other}?",)),
+    # ---- a question about one attribute alone, or the largest object (instruct_data.presence)
+    "exists_shape": Phrasings(
+        seen=("Is there {a_noun}?", "Is there {a_noun} in the image?", "Can you see {a_noun}?",
+              "Do you see {a_noun} in the picture?", "Does the picture contain {a_noun}?",
+              "Are there {nouns} in the image?", "Can you see {nouns} in this picture?",
+              "Does the image show {nouns}?"),
+        heldout=("Are there any {nouns}?", "Do I spot {a_noun} anywhere here?")),
+    "exists_color": Phrasings(
+        seen=("Is there {a_color} object?", "Is there {a_color} thing in the image?", "Can you see {a_color} shape?",
+              "Do you see {a_color} object in the picture?", "Is there {color} in the image?",
+              "Does the picture contain {color} things?", "Are there {color} objects in this picture?",
+              "Can you see {color} in the image?"),
+        heldout=("Is anything {color}?", "Do you notice something {color} here?")),
+    "largest": Phrasings(
+        seen=("Which object is the largest?", "Which shape is the largest in the image?",
+              "What is the largest thing in the picture?", "Which object in this image is the largest?",
+              "Tell me which shape is the largest."),
+        heldout=("Which one is the biggest?", "What's the biggest item?")),
     # ---- the inventory turn every stage-2 conversation gets (instruct_data.inventory)
     "inventory": Phrasings(
         seen=("What shape and colour does each object have, and where is it?",
@@ -179,7 +198,8 @@ def question_parser(vocabulary: list[str]):
     name = f"(?:{alternatives(vocabulary)})"
     fields = {"color": alternatives(colors), "noun": alternatives(nouns),
               "nouns": alternatives(map(plural, nouns + vocabulary)), "name": name, "other": name,
-              "a_name": f"an? {name}", "corner": "top left|top right|bottom left|bottom right",
+              "a_name": f"an? {name}", "a_noun": f"an? (?:{alternatives(nouns)})",
+              "a_color": f"an? (?:{alternatives(colors)})", "corner": "top left|top right|bottom left|bottom right",
               "group": f"(?:{alternatives(colors)}) objects|{alternatives(map(plural, nouns))}"}
     patterns = []
     for kind, p in [*QUESTIONS.items(), ("detail", DETAIL_INSTRUCTIONS)]:
