@@ -74,6 +74,13 @@ def rows(reports: list[dict]) -> list[tuple[str, str]]:
                     "\"there is none\" in **" + both(lambda r: r["missing"]["absent_denied"]) + "** of "
                     f"{m['n_absent']} ({m['absent_hard_denied']:.1%} where it shares a colour or a shape with one "
                     f"there); about one it has, {m['present_denied']:.1%}"))
+    pr = m and m.get("presence")
+    if pr:              # nor do those made before the questions about one attribute alone
+        out.append(("\"Is there a star?\", \"Is anything red?\", \"Which object is the largest?\" (no prompt; "
+                    f"{pr['n']} questions, half in held-out wordings)",
+                    "**" + both(lambda r: r["missing"]["presence"]["right"]) + "** (seen wordings "
+                    f"{pr['per_phrasing']['seen']['right']:.1%}, held-out {pr['per_phrasing']['heldout']['right']:.1%};"
+                    " " + ", ".join(f"{t} {v['right']:.0%}" for t, v in pr["per_truth"].items()) + ")"))
     return out
 
 

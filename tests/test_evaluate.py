@@ -477,3 +477,35 @@ def test_questions_about_missing_objects_and_how_they_are_scored():
                                    "There is no green square in the image."])
     assert summary == {"absent_denied": 0.5, "absent_hard_denied": 1.0, "present_denied": 1.0, "n_absent": 2,
                        "n_present": 1}
+
+
+def test_questions_about_one_attribute_and_how_they_are_scored():
+    """Per scene one presence question in a seen wording and one in a held-out wording; yes/no is read from the
+    first word or, without one, from the counts; the largest object from the first object named."""
+    import random
+
+    from llava_mini.eval.missing import presence_questions, presence_right, presence_summary
+    from llava_mini.synth import world
+    from llava_mini.synth.phrasings import question_parser
+    cfg = world.WorldConfig()
+    rng = random.Random(0)
+    scenes = [world.sample_scene(rng, cfg, f"s{i}", f"s{i}.png") for i in range(60)]
+    questions = presence_questions(scenes, world.vocabulary(cfg))
+    parse = question_parser(world.vocabulary(cfg))
+    assert [q["phrasing"] for q in questions] == ["seen", "heldout"] * len(scenes)
+    assert all(parse(q["question"])[1] == q["phrasing"] for q in questions)
+    assert {q["truth"].split()[0] for q in questions} == {"Yes,", "No,", "The"}
+    assert presence_right("Yes, there is a star in the image.", "Yes, there are two stars in the image.")
+    assert presence_right("There are two stars in the image.", "Yes, there are two stars in the image.")
+    assert presence_right("There are no stars in the image.", "No, there is no star in the image.")
+    assert not presence_right("No, there is no white star in the image.", "Yes, there is a star in the image.")
+    assert not presence_right("The blue star is at the top.", "No, there is no star in the image.")    # no answer
+    assert presence_right("The largest object is the red circle, covering 20%.", "The largest object is the red circle.")
+    assert not presence_right("A red square and a red circle.", "The largest object is the red circle.")
+    qs = [{"truth": "Yes, there is a red star in the image.", "phrasing": "seen"},
+          {"truth": "No, there is no red object in the image.", "phrasing": "heldout"},
+          {"truth": "The largest object is the red circle.", "phrasing": "heldout"}]
+    summary = presence_summary(qs, ["Yes.", "Yes, there is a red star.", "The largest object is the red circle."])
+    assert summary["right"] == 2 / 3 and summary["n"] == 3
+    assert summary["per_phrasing"] == {"seen": {"right": 1.0, "n": 1}, "heldout": {"right": 0.5, "n": 2}}
+    assert summary["per_truth"]["no"] == {"right": 0.0, "n": 1} and summary["per_truth"]["largest"]["right"] == 1.0

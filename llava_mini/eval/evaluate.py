@@ -39,6 +39,8 @@ import os
 # SHORT_ANSWER_PROMPT: LLaVA-1.5's "\nAnswer the question using a single word or phrase."
 from llava_mini import cli
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT, TEMPLATES, stop_token_ids
+from llava_mini.eval.missing import (missing_line, missing_object_questions, missing_summary, presence_line,
+                                     presence_questions, presence_summary)
 from llava_mini.eval.scoring import (answer_confusion, answer_in_sentence, lookup_line, read_scienceqa,
                                      scienceqa_accuracy, vqa_accuracy)
 from llava_mini.jsonio import read_json, write_json
@@ -177,22 +179,18 @@ def evaluate_descriptions(model, tokenizer, scenes: list[dict], image_root: str,
 
 
 def evaluate_missing(model, tokenizer, scenes: list[dict], vocabulary: list[str], image_root: str, *, template,
-                     batch_size: int = 16, device: str = "cpu", max_new_tokens: int = 24) -> dict:
+                     batch_size: int = 16, device: str = "cpu", max_new_tokens: int = 32) -> dict:
     """"Where is the X?" about an object each scene does not have, and about one it has (eval/missing.py): how often
-    the model says there is none, where it should and where it should not."""
-    from llava_mini.eval.missing import missing_object_questions, missing_summary
-    questions = missing_object_questions(scenes, vocabulary)
-    images = _load_images([q["image"] for q in questions], image_root)
-    answers = generate_answers(model, tokenizer, [q["question"] for q in questions], images, template=template,
-                               batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, desc="missing")
-    return {**missing_summary(questions, answers),
-            "examples": [{**q, "answer": a} for q, a in zip(questions[:6], answers[:6])]}
-
-
-def missing_line(m: dict) -> str:
-    return (f"\"Where is the X?\" about an object the image does not have: \"there is none\" in "
-            f"{m['absent_denied']:.1%} (n={m['n_absent']}; sharing a colour or a shape with one it has: "
-            f"{m['absent_hard_denied']:.1%}); about one it has: {m['present_denied']:.1%} (n={m['n_present']})")
+    the model says there is none, where it should and where it should not; and, as "presence", questions about one
+    attribute alone ("Is there a star?")."""
+    questions, asked = missing_object_questions(scenes, vocabulary), presence_questions(scenes, vocabulary)
+    images = _load_images([q["image"] for q in questions + asked], image_root)
+    answers = generate_answers(model, tokenizer, [q["question"] for q in questions + asked], images,
+                               template=template, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                               device=device, desc="missing")
+    return {**missing_summary(questions, answers), "presence": presence_summary(asked, answers[len(questions):]),
+            "examples": [{**q, "answer": a} for q, a in zip(questions[:6], answers[:6])],
+            "presence_examples": [{**q, "answer": a} for q, a in zip(asked[:6], answers[len(questions):][:6])]}
 
 
 def evaluate_followups(model, tokenizer, questions: list[dict], descriptions: dict, image_root: str, *, template,
@@ -379,7 +377,7 @@ def main(argv=None):
         scenes = read_json(os.path.join(args.data, "scenes_test.json"))[:args.limit]
         report["missing"] = m = evaluate_missing(model, tokenizer, scenes, vocabulary(WorldConfig()), args.data,
                                                  **common)
-        print(f"\n{missing_line(m)}")
+        print(f"\n{missing_line(m)}\n{presence_line(m['presence'])}")
         for example in m["examples"][:4]:
             print(f"  {example['question']!r} ({'there' if example['present'] else 'not there'}): {example['answer']!r}")
 

@@ -24,7 +24,8 @@ import torch
 
 from llava_mini.data.dataset import shuffled_turns, with_unfamiliar_words
 from llava_mini.eval.evaluate import (evaluate_bench, evaluate_descriptions, evaluate_followups, evaluate_missing,
-                                      evaluate_vqa, missing_line)
+                                      evaluate_vqa)
+from llava_mini.eval.missing import missing_line, presence_line
 from llava_mini.eval.judges import RuleJudge
 from llava_mini.eval.scoring import lookup_line
 from llava_mini.jsonio import read_json, write_json
@@ -258,7 +259,7 @@ def run_pipeline(args) -> dict:
               "chat": {k: chat.get(k) for k in ("overall", "n", "per_type", "per_phrasing", "off_type")},
               "bench": bench["scores"], "bench_per_phrasing": bench.get("per_phrasing"),
               "describe": {k: v for k, v in described.items() if k != "descriptions"},
-              "missing": {k: v for k, v in missing.items() if k != "examples"},
+              "missing": {k: v for k, v in missing.items() if not k.endswith("examples")},
               "describe_examples": [{k: d[k] for k in ("id", "answer", "captions")} for d in described["descriptions"][:3]],
               "followups": {"n": followups["n"], "after_description": followups["overall"],
                             "asked_first": followups["asked_first"]["overall"], "per_type": followups["per_type"],
@@ -313,6 +314,7 @@ def print_report(report: dict, results: dict) -> None:
     print(f"  \"{d['prompt']}\" on {d['n']} held-out images: object recall {d['recall']:.1%}, precision "
           f"{d['precision']:.1%}; every object named in {d['all_named']:.1%}, exactly {d['exact']:.1%}")
     print(f"  {missing_line(report['missing'])}")
+    print(f"  {presence_line(report['missing']['presence'])}")
     f = report["followups"]
     print(f"  short answers asked after that description: {f['after_description']:.1%} (n={f['n']}; the same "
           f"questions asked first: {f['asked_first']:.1%})")
