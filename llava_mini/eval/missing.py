@@ -22,7 +22,6 @@ when the first object the answer names is it.
 from __future__ import annotations
 
 import random
-
 import re
 
 from llava_mini.synth.claims import extract_claims

@@ -4,11 +4,11 @@ description, a complex-reasoning question and a multi-turn short-answer VQA samp
     stage1 = stage1_pairs(items, seed)
     stage2 = make_instruct_data(items, RuleTeacher(vocab), seed, vocabulary=vocab, balancer=AnswerBalancer(rng))
 
-items: [{"id", "image", "context": teacher.symbolic_context(scene)}]. Two turns are added to the conversations here,
-not by the teacher, since they shape a whole chat rather than answer one question: a third open with the image's
-description, and every one gets an inventory turn. Each also gets one question about a single attribute or the
-largest object (presence), which students ask and the teacher's conversations do not; it is added here, so that the
-teacher's own conversations, and the bench written from them, stay as they are.
+items: [{"id", "image", "context": teacher.symbolic_context(scene)}]. The conversations get more here, not from the
+teacher: a third open with the image's description and every one gets an inventory turn, since those shape a whole
+chat rather than answer one question; and every one gets a question about one attribute alone or the largest object
+(presence), which students ask and the teacher's conversations do not. Added here, they leave the teacher's own
+conversations, and the bench written from them, as they are.
 """
 from __future__ import annotations
 
@@ -60,10 +60,11 @@ def inventory(boxes: list[str], rng: random.Random, heldout: bool = False) -> tu
 def presence(boxes: list[str], vocabulary: list[str], rng: random.Random, heldout: bool = False) -> tuple[str, str]:
     """A question a student asks about one attribute alone, or about the largest object, and its answer:
     "Is there a star?" -> "Yes, there are two stars in the image." (a shape, present or not, half and half),
-    "Is there anything red?" -> "Yes, there is a red circle in the image." (a colour), "Which object is the
-    largest?" -> "The largest object is the teal circle." (only where one is clearly the largest, as the detailed
-    description says it, and its name is its own). A shape's answer gives its count, not its colours: naming them is the colour look-up,
-    which the model is weakest at (lesson 10), while a colour's answer names its shapes, the look-up it does well."""
+    "Can you see red in the image?" -> "Yes, there is a red circle in the image." (a colour, the same), "Which
+    object is the largest?" -> "The largest object is the teal circle." (only where one is clearly the largest, as
+    the detailed description says it, and its name is its own). A shape's answer gives its count, not its colours:
+    naming them is the colour look-up, which the model is weakest at (lesson 10), while a colour's answer names its
+    shapes, the look-up it does well."""
     objs = parse_objects(boxes)
     colors = {o["color"] for o in objs if o["color"]}
     kinds = ["exists_shape"] + (["exists_color"] if colors else [])
