@@ -188,9 +188,10 @@ def evaluate_missing(model, tokenizer, scenes: list[dict], vocabulary: list[str]
     answers = generate_answers(model, tokenizer, [q["question"] for q in questions + asked], images,
                                template=template, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                device=device, desc="missing")
-    return {**missing_summary(questions, answers), "presence": presence_summary(asked, answers[len(questions):]),
-            "examples": [{**q, "answer": a} for q, a in zip(questions[:6], answers[:6])],
-            "presence_examples": [{**q, "answer": a} for q, a in zip(asked[:6], answers[len(questions):][:6])]}
+    where, attribute = answers[:len(questions)], answers[len(questions):]
+    return {**missing_summary(questions, where), "presence": presence_summary(asked, attribute),
+            "examples": [{**q, "answer": a} for q, a in zip(questions[:6], where)],
+            "presence_examples": [{**q, "answer": a} for q, a in zip(asked[:6], attribute)]}
 
 
 def evaluate_followups(model, tokenizer, questions: list[dict], descriptions: dict, image_root: str, *, template,

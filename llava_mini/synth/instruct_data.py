@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from llava_mini.data.conversation import SHORT_ANSWER_PROMPT  # "\nAnswer the question using a single word or phrase."
 from llava_mini.synth.phrasings import article, ask, plural, split_name
-from llava_mini.synth.teacher import (BRIEF_INSTRUCTIONS, AnswerBalancer, count_phrase, join, llava_turns,
-                                      parse_objects, position_name, short_answer_questions)
+from llava_mini.synth.teacher import (BRIEF_INSTRUCTIONS, AnswerBalancer, clearly_largest, count_phrase, join,
+                                      llava_turns, parse_objects, position_name, short_answer_questions)
 
 DESCRIPTION_FIRST = 1 / 3  # the share of stage-2 conversations that open with the image's detailed description
 # The share of the VQA samples' questions asked bare and answered in a sentence, as chat asks them (the rest carry
@@ -68,13 +68,12 @@ def presence(boxes: list[str], vocabulary: list[str], rng: random.Random, heldou
     objs = parse_objects(boxes)
     colors = {o["color"] for o in objs if o["color"]}
     kinds = ["exists_shape"] + (["exists_color"] if colors else [])
-    by_area = sorted(objs, key=lambda o: -o["area"])
-    if len(objs) > 1 and by_area[0]["area"] > 1.2 * by_area[1]["area"] and \
-            [o["name"] for o in objs].count(by_area[0]["name"]) == 1:         # "the orange square" names one
+    big = clearly_largest(objs)
+    if big and [o["name"] for o in objs].count(big["name"]) == 1:        # "the orange square" names one
         kinds.append("largest")
     kind = rng.choice(kinds)
     if kind == "largest":
-        return ask(kind, rng, heldout), f"The largest object is the {by_area[0]['name']}."
+        return ask(kind, rng, heldout), f"The largest object is the {big['name']}."
     key = "noun" if kind == "exists_shape" else "color"
     present = sorted({o[key] for o in objs if o[key]})
     absent = sorted({split_name(n)[1 if key == "noun" else 0] for n in vocabulary} - set(present) - {None})

@@ -83,6 +83,13 @@ def position_name(cx: float, cy: float, margin: float = AMBIGUITY_MARGIN) -> str
     return f"{row} {col}".strip() or "center"
 
 
+def clearly_largest(objs: list[dict]) -> dict | None:
+    """The object whose box is over 1.2 times any other's, or None (one object, or two of about the same size):
+    boxes rounded to two places cannot rank closer sizes."""
+    by_area = sorted(objs, key=lambda o: -o["area"])
+    return by_area[0] if len(objs) > 1 and by_area[0]["area"] > 1.2 * by_area[1]["area"] else None
+
+
 def where_phrase(pos: str) -> str:
     return "in the center of the image" if pos == "center" else f"at the {pos} of the image"
 
@@ -271,9 +278,8 @@ class RuleTeacher:
             pos = position_name(o["cx"], o["cy"])
             place = where_phrase(pos) if pos else f"near ({o['cx']:.2f}, {o['cy']:.2f}) in image coordinates"
             sentences.append(f"There is {article(o['name'])} {place}.")
-        by_area = sorted(objs, key=lambda o: -o["area"])
-        if len(objs) > 1 and by_area[0]["area"] > 1.2 * by_area[1]["area"]:  # only when clearly the largest
-            big = by_area[0]
+        big = clearly_largest(objs)
+        if big:
             sentences.append(f"The largest object is the {big['name']}, covering about "
                              f"{100 * big['area']:.0f}% of the image.")
         answer = " ".join(s for s in sentences if s)
